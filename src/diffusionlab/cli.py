@@ -1,0 +1,347 @@
+"""Command line: ``diffusionlab train | sample | noise | eval | samplers | demo``.
+
+User mistakes (bad paths, bad flags, damaged checkpoints) print one readable line and a hint
+and exit with status 2; bugs still show a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+
+def _ints(s: str) -> tuple:
+    try:
+        return tuple(int(v) for v in s.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {s!r}")
+
+
+def _add_train(sub):
+    p = sub.add_parser("train", help="train a diffusion model",
+                       description="Train a U-Net diffusion model on MNIST-5k, the 8x8 digits or a folder of images.")
+    p.add_argument("--preset", choices=["demo", "tiny"], default=None, help="start from a preset config")
+    p.add_argument("--data", help="mnist | digits | path/to/image/folder (default mnist)")
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--channels", type=int, choices=[1, 3], help="1 (greyscale) or 3 (RGB)")
+    p.add_argument("--hflip", action="store_true", default=None, help="random horizontal flips")
+    p.add_argument("--dim", type=int, help="U-Net base width")
+    p.add_argument("--dim-mults", type=_ints, help="e.g. 1,2,2")
+    p.add_argument("--num-res-blocks", type=int)
+    p.add_argument("--block", choices=["resnet", "convnext"])
+    p.add_argument("--dropout", type=float)
+    p.add_argument("--objective", choices=["eps", "x0", "v"])
+    p.add_argument("--schedule", help="beta schedule: linear, cosine, quadratic, sigmoid, exponential, constant")
+    p.add_argument("--timesteps", type=int)
+    p.add_argument("--loss", choices=["l1", "l2", "huber"])
+    p.add_argument("--min-snr-gamma", type=float, help="0 disables min-SNR weighting")
+    p.add_argument("--offset-noise", type=float)
+    p.add_argument("--zero-terminal-snr", action="store_true", default=None)
+    p.add_argument("--steps", type=int, dest="max_steps", help="optimizer steps")
+    p.add_argument("--time-budget", type=float, help="seconds of training (validation/sampling excluded)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--grad-accum", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--warmup-steps", type=int)
+    p.add_argument("--lr-schedule", choices=["cosine", "constant"])
+    p.add_argument("--grad-clip", type=float)
+    p.add_argument("--ema-decay", type=float)
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--device")
+    p.add_argument("--threads", type=int, dest="num_threads")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--out", dest="out_dir", help="run directory")
+    p.add_argument("--sample-every", type=int)
+    p.add_argument("--checkpoint-every", type=int)
+    p.add_argument("--val-every", type=int)
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _train_config(a):
+    from .training import PRESETS, TrainConfig
+
+    cfg = PRESETS[a.preset]() if a.preset else TrainConfig()
+    top = {k: getattr(a, k) for k in ("data", "image_size", "hflip", "max_steps", "time_budget", "batch_size",
+                                      "grad_accum", "lr", "warmup_steps", "lr_schedule", "grad_clip", "ema_decay",
+                                      "precision", "device", "num_threads", "seed", "out_dir", "sample_every",
+                                      "checkpoint_every", "val_every") if getattr(a, k) is not None}
+    model = {k: getattr(a, k) for k in ("dim", "dim_mults", "num_res_blocks", "block", "dropout", "channels")
+             if getattr(a, k) is not None}
+    diff = {k2: getattr(a, k1) for k1, k2 in (("objective", "objective"), ("schedule", "beta_schedule"),
+                                              ("timesteps", "timesteps"), ("loss", "loss_type"),
+                                              ("offset_noise", "offset_noise"),
+                                              ("zero_terminal_snr", "zero_terminal_snr"))
+            if getattr(a, k1) is not None}
+    if a.min_snr_gamma is not None:
+        diff["min_snr_gamma"] = a.min_snr_gamma or None
+    if top.get("data") not in (None, "mnist", "digits") and "channels" not in model:
+        model["channels"] = 3
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **model),
+                              diffusion=dataclasses.replace(cfg.diffusion, **diff), **top)
+    if a.no_progress:
+        cfg = dataclasses.replace(cfg, progress=False)
+    return cfg
+
+
+def cmd_train(a) -> int:
+    from .training import Trainer
+
+    cfg = _train_config(a)
+    summary = Trainer(config=cfg, resume=a.resume).train()
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _add_sample(sub):
+    p = sub.add_parser("sample", help="sample images from a checkpoint")
+    p.add_argument("--ckpt", required=True, help="run directory or checkpoint directory")
+    p.add_argument("--n", type=int, default=64)
+    p.add_argument("--sampler", default="ddim")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--eta", type=float, default=None, help="DDIM eta (0 = deterministic)")
+    p.add_argument("--variance", choices=["small", "large"], default=None, help="DDPM variance")
+    p.add_argument("--schedule", default="auto", help="auto | trailing | leading | linspace | karras | exponential")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--out", default="samples.png", help="grid PNG path")
+    p.add_argument("--gif", default=None, help="also write the reverse process as a GIF (first batch)")
+    p.add_argument("--npy", default=None, help="also save the samples in [-1, 1] as .npy")
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
+
+
+def _sampler_knobs(a) -> dict:
+    knobs = {}
+    if a.eta is not None:
+        if a.sampler != "ddim":
+            raise ValueError("--eta applies to --sampler ddim")
+        knobs["eta"] = a.eta
+    if a.variance is not None:
+        if a.sampler != "ddpm":
+            raise ValueError("--variance applies to --sampler ddpm")
+        knobs["variance"] = a.variance
+    return knobs
+
+
+def _load(a):
+    import torch
+
+    from .loading import load_denoiser
+    from .samplers import SAMPLERS
+    from .training.trainer import pick_precision
+
+    if a.sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {a.sampler!r}; run `diffusionlab samplers` for the list")
+    dtype = pick_precision(a.precision, torch.device("cpu"))
+    den = load_denoiser(a.ckpt, use_ema=not getattr(a, "no_ema", False), autocast_dtype=dtype)
+    return den
+
+
+def cmd_sample(a) -> int:
+    import math
+
+    import numpy as np
+    import torch
+
+    from .sampling import sample
+    from .viz import save_gif, save_grid
+
+    den = _load(a)
+    knobs = _sampler_knobs(a)
+    shape = den.image_shape
+    if a.n < 1:
+        raise ValueError("--n must be at least 1")
+    out, frames = [], []
+    for start in range(0, a.n, a.batch_size):
+        idx = range(start, min(a.n, start + a.batch_size))
+        gens = [torch.Generator().manual_seed(a.seed * 1_000_003 + i) for i in idx]
+        cb = None
+        if a.gif and start == 0:
+            def cb(d):
+                frames.append((d["x"] / math.sqrt(1 + d["sigma_next"] ** 2)).float())
+        out.append(sample(den, (len(idx), *shape), sampler=a.sampler, steps=a.steps, schedule=a.schedule,
+                          generator=gens, callback=cb, **knobs).float())
+    x = torch.cat(out)
+    save_grid(x, a.out, nrow=int(math.ceil(math.sqrt(min(a.n, 256)))), upscale=2) if a.n <= 256 else \
+        save_grid(x[:256], a.out, nrow=16, upscale=2)
+    if a.gif:
+        save_gif(frames, a.gif, nrow=int(math.ceil(math.sqrt(len(frames[0])))))
+    if a.npy:
+        Path(a.npy).parent.mkdir(parents=True, exist_ok=True)
+        np.save(a.npy, x.numpy())
+    print(f"wrote {a.out}" + (f", {a.gif}" if a.gif else "") + (f", {a.npy}" if a.npy else ""))
+    return 0
+
+
+def _add_noise(sub):
+    p = sub.add_parser("noise", help="forward-noising strip of an image (the seeds' cat example)")
+    p.add_argument("--image", default="cat", help="cat (scikit-image photo) | mnist | path/to/image")
+    p.add_argument("--t", type=_ints, default=(0, 50, 100, 150, 199), help="timesteps, e.g. 0,50,100,150,199")
+    p.add_argument("--timesteps", type=int, default=200)
+    p.add_argument("--schedule", default="linear")
+    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="noising.png")
+
+
+def _image_tensor(spec: str, size: int):
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    if spec == "mnist":
+        from .data import load_mnist
+        return load_mnist("heldout", size)[0]
+    if spec == "cat":
+        try:
+            from skimage import data as skdata
+        except ImportError:
+            raise ValueError("the cat photo comes from scikit-image: pip install scikit-image")
+        img = Image.fromarray(skdata.chelsea())
+    else:
+        if not Path(spec).is_file():
+            raise FileNotFoundError(f"no such image file: {spec}")
+        try:
+            img = Image.open(spec).convert("RGB")
+        except Exception as e:
+            raise ValueError(f"cannot read image {spec}: {e}")
+    w, h = img.size
+    s = min(w, h)
+    img = img.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)).resize((size, size), Image.LANCZOS)
+    arr = np.asarray(img.convert("RGB"), dtype=np.float32) / 127.5 - 1
+    return torch.from_numpy(arr).permute(2, 0, 1)
+
+
+def cmd_noise(a) -> int:
+    import torch
+
+    from .schedules import DiscreteSchedule
+    from .viz import save_noising_strip
+
+    sched = DiscreteSchedule.from_name(a.schedule, a.timesteps)
+    bad = [t for t in a.t if not 0 <= t <= a.timesteps]
+    if bad:
+        raise ValueError(f"--t values {bad} are outside 0..{a.timesteps} (t=0 is the clean image)")
+    img = _image_tensor(a.image, a.size)
+    save_noising_strip(img, sched.abar.float(), list(a.t), a.out, generator=torch.Generator().manual_seed(a.seed))
+    print(f"wrote {a.out}")
+    return 0
+
+
+def _add_eval(sub):
+    p = sub.add_parser("eval", help="measure sample quality with the digit classifier")
+    p.add_argument("--ckpt", help="run or checkpoint directory (samples are drawn from it)")
+    p.add_argument("--images", help="or a .npy of images in [-1, 1] shaped [N, 1, H, W]")
+    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--sampler", default="ddim")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--schedule", default="auto")
+    p.add_argument("--eta", type=float, default=None)
+    p.add_argument("--variance", choices=["small", "large"], default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
+    p.add_argument("--json", default=None, help="also write the metrics to this JSON file")
+
+
+def cmd_eval(a) -> int:
+    import numpy as np
+    import torch
+
+    from .demo import sample_many
+    from .evaluation import digit_metrics, format_digit_metrics, load_digit_classifier
+
+    if bool(a.ckpt) == bool(a.images):
+        raise ValueError("give exactly one of --ckpt or --images")
+    if a.images:
+        if not Path(a.images).is_file():
+            raise FileNotFoundError(f"no such file: {a.images}")
+        x = torch.from_numpy(np.load(a.images)).float()
+        if x.dim() != 4 or x.shape[1] != 1:
+            raise ValueError(f"--images must hold [N, 1, H, W] greyscale digits, got {tuple(x.shape)}")
+    else:
+        den = _load(a)
+        if den.image_shape[0] != 1:
+            raise ValueError("the digit metrics need a greyscale (1-channel) model")
+        x = sample_many(den, den.image_shape, a.n, a.sampler, a.steps, seed=a.seed, batch_size=a.batch_size)
+    m = digit_metrics(x, load_digit_classifier())
+    print(format_digit_metrics(m))
+    if a.json:
+        Path(a.json).write_text(json.dumps(m, indent=2))
+    return 0
+
+
+def cmd_samplers(a) -> int:
+    from .samplers import SAMPLERS
+
+    print(f"{'name':<8} {'order':>5} {'stochastic':>10} {'NFE/step':>8}  description")
+    for name, s in SAMPLERS.items():
+        print(f"{name:<8} {s.order:>5} {str(s.stochastic):>10} {s.nfe_per_step:>8}  {s.description}")
+    return 0
+
+
+def _add_demo(sub):
+    p = sub.add_parser("demo", help="train on MNIST-5k, sample, draw and measure (what `make demo` runs)")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--time-budget", type=float, default=600.0, help="training seconds (default 600)")
+    p.add_argument("--n-eval", type=int, default=1000)
+    p.add_argument("--sampler", default="ddim")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--no-progress", action="store_true")
+
+
+def cmd_demo(a) -> int:
+    from .demo import run_demo
+
+    res = run_demo(a.out, a.time_budget, a.n_eval, a.sampler, a.steps, progress=not a.no_progress)
+    print((Path(a.out) / "report.md").read_text())
+    print(json.dumps(res["metrics"], indent=2))
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "noise": cmd_noise, "eval": cmd_eval,
+            "samplers": cmd_samplers, "demo": cmd_demo}
+
+HINTS = {
+    "FileNotFoundError": "check the path (run dirs hold checkpoints/; --data takes mnist, digits or a folder)",
+    "CheckpointError": "point --ckpt at a run directory written by `diffusionlab train`",
+    "TrainingDiverged": "resume from the last checkpoint with a lower --lr or --precision fp32",
+    "ValueError": "see `diffusionlab <command> --help`",
+    "NotADirectoryError": "pass the folder that contains the images",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="diffusionlab", description="Train, sample and measure diffusion models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    _add_sample(sub)
+    _add_noise(sub)
+    _add_eval(sub)
+    sub.add_parser("samplers", help="list the registered samplers")
+    _add_demo(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from .training.checkpoint import CheckpointError
+    from .training.trainer import TrainingDiverged
+
+    try:
+        return COMMANDS[args.command](args)
+    except (ValueError, FileNotFoundError, NotADirectoryError, CheckpointError, TrainingDiverged) as e:
+        kind = type(e).__name__
+        print(f"diffusionlab {args.command}: error: {e}", file=sys.stderr)
+        print(f"hint: {HINTS.get(kind, 'see --help')}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""``GaussianDiffusion``: the seed tutorials' API around a network, built on the library parts.
+
+    model = Unet(dim=64, dim_mults=(1, 2, 4, 8))
+    diffusion = GaussianDiffusion(model, image_size=128, timesteps=1000, loss_type='l1')
+    loss = diffusion(training_images)          # images in [0, 1]
+    loss.backward()
+    sampled = diffusion.sample(batch_size=4)   # images in [0, 1]
+
+Inside, images are scaled to [-1, 1]; sampling runs ``dl.sample`` on ``self.denoiser``
+(a sigma-space ``DiscreteDenoiser``), with DDPM ancestral over all T steps by default or
+DDIM when ``sampling_timesteps < timesteps``.
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+from torch import nn
+
+from .denoiser import DiscreteDenoiser, canonical_objective
+from .losses import DiscreteLoss
+from .sampling import sample as dl_sample
+from .schedules import DiscreteSchedule
+
+
+def normalize(img01: torch.Tensor) -> torch.Tensor:
+    return img01 * 2 - 1
+
+
+def unnormalize(x: torch.Tensor) -> torch.Tensor:
+    return ((x + 1) / 2).clamp(0, 1)
+
+
+class GaussianDiffusion(nn.Module):
+    def __init__(self, model: nn.Module, *, image_size, timesteps: int = 1000,
+                 sampling_timesteps: int | None = None, objective: str = "pred_v",
+                 beta_schedule: str = "cosine", loss_type: str = "l2", min_snr_gamma: float | None = None,
+                 min_snr_loss_weight: bool = False, offset_noise_strength: float = 0.0,
+                 zero_terminal_snr: bool = False, ddim_sampling_eta: float = 0.0,
+                 schedule_kwargs: dict | None = None):
+        super().__init__()
+        self.model = model
+        self.channels = getattr(model, "channels", 3)
+        self.image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        self.objective = canonical_objective(objective)
+        self.schedule = DiscreteSchedule.from_name(beta_schedule, timesteps, zero_terminal_snr,
+                                                   **(schedule_kwargs or {}))
+        self.num_timesteps = timesteps
+        self.sampling_timesteps = sampling_timesteps or timesteps
+        if not 1 <= self.sampling_timesteps <= timesteps:
+            raise ValueError(f"sampling_timesteps must be in 1..{timesteps}")
+        self.ddim_sampling_eta = ddim_sampling_eta
+        if min_snr_loss_weight and min_snr_gamma is None:
+            min_snr_gamma = 5.0
+        self.loss_fn = DiscreteLoss(self.schedule, self.objective, loss_type, min_snr_gamma,
+                                    offset_noise_strength)
+        self.denoiser = DiscreteDenoiser(model, self.schedule, self.objective)
+        self.config = dict(image_size=list(self.image_size), timesteps=timesteps,
+                           sampling_timesteps=self.sampling_timesteps, objective=self.objective,
+                           beta_schedule=beta_schedule, loss_type=loss_type, min_snr_gamma=min_snr_gamma,
+                           offset_noise_strength=offset_noise_strength, zero_terminal_snr=zero_terminal_snr,
+                           ddim_sampling_eta=ddim_sampling_eta, schedule_kwargs=schedule_kwargs or {})
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+    def loss(self, x: torch.Tensor, cond=None, generator=None, autocast=None) -> torch.Tensor:
+        """Mean training loss for images already in [-1, 1]."""
+        return self.loss_fn(self.model, x, cond, generator=generator, autocast=autocast).mean()
+
+    def forward(self, img: torch.Tensor, cond=None, generator=None) -> torch.Tensor:
+        """Training loss for a batch of images in [0, 1] (the seed API)."""
+        if tuple(img.shape[-2:]) != self.image_size:
+            raise ValueError(f"images are {tuple(img.shape[-2:])}, the model expects {self.image_size}")
+        return self.loss(normalize(img), cond, generator)
+
+    @torch.no_grad()
+    def sample(self, batch_size: int = 16, cond=None, generator=None, sampler: str | None = None,
+               steps: int | None = None, return_all_timesteps: bool = False, autocast_dtype=None,
+               **knobs) -> torch.Tensor:
+        """Images in [0, 1], [B, C, H, W] (or [B, steps + 1, C, H, W] with return_all_timesteps)."""
+        steps = steps or self.sampling_timesteps
+        if sampler is None:
+            sampler = "ddpm" if steps == self.num_timesteps else "ddim"
+            if sampler == "ddim":
+                knobs.setdefault("eta", self.ddim_sampling_eta)
+        frames, cb = [], None
+        if return_all_timesteps:
+            def cb(d):  # x_t in VP coordinates (x / sqrt(1 + sigma^2)): noise -> image
+                frames.append(d["x"] / (1 + d["sigma_next"] ** 2) ** 0.5)
+        shape = (batch_size, self.channels, *self.image_size)
+        was_training = self.model.training
+        self.model.eval()
+        ctx = torch.autocast(self.device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
+        try:
+            with ctx:
+                x = dl_sample(self.denoiser, shape, sampler=sampler, steps=steps, cond=cond,
+                              generator=generator, callback=cb, device=self.device, **knobs)
+        finally:
+            self.model.train(was_training)
+        if return_all_timesteps:
+            return torch.stack([unnormalize(f) for f in frames], dim=1)
+        return unnormalize(x)
+
+
+# The seeds' from-scratch helpers, importable under their tutorial names.
+def p_losses(denoise_model, x_start, t, noise=None, loss_type="l1", schedule: DiscreteSchedule | None = None,
+             generator=None):
+    """The seeds' eps-prediction training loss at given timesteps t (0-based LongTensor)."""
+    schedule = schedule or DiscreteSchedule.from_name("linear", 1000)
+    if noise is None:
+        noise = torch.randn(x_start.shape, generator=generator, dtype=x_start.dtype)
+    fn = DiscreteLoss(schedule, "eps", loss_type)
+    return fn(denoise_model, x_start, t=t, eps=noise).mean()

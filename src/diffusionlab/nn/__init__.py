@@ -1,0 +1,3 @@
+from .unet import Unet
+
+__all__ = ["Unet"]

@@ -1,0 +1,149 @@
+"""Building blocks shared by the networks (diffusion-agnostic)."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+
+def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Transformer sinusoidal embedding of (possibly fractional) timesteps t [B] -> [B, dim]
+    (Vaswani et al. 2017; used by Ho et al. 2020)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = t.float()[:, None] * freqs[None]
+    emb = torch.cat([args.sin(), args.cos()], dim=-1)
+    return F.pad(emb, (0, 1)) if dim % 2 else emb
+
+
+class SinusoidalPosEmb(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, t):
+        return sinusoidal_embedding(t, self.dim)
+
+
+class LearnedSinusoidalPosEmb(nn.Module):
+    """Random/learned Fourier features of t (Kingma et al. 2021 style); output dim + 1."""
+
+    def __init__(self, dim: int, learned: bool = True):
+        super().__init__()
+        assert dim % 2 == 0
+        self.weights = nn.Parameter(torch.randn(dim // 2), requires_grad=learned)
+
+    def forward(self, t):
+        t = t.float()[:, None]
+        freqs = t * self.weights[None] * 2 * math.pi
+        return torch.cat([t, freqs.sin(), freqs.cos()], dim=-1)
+
+
+def group_norm(channels: int, groups: int = 8) -> nn.GroupNorm:
+    g = math.gcd(groups, channels)
+    return nn.GroupNorm(g, channels)
+
+
+class ResnetBlock(nn.Module):
+    """GroupNorm -> SiLU -> conv, then GroupNorm with scale-shift from the embedding
+    (x * (1 + scale) + shift), SiLU, dropout, conv; residual (1x1 conv when channels change)."""
+
+    def __init__(self, dim_in: int, dim_out: int, emb_dim: int, groups: int = 8, dropout: float = 0.0):
+        super().__init__()
+        self.norm1 = group_norm(dim_in, groups)
+        self.conv1 = nn.Conv2d(dim_in, dim_out, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, dim_out * 2)
+        self.norm2 = group_norm(dim_out, groups)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(dim_out, dim_out, 3, padding=1)
+        self.skip = nn.Conv2d(dim_in, dim_out, 1) if dim_in != dim_out else nn.Identity()
+
+    def forward(self, x, emb):
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.emb(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
+        h = self.norm2(h) * (1 + scale) + shift
+        h = self.conv2(self.dropout(F.silu(h)))
+        return h + self.skip(x)
+
+
+class ConvNextBlock(nn.Module):
+    """ConvNeXt block (Liu et al. 2022) with an additive time embedding: depthwise 7x7,
+    GroupNorm(1), pointwise expand x mult, GELU, pointwise project; residual."""
+
+    def __init__(self, dim_in: int, dim_out: int, emb_dim: int, mult: int = 2, dropout: float = 0.0, **_):
+        super().__init__()
+        self.dw = nn.Conv2d(dim_in, dim_in, 7, padding=3, groups=dim_in)
+        self.emb = nn.Linear(emb_dim, dim_in)
+        self.net = nn.Sequential(
+            nn.GroupNorm(1, dim_in), nn.Conv2d(dim_in, dim_out * mult, 3, padding=1), nn.GELU(),
+            nn.Dropout(dropout), group_norm(dim_out * mult), nn.Conv2d(dim_out * mult, dim_out, 3, padding=1))
+        self.skip = nn.Conv2d(dim_in, dim_out, 1) if dim_in != dim_out else nn.Identity()
+
+    def forward(self, x, emb):
+        h = self.dw(x) + self.emb(F.gelu(emb))[:, :, None, None]
+        return self.net(h) + self.skip(x)
+
+
+class Attention(nn.Module):
+    """Full multi-head self-attention over pixels (pre-GroupNorm, residual), using
+    F.scaled_dot_product_attention."""
+
+    def __init__(self, dim: int, heads: int = 4, dim_head: int = 32):
+        super().__init__()
+        self.heads, inner = heads, heads * dim_head
+        self.norm = group_norm(dim)
+        self.qkv = nn.Conv2d(dim, inner * 3, 1, bias=False)
+        self.out = nn.Conv2d(inner, dim, 1)
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        q, k, v = self.qkv(self.norm(x)).chunk(3, dim=1)
+        q, k, v = (rearrange(t, "b (h d) x y -> b h (x y) d", h=self.heads) for t in (q, k, v))
+        o = F.scaled_dot_product_attention(q, k, v)
+        return x + self.out(rearrange(o, "b h (x y) d -> b (h d) x y", x=h, y=w))
+
+
+class LinearAttention(nn.Module):
+    """Linear attention (Katharopoulos et al. 2020; Shen et al. 2021 softmax form): softmax of
+    q over features and of k over positions, cost linear in the number of pixels."""
+
+    def __init__(self, dim: int, heads: int = 4, dim_head: int = 32):
+        super().__init__()
+        self.heads, self.scale, inner = heads, dim_head ** -0.5, heads * dim_head
+        self.norm = group_norm(dim)
+        self.qkv = nn.Conv2d(dim, inner * 3, 1, bias=False)
+        self.out = nn.Sequential(nn.Conv2d(inner, dim, 1), group_norm(dim))
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        q, k, v = self.qkv(self.norm(x)).chunk(3, dim=1)
+        q, k, v = (rearrange(t, "b (h d) x y -> b h d (x y)", h=self.heads) for t in (q, k, v))
+        q, k = q.softmax(dim=-2) * self.scale, k.softmax(dim=-1)
+        context = torch.einsum("bhdn,bhen->bhde", k, v)
+        o = torch.einsum("bhde,bhdn->bhen", context, q)
+        return x + self.out(rearrange(o, "b h e (x y) -> b (h e) x y", x=h, y=w))
+
+
+class Downsample(nn.Module):
+    """Halve the resolution: pixel-unshuffle (2x2 -> channels) then a 1x1 conv."""
+
+    def __init__(self, dim_in: int, dim_out: int):
+        super().__init__()
+        self.conv = nn.Conv2d(dim_in * 4, dim_out, 1)
+
+    def forward(self, x):
+        return self.conv(F.pixel_unshuffle(x, 2))
+
+
+class Upsample(nn.Module):
+    """Double the resolution: nearest-neighbour then a 3x3 conv."""
+
+    def __init__(self, dim_in: int, dim_out: int):
+        super().__init__()
+        self.conv = nn.Conv2d(dim_in, dim_out, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))

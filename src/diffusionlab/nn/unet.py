@@ -1,0 +1,146 @@
+"""U-Net noise-prediction network (Ronneberger et al. 2015 as used by Ho et al. 2020).
+
+Layout: an initial 3x3 conv; per level ``num_res_blocks`` residual (or ConvNeXt) blocks with
+time conditioning, optional attention, and a downsample; a middle (block, full attention,
+block); the mirrored up path with skip connections; a final block and a 1x1 conv. Input and
+output have the same spatial shape; the image side must be divisible by 2^(levels-1).
+
+Conditioning hook: ``forward(x, t, cond)``. With ``num_classes`` set, ``cond`` is a LongTensor
+of labels (``num_classes`` itself is the "null" label for classifier-free guidance); with
+``cond_dim`` set, ``cond`` is a float vector [B, cond_dim]. Either is embedded and added to
+the time embedding that every block receives.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .layers import (Attention, ConvNextBlock, Downsample, LearnedSinusoidalPosEmb, LinearAttention,
+                     ResnetBlock, SinusoidalPosEmb, Upsample, group_norm)
+
+
+def _per_level(value, n: int, name: str) -> tuple:
+    if isinstance(value, bool) or value is None:
+        return (bool(value),) * n
+    value = tuple(value)
+    if len(value) != n:
+        raise ValueError(f"{name} needs one entry per level ({n}), got {len(value)}")
+    return value
+
+
+class Unet(nn.Module):
+    def __init__(self, dim: int = 64, dim_mults: Sequence[int] = (1, 2, 4, 8), channels: int = 3,
+                 out_channels: int | None = None, num_res_blocks: int = 2, block: str = "resnet",
+                 full_attn: Sequence[bool] | bool | None = None, linear_attn: Sequence[bool] | bool = True,
+                 mid_attn: bool = True, attn_heads: int = 4, attn_dim_head: int = 32, dropout: float = 0.0,
+                 groups: int = 8, learned_sinusoidal: bool = False, learned_sinusoidal_dim: int = 16,
+                 num_classes: int | None = None, cond_dim: int | None = None, learned_variance: bool = False):
+        super().__init__()
+        levels = len(dim_mults)
+        if full_attn is None:  # full attention at the lowest resolution only (the cheap place)
+            full_attn = tuple(i == levels - 1 for i in range(levels))
+        full_attn = _per_level(full_attn, levels, "full_attn")
+        linear_attn = _per_level(linear_attn, levels, "linear_attn")
+        if block not in ("resnet", "convnext"):
+            raise ValueError("block must be 'resnet' or 'convnext'")
+        self.config = dict(dim=dim, dim_mults=list(dim_mults), channels=channels, out_channels=out_channels,
+                           num_res_blocks=num_res_blocks, block=block, full_attn=list(full_attn),
+                           linear_attn=list(linear_attn), mid_attn=mid_attn, attn_heads=attn_heads,
+                           attn_dim_head=attn_dim_head, dropout=dropout, groups=groups,
+                           learned_sinusoidal=learned_sinusoidal, learned_sinusoidal_dim=learned_sinusoidal_dim,
+                           num_classes=num_classes, cond_dim=cond_dim, learned_variance=learned_variance)
+        self.channels = channels
+        self.levels = levels
+        self.out_channels = out_channels or channels * (2 if learned_variance else 1)
+        Block = ResnetBlock if block == "resnet" else ConvNextBlock
+        emb_dim = dim * 4
+
+        if learned_sinusoidal:
+            pos, pos_dim = LearnedSinusoidalPosEmb(learned_sinusoidal_dim), learned_sinusoidal_dim + 1
+        else:
+            pos, pos_dim = SinusoidalPosEmb(dim), dim
+        self.time_mlp = nn.Sequential(pos, nn.Linear(pos_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.class_emb = nn.Embedding(num_classes + 1, emb_dim) if num_classes else None
+        self.cond_proj = nn.Linear(cond_dim, emb_dim) if cond_dim else None
+
+        def attn(d, full, linear):
+            if full:
+                return Attention(d, attn_heads, attn_dim_head)
+            return LinearAttention(d, attn_heads, attn_dim_head) if linear else nn.Identity()
+
+        dims = [dim * m for m in dim_mults]
+        self.init_conv = nn.Conv2d(channels, dim, 3, padding=1)
+        self.down = nn.ModuleList()
+        d_prev = dim
+        for i, d in enumerate(dims):
+            last = i == levels - 1
+            blocks = nn.ModuleList([Block(d_prev if j == 0 else d, d, emb_dim, groups=groups, dropout=dropout)
+                                    for j in range(num_res_blocks)])
+            self.down.append(nn.ModuleList([blocks, attn(d, full_attn[i], linear_attn[i]),
+                                            Downsample(d, d) if not last else nn.Identity()]))
+            d_prev = d
+        mid = dims[-1]
+        self.mid1 = Block(mid, mid, emb_dim, groups=groups, dropout=dropout)
+        self.mid_attn = Attention(mid, attn_heads, attn_dim_head) if mid_attn else nn.Identity()
+        self.mid2 = Block(mid, mid, emb_dim, groups=groups, dropout=dropout)
+
+        # skip channels in push order: init conv; per level each block output, then the
+        # downsampled map (all but the last level)
+        skips = [dim]
+        for i, d in enumerate(dims):
+            skips += [d] * num_res_blocks + ([d] if i < levels - 1 else [])
+        self.up = nn.ModuleList()
+        d_cur = mid
+        for i in reversed(range(levels)):
+            d = dims[i]
+            blocks = nn.ModuleList()
+            for j in range(num_res_blocks + 1):
+                blocks.append(Block(d_cur + skips.pop(), d, emb_dim, groups=groups, dropout=dropout))
+                d_cur = d
+            self.up.append(nn.ModuleList([blocks, attn(d, full_attn[i], linear_attn[i]),
+                                          Upsample(d, d) if i > 0 else nn.Identity()]))
+        self.final_norm = group_norm(d_cur, groups)
+        self.final_conv = nn.Conv2d(d_cur, self.out_channels, 3, padding=1)
+        nn.init.zeros_(self.final_conv.weight)
+        nn.init.zeros_(self.final_conv.bias)
+
+    def _embed(self, t, cond, batch: int, device):
+        t = torch.as_tensor(t, device=device)
+        if t.dim() == 0:
+            t = t.expand(batch)
+        emb = self.time_mlp(t)
+        if cond is not None:
+            if self.class_emb is not None:
+                emb = emb + self.class_emb(cond.long())
+            elif self.cond_proj is not None:
+                emb = emb + self.cond_proj(cond.to(emb.dtype))
+            else:
+                raise ValueError("this Unet was built without conditioning (num_classes / cond_dim)")
+        return emb
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
+        side = 2 ** (self.levels - 1)
+        if x.shape[-1] % side or x.shape[-2] % side:
+            raise ValueError(f"image size {tuple(x.shape[-2:])} must be divisible by {side} for "
+                             f"{self.levels} levels")
+        emb = self._embed(t, cond, x.shape[0], x.device)
+        h = self.init_conv(x)
+        hs = [h]
+        for i, (blocks, att, down) in enumerate(self.down):
+            for j, blk in enumerate(blocks):
+                h = blk(h, emb)
+                if j == len(blocks) - 1:
+                    h = att(h)
+                hs.append(h)
+            if i < self.levels - 1:
+                h = down(h)
+                hs.append(h)
+        h = self.mid2(self.mid_attn(self.mid1(h, emb)), emb)
+        for blocks, att, up in self.up:
+            for blk in blocks:
+                h = blk(torch.cat([h, hs.pop()], dim=1), emb)
+            h = up(att(h))
+        assert not hs
+        return self.final_conv(torch.nn.functional.silu(self.final_norm(h)))

@@ -1,0 +1,57 @@
+"""Shared step math for samplers in sigma-space (x = x0 + sigma * n)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+
+def randn_like(x: torch.Tensor, generator=None) -> torch.Tensor:
+    """Standard normal noise shaped like x. ``generator`` is None, one torch.Generator, or a
+    list with one generator per sample (sample i then draws only from generator i, so it is the
+    same whatever the batch size)."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != x.shape[0]:
+            raise ValueError(f"got {len(generator)} generators for a batch of {x.shape[0]}")
+        return torch.stack([torch.randn(x.shape[1:], generator=g, dtype=x.dtype,
+                                        device=g.device if g is not None else "cpu").to(x.device)
+                            for g in generator])
+    dev = generator.device if generator is not None else x.device
+    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=dev).to(x.device)
+
+
+def to_eps(x: torch.Tensor, denoised: torch.Tensor, sigma: float) -> torch.Tensor:
+    """The noise direction (x - x0_hat) / sigma; at sigma = inf x holds the unit noise itself."""
+    return x if math.isinf(sigma) else (x - denoised) / sigma
+
+
+def ancestral_step(sigma: float, sigma_next: float, eta: float = 1.0) -> tuple[float, float]:
+    """(sigma_down, sigma_up) with sigma_down^2 + sigma_up^2 = sigma_next^2 and
+    sigma_up^2 = eta^2 sigma_next^2 (sigma^2 - sigma_next^2) / sigma^2: the DDIM step with eta
+    (Song et al. 2021a, Eq. 16) rewritten in sigma-space; eta = 1 is the DDPM posterior."""
+    if sigma_next == 0:
+        return 0.0, 0.0
+    frac = 1.0 if math.isinf(sigma) else (sigma ** 2 - sigma_next ** 2) / sigma ** 2
+    up = min(sigma_next, eta * sigma_next * math.sqrt(max(frac, 0.0)))
+    return math.sqrt(max(sigma_next ** 2 - up ** 2, 0.0)), up
+
+
+def batch_sigma(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    return torch.full((x.shape[0],), sigma, dtype=torch.float32, device=x.device)
+
+
+@dataclass(frozen=True)
+class SamplerInfo:
+    """Registry entry: the function plus what the CLI and ``dl.sample`` need to know."""
+
+    fn: Callable
+    order: int
+    stochastic: bool
+    nfe_per_step: int
+    description: str
+
+
+def as_floats(sigmas: torch.Tensor | Sequence[float]) -> list[float]:
+    return [float(s) for s in sigmas]

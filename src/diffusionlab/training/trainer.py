@@ -1,0 +1,428 @@
+"""One readable training loop for every diffusion model of the library.
+
+The loop: draw a batch (a fixed-seed permutation per epoch), compute the diffusion loss under
+autocast, accumulate gradients, clip, AdamW step with warm-up + cosine learning rate, update
+the EMA. Around it: validation loss, sample grids, metrics.jsonl, atomic checkpoints, exact
+resume. Ctrl-C (SIGINT) requests a stop: the loop finishes the optimizer step it is in,
+checkpoints, and returns; a second Ctrl-C aborts at once. Checkpoints are therefore always at
+an optimizer-step boundary (the position inside gradient accumulation is 0), and the data
+order is a pure function of (seed, step), so a resumed run continues exactly.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from ..diffusion import GaussianDiffusion
+from ..nn.unet import Unet
+from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint, write_json_atomic
+from .config import DiffusionConfig, TrainConfig, UnetConfig
+from .ema import EMA
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+# ------------------------------------------------------------------ environment decisions
+def pick_device(name: str = "auto") -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def cpu_has_fast_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:
+        return False
+
+
+def pick_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """None means fp32. 'auto': bf16 on CPUs with native bf16 (AVX512-BF16/AMX) and on CUDA
+    GPUs that support it, fp16 on other CUDA GPUs, fp32 elsewhere."""
+    if name == "fp32":
+        return None
+    if name == "bf16":
+        return torch.bfloat16
+    if name == "fp16":
+        return torch.float16
+    if name != "auto":
+        raise ValueError(f"unknown precision {name!r}: auto, fp32, bf16 or fp16")
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and cpu_has_fast_bf16():
+        return torch.bfloat16
+    return None
+
+
+def set_threads(n: int | None) -> int:
+    """Use all cores for torch's intra-op pool (data is in memory: no loader workers compete)."""
+    n = n or len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (n or os.cpu_count() or 1)
+    torch.set_num_threads(max(1, n))
+    return torch.get_num_threads()
+
+
+def lr_at(step: int, cfg: TrainConfig, planned: int | None) -> float:
+    """Linear warm-up to cfg.lr, then cosine decay to min_lr_ratio * lr over the planned steps."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "constant" or not planned:
+        return cfg.lr
+    frac = min(1.0, (step - cfg.warmup_steps) / max(1, planned - cfg.warmup_steps))
+    lo = cfg.lr * cfg.min_lr_ratio
+    return lo + (cfg.lr - lo) * 0.5 * (1 + math.cos(math.pi * frac))
+
+
+def git_commit() -> str | None:
+    try:
+        here = Path(__file__).resolve().parent
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except Exception:
+        return None
+
+
+def package_versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for p in ("diffusionlab", "torch", "numpy", "safetensors", "einops", "pillow", "mlxtend", "scikit-learn"):
+        try:
+            out[p] = version(p)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def build_diffusion(cfg: TrainConfig) -> GaussianDiffusion:
+    from dataclasses import asdict
+
+    model = Unet(**asdict(cfg.model))
+    d = cfg.diffusion
+    return GaussianDiffusion(model, image_size=cfg.image_size, timesteps=d.timesteps, objective=d.objective,
+                             beta_schedule=d.beta_schedule, loss_type=d.loss_type, min_snr_gamma=d.min_snr_gamma,
+                             offset_noise_strength=d.offset_noise, zero_terminal_snr=d.zero_terminal_snr,
+                             sampling_timesteps=min(cfg.sample_steps, d.timesteps))
+
+
+def _config_from_diffusion(diffusion: GaussianDiffusion, **fields) -> TrainConfig:
+    mc = getattr(diffusion.model, "config", None)
+    model = UnetConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in mc.items()
+                          if k in UnetConfig.__dataclass_fields__}) if mc else UnetConfig()
+    dc = diffusion.config
+    diff = DiffusionConfig(timesteps=dc["timesteps"], objective=dc["objective"], beta_schedule=dc["beta_schedule"],
+                           loss_type=dc["loss_type"], min_snr_gamma=dc["min_snr_gamma"],
+                           offset_noise=dc["offset_noise_strength"], zero_terminal_snr=dc["zero_terminal_snr"])
+    return TrainConfig(model=model, diffusion=diff, image_size=diffusion.image_size[0], **fields)
+
+
+class Trainer:
+    """``Trainer(config=TrainConfig(...))`` builds everything from the config (the CLI path).
+    ``Trainer(diffusion, 'path/to/images', train_batch_size=32, train_lr=2e-5, train_num_steps=...,
+    gradient_accumulate_every=2, ema_decay=0.995, amp=True)`` is the seed tutorials' form."""
+
+    def __init__(self, diffusion: GaussianDiffusion | None = None, folder: str | None = None,
+                 config: TrainConfig | None = None, *, train_batch_size=None, train_lr=None,
+                 train_num_steps=None, gradient_accumulate_every=None, ema_decay=None, amp=None,
+                 results_folder=None, save_and_sample_every=None, num_samples=None,
+                 augment_horizontal_flip=None, calculate_fid=False, resume: bool = False, **overrides):
+        seed_kw = {k: v for k, v in dict(batch_size=train_batch_size, lr=train_lr, max_steps=train_num_steps,
+                                           grad_accum=gradient_accumulate_every, ema_decay=ema_decay,
+                                           out_dir=results_folder, sample_every=save_and_sample_every,
+                                           checkpoint_every=save_and_sample_every, n_grid=num_samples,
+                                           hflip=augment_horizontal_flip).items() if v is not None}
+        if amp is not None:
+            seed_kw["precision"] = "auto" if amp else "fp32"
+        if folder is not None:
+            seed_kw["data"] = str(folder)
+        seed_kw.update(overrides)
+        if config is None:
+            config = _config_from_diffusion(diffusion, **seed_kw) if diffusion is not None else TrainConfig(**seed_kw)
+        elif seed_kw:
+            import dataclasses
+            config = dataclasses.replace(config, **seed_kw)
+        self.resume_from = None
+        if resume:
+            try:
+                self.resume_from = find_checkpoint(config.out_dir)
+            except Exception:
+                self.resume_from = None
+            if self.resume_from is not None:  # the checkpoint's config wins, but budgets may grow
+                stored = TrainConfig.from_dict(json.loads((self.resume_from / "config.json").read_text())["train"])
+                import dataclasses
+                config = dataclasses.replace(stored, max_steps=config.max_steps, time_budget=config.time_budget,
+                                             out_dir=config.out_dir, progress=config.progress)
+        self.cfg = cfg = config
+        self.out = Path(cfg.out_dir)
+        self.threads = set_threads(cfg.num_threads)
+        self.device = pick_device(cfg.device)
+        self.amp_dtype = pick_precision(cfg.precision, self.device)
+        from ..data.datasets import load_dataset
+
+        self.train_data, self.val_data = load_dataset(cfg.data, cfg.image_size, cfg.model.channels,
+                                                      cfg.val_fraction, cfg.seed)
+        if len(self.train_data) < cfg.batch_size:
+            raise ValueError(f"only {len(self.train_data)} training images for batch size {cfg.batch_size}")
+        self.diffusion = diffusion if diffusion is not None else build_diffusion(cfg)
+        self.channels_last = self.device.type == "cpu"
+        self.model = self.diffusion.model.to(self.device)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.train_data = self.train_data.to(self.device)
+        self.val_data = self.val_data[: cfg.n_val].to(self.device)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=cfg.adam_betas,
+                                     weight_decay=cfg.weight_decay)
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 and self.device.type == "cuda" else None
+        self.ema = EMA(self.model, cfg.ema_decay, cfg.ema_power)
+        self.gen = torch.Generator(device="cpu").manual_seed(cfg.seed * 7919 + 17)
+        self.step, self.elapsed, self.planned = 0, 0.0, cfg.max_steps
+        self._stop = False
+        if self.resume_from is not None:
+            self._restore(load_checkpoint(self.resume_from))
+
+    # ------------------------------------------------------------------ pieces of the loop
+    def autocast(self):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def batch(self, micro: int) -> torch.Tensor:
+        """Micro-batch number ``micro``: a pure function of (seed, micro) - epochs are fixed-seed
+        permutations, the last partial batch of an epoch is dropped."""
+        n, b = len(self.train_data), self.cfg.batch_size
+        per_epoch = n // b
+        epoch, pos = divmod(micro, per_epoch)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch))
+        x = self.train_data[perm[pos * b:(pos + 1) * b].to(self.device)]
+        if self.cfg.hflip:
+            flip = torch.rand(b, generator=self.gen) < 0.5
+            x = torch.where(flip.to(self.device)[:, None, None, None], x.flip(-1), x)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def train_step(self) -> tuple[float, float]:
+        cfg = self.cfg
+        for g in self.opt.param_groups:
+            g["lr"] = lr_at(self.step, cfg, self.planned)
+        total = 0.0
+        for k in range(cfg.grad_accum):
+            loss = self.diffusion.loss(self.batch(self.step * cfg.grad_accum + k), generator=self.gen,
+                                       autocast=self.autocast()) / cfg.grad_accum
+            (self.scaler.scale(loss) if self.scaler else loss).backward()
+            total += loss.item()
+        if not math.isfinite(total):
+            self.opt.zero_grad(set_to_none=True)
+            raise TrainingDiverged(
+                f"loss became {total} at step {self.step}; stopping. The last good checkpoint is "
+                f"{self._latest_name()}. Try a lower --lr, --precision fp32, or gradient clipping.")
+        if self.scaler:
+            self.scaler.unscale_(self.opt)
+        gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip or float("inf")).item()
+        if self.scaler:
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.ema.update(self.model)
+        self.step += 1
+        return total, gnorm
+
+    @torch.no_grad()
+    def validation_loss(self, model) -> float:
+        gen = torch.Generator().manual_seed(12345)  # same t and noise at every evaluation
+        was = model.training
+        model.eval()
+        losses = []
+        for chunk in self.val_data.split(128):
+            x = chunk.contiguous(memory_format=torch.channels_last) if self.channels_last else chunk
+            losses.append(self.diffusion.loss_fn(model, x, generator=gen, autocast=self.autocast()))
+        model.train(was)
+        return torch.cat(losses).mean().item()
+
+    def ema_denoiser(self):
+        from ..denoiser import DiscreteDenoiser
+
+        return DiscreteDenoiser(self.ema.model, self.diffusion.schedule, self.diffusion.objective,
+                                autocast_dtype=self.amp_dtype)
+
+    def save_grid(self, name: str) -> Path:
+        from ..sampling import sample
+        from ..viz import save_grid
+
+        cfg = self.cfg
+        gens = [torch.Generator().manual_seed(cfg.seed * 100_003 + i) for i in range(cfg.n_grid)]
+        x = sample(self.ema_denoiser(), (cfg.n_grid, cfg.model.channels, cfg.image_size, cfg.image_size),
+                   sampler=cfg.sample_sampler, steps=min(cfg.sample_steps, cfg.diffusion.timesteps),
+                   generator=gens, device=self.device)
+        path = self.out / "samples" / f"{name}.png"
+        save_grid(x.float().cpu(), path, nrow=int(math.ceil(math.sqrt(cfg.n_grid))), upscale=2)
+        return path
+
+    def checkpoint(self) -> Path:
+        rng = {"train": self.gen.get_state(), "torch": torch.get_rng_state()}
+        if torch.cuda.is_available() and self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        config = {"kind": "discrete_diffusion", "model": {"type": "unet", "config": self.model_config()},
+                  "diffusion": self.diffusion.config, "train": self.cfg.to_dict()}
+        state = {"planned_steps": self.planned, "elapsed_train_seconds": self.elapsed, "ema_step": self.ema.step}
+        return save_checkpoint(self.out, self.step, model=self.model, ema_model=self.ema.model, config=config,
+                               optimizer=self.opt, train_state=state, rng=rng, keep=self.cfg.keep_checkpoints)
+
+    def model_config(self) -> dict:
+        return getattr(self.model, "config", {})
+
+    def _latest_name(self) -> str:
+        try:
+            return str(find_checkpoint(self.out))
+        except Exception:
+            return "(none written yet)"
+
+    def _restore(self, ck: dict) -> None:
+        self.model.load_state_dict(ck["model"])
+        self.ema.load_state_dict(ck["ema"])
+        if ck["optimizer"] is not None:
+            self.opt.load_state_dict(ck["optimizer"])
+        st = ck["train_state"]
+        self.step = st["step"]
+        self.planned = st.get("planned_steps") if self.cfg.max_steps is None else self.cfg.max_steps
+        self.elapsed = st.get("elapsed_train_seconds", 0.0)
+        self.ema.step = st.get("ema_step", self.step)
+        if "train" in ck["rng"]:
+            self.gen.set_state(ck["rng"]["train"])
+        if "torch" in ck["rng"]:
+            torch.set_rng_state(ck["rng"]["torch"])
+        if "cuda" in ck["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(ck["rng"]["cuda"], self.device)
+        self._truncate_metrics(self.step)
+
+    def _truncate_metrics(self, step: int) -> None:
+        path = self.out / "metrics.jsonl"
+        if not path.exists():
+            return
+        keep = []
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    keep.append(line)
+            except json.JSONDecodeError:
+                pass
+        path.write_text("".join(l + "\n" for l in keep))
+
+    def log(self, record: dict) -> None:
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def write_run_json(self, extra: dict | None = None) -> None:
+        info = {"config": self.cfg.to_dict(), "git_commit": git_commit(), "versions": package_versions(),
+                "torch_threads": self.threads, "cpu_count": os.cpu_count(), "device": str(self.device),
+                "precision": str(self.amp_dtype or "fp32"), "argv": sys.argv,
+                "parameters": sum(p.numel() for p in self.model.parameters()),
+                "train_images": len(self.train_data), "val_images": len(self.val_data),
+                "resumed_from": str(self.resume_from) if self.resume_from else None, **(extra or {})}
+        write_json_atomic(self.out / "run.json", info)
+
+    # ------------------------------------------------------------------ the loop
+    def _done(self) -> bool:
+        cfg = self.cfg
+        if self.planned is not None and self.step >= self.planned:
+            return True
+        return cfg.time_budget is not None and self.elapsed >= cfg.time_budget
+
+    def _replan(self) -> None:
+        """With a time budget and no max_steps: planned steps = step + remaining / (s per step)."""
+        cfg = self.cfg
+        if cfg.time_budget is None or cfg.max_steps is not None or self.step < 30:
+            return
+        if self.planned is None or (self.step % 100 == 0 and self.elapsed < 0.6 * cfg.time_budget):
+            per_step = self.elapsed / self.step
+            self.planned = self.step + int(max(0.0, cfg.time_budget - self.elapsed) / per_step)
+
+    def _on_sigint(self, signum, frame):
+        if self._stop:
+            raise KeyboardInterrupt
+        self._stop = True
+        print("\nstopping after this step and saving a checkpoint (Ctrl-C again to abort now)", file=sys.stderr)
+
+    def train(self, stop_after: int | None = None) -> dict:
+        """Run until max_steps / time_budget (or Ctrl-C, or ``stop_after`` steps: a simulated
+        Ctrl-C used by tests). Returns a summary dict."""
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.write_run_json()
+        self.model.train()
+        old_handler = None
+        try:
+            old_handler = signal.signal(signal.SIGINT, self._on_sigint)
+        except ValueError:  # not in the main thread
+            pass
+        total = cfg.max_steps if cfg.max_steps else None
+        bar = tqdm(total=total, initial=self.step, disable=not cfg.progress, dynamic_ncols=True,
+                   unit="step", desc="train")
+        wall0, window_t, window_n, status = time.perf_counter(), 0.0, 0, "completed"
+        try:
+            while not self._done():
+                t0 = time.perf_counter()
+                loss, gnorm = self.train_step()
+                dt = time.perf_counter() - t0
+                self.elapsed += dt
+                window_t, window_n = window_t + dt, window_n + 1
+                self._replan()
+                if self.step % cfg.log_every == 0 or self.step == 1:
+                    ips = window_n * cfg.batch_size * cfg.grad_accum / max(window_t, 1e-9)
+                    self.log({"step": self.step, "loss": loss, "lr": self.opt.param_groups[0]["lr"],
+                              "grad_norm": gnorm, "img_per_s": ips, "train_seconds": self.elapsed})
+                    window_t, window_n = 0.0, 0
+                    bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{ips:.0f}",
+                                    left=self._eta(), refresh=False)
+                bar.update(1)
+                if cfg.val_every and self.step % cfg.val_every == 0:
+                    self.log({"step": self.step, "val_loss": self.validation_loss(self.model),
+                              "val_loss_ema": self.validation_loss(self.ema.model)})
+                if cfg.sample_every and self.step % cfg.sample_every == 0:
+                    self.save_grid(f"step-{self.step:08d}")
+                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                    self.checkpoint()
+                if stop_after is not None and self.step >= stop_after:
+                    self._stop = True
+                if self._stop:
+                    status = "interrupted"
+                    break
+        finally:
+            bar.close()
+            if old_handler is not None:
+                signal.signal(signal.SIGINT, old_handler)
+        if not (cfg.val_every and self.step % cfg.val_every == 0):
+            self.log({"step": self.step, "val_loss": self.validation_loss(self.model),
+                      "val_loss_ema": self.validation_loss(self.ema.model)})
+        ck = self.checkpoint()
+        summary = {"status": status, "steps": self.step, "train_seconds": round(self.elapsed, 2),
+                   "wall_seconds": round(time.perf_counter() - wall0, 2), "checkpoint": str(ck)}
+        self.write_run_json({"summary": summary})
+        return summary
+
+    def _eta(self) -> str:
+        cfg = self.cfg
+        if cfg.time_budget is not None and (self.planned is None or cfg.max_steps is None):
+            left = max(0.0, cfg.time_budget - self.elapsed)
+        elif self.planned:
+            left = (self.planned - self.step) * self.elapsed / max(self.step, 1)
+        else:
+            return "?"
+        return f"{int(left // 60)}m{int(left % 60):02d}s"

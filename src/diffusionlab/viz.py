@@ -1,0 +1,351 @@
+"""Pictures of what a diffusion model does: sample grids, reverse-process GIFs, the
+"image noised at t = 0, 50, 100, ..." strip, and loss curves.
+
+Conventions (the library's): images are float tensors ``[B, C, H, W]`` in ``[-1, 1]``
+with ``C`` = 1 (greyscale) or 3 (RGB). Arrays handed to PIL are ``uint8``.
+
+Every file is written atomically: into a temporary file in the destination folder,
+then moved into place with :func:`os.replace`, so a crash (or a reader polling the file
+during training) never sees a half-written PNG/GIF. Parent folders are created.
+
+matplotlib is imported lazily and only through its object-oriented API with the Agg
+canvas (no ``pyplot``, no global figure state, works headless).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+__all__ = [
+    "to_uint8",
+    "make_grid",
+    "save_grid",
+    "save_gif",
+    "noising_strip",
+    "save_noising_strip",
+    "plot_losses",
+    "read_jsonl",
+]
+
+MAX_GIF_FRAMES = 60
+
+
+# --------------------------------------------------------------------------- helpers
+@contextlib.contextmanager
+def _atomic_path(path: str | os.PathLike, suffix: str) -> Iterator[str]:
+    """Yield a temporary file name next to ``path``; move it onto ``path`` on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix,
+                               dir=str(path.parent))
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def _as_batch(images) -> torch.Tensor:
+    """Tensor/ndarray [B,C,H,W] or [C,H,W] -> float32 CPU tensor [B,C,H,W]."""
+    if isinstance(images, np.ndarray):
+        images = torch.from_numpy(np.ascontiguousarray(images))
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"expected a torch.Tensor or numpy array, got {type(images).__name__}")
+    x = images.detach().to("cpu", torch.float32)
+    if x.ndim == 3:
+        x = x.unsqueeze(0)
+    if x.ndim != 4:
+        raise ValueError(f"expected images shaped [B, C, H, W] or [C, H, W], got {tuple(x.shape)}")
+    if x.shape[1] not in (1, 3):
+        raise ValueError(f"expected 1 or 3 channels (dim 1), got shape {tuple(x.shape)}")
+    return x
+
+
+def _upscale(arr: np.ndarray, factor: int) -> np.ndarray:
+    factor = int(factor)
+    if factor < 1:
+        raise ValueError(f"upscale must be an integer >= 1, got {factor}")
+    if factor == 1:
+        return arr
+    return np.repeat(np.repeat(arr, factor, axis=0), factor, axis=1)
+
+
+# --------------------------------------------------------------------------- grids
+def to_uint8(images) -> np.ndarray:
+    """Images in [-1, 1] (``[B,C,H,W]`` or ``[C,H,W]``) -> ``uint8`` array ``[B,H,W,C]``.
+
+    Values are clamped to [-1, 1], mapped to [0, 255] and rounded, so -1 -> 0 and 1 -> 255.
+    NaNs become 0.
+    """
+    x = _as_batch(images)
+    x = torch.nan_to_num(x, nan=-1.0)
+    x = ((x.clamp(-1.0, 1.0) + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    return x.permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def make_grid(images, nrow: int = 8, padding: int = 2, pad_value: float = -1.0) -> np.ndarray:
+    """Tile a batch into one ``uint8`` image (torchvision-style layout).
+
+    ``nrow`` images per row; the grid is
+    ``(rows * (H + padding) + padding) x (cols * (W + padding) + padding)`` with
+    ``cols = min(nrow, B)``, ``rows = ceil(B / cols)``; empty cells and padding take
+    ``pad_value`` (in [-1, 1]; -1 = black).
+
+    Returns ``[Hg, Wg]`` (2-D) for greyscale input (C = 1) and ``[Hg, Wg, 3]`` for RGB,
+    both directly savable with ``PIL.Image.fromarray``.
+    """
+    x = _as_batch(images)
+    b, c, h, w = x.shape
+    if b == 0:
+        raise ValueError("make_grid needs at least one image")
+    nrow = max(1, int(nrow))
+    padding = max(0, int(padding))
+    cols = min(nrow, b)
+    rows = math.ceil(b / cols)
+    tiles = to_uint8(x)  # [B,H,W,C]
+    pad = int(round((min(max(float(pad_value), -1.0), 1.0) + 1.0) * 127.5))
+    grid = np.full((rows * (h + padding) + padding, cols * (w + padding) + padding, c),
+                   pad, dtype=np.uint8)
+    for i in range(b):
+        r, k = divmod(i, cols)
+        y0 = padding + r * (h + padding)
+        x0 = padding + k * (w + padding)
+        grid[y0:y0 + h, x0:x0 + w] = tiles[i]
+    return grid[:, :, 0] if c == 1 else grid
+
+
+def save_grid(images, path, nrow: int = 8, upscale: int = 1, padding: int = 2,
+              pad_value: float = -1.0) -> Path:
+    """Write ``make_grid(images)`` as a PNG, enlarged ``upscale`` times (nearest neighbour)."""
+    grid = _upscale(make_grid(images, nrow=nrow, padding=padding, pad_value=pad_value), upscale)
+    with _atomic_path(path, ".png") as tmp:
+        Image.fromarray(grid).save(tmp, format="PNG")
+    return Path(path)
+
+
+def _subsample_indices(n: int, max_frames: int) -> list[int]:
+    """Evenly spaced indices into ``range(n)``, at most ``max_frames``, first and last kept."""
+    if n <= max_frames:
+        return list(range(n))
+    if max_frames < 2:
+        return [n - 1]
+    idx = np.unique(np.round(np.linspace(0, n - 1, max_frames)).astype(int))
+    return [int(i) for i in idx]
+
+
+def save_gif(frames: Sequence, path, nrow: int = 8, duration: float = 0.08,
+             hold_last: float = 1.0, upscale: int = 2, max_frames: int = MAX_GIF_FRAMES,
+             padding: int = 2) -> Path:
+    """Animate the reverse process: each ``[B,C,H,W]`` tensor in ``frames`` becomes one grid.
+
+    ``duration`` seconds per frame; the last frame is shown for ``hold_last`` seconds
+    (if larger than ``duration``). Loops forever. More than ``max_frames`` frames are
+    subsampled evenly, always keeping the first (noise) and last (image) frame.
+    Written with Pillow (GIF durations are in 1/100 s, so very short ones are rounded).
+    """
+    frames = list(frames)
+    if not frames:
+        raise ValueError("save_gif needs at least one frame")
+    keep = _subsample_indices(len(frames), int(max_frames))
+    grids = [_upscale(make_grid(frames[i], nrow=nrow, padding=padding), upscale) for i in keep]
+    shapes = {g.shape for g in grids}
+    if len(shapes) != 1:
+        raise ValueError(f"all frames must give grids of the same size, got {sorted(shapes)}")
+    pil = [Image.fromarray(g) for g in grids]
+    ms = max(10, int(round(float(duration) * 1000)))
+    durations = [ms] * len(pil)
+    durations[-1] = max(ms, int(round(float(hold_last) * 1000)))
+    with _atomic_path(path, ".gif") as tmp:
+        pil[0].save(tmp, format="GIF", save_all=True, append_images=pil[1:],
+                    duration=durations if len(pil) > 1 else durations[0], loop=0,
+                    optimize=False, disposal=1)
+    return Path(path)
+
+
+# --------------------------------------------------------------------------- noising strip
+def noising_strip(image, abar, ts: Sequence[int], generator: torch.Generator | None = None,
+                  clamp: bool = True) -> torch.Tensor:
+    """The forward process applied to one image at several steps, with ONE shared noise.
+
+    ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps`` where ``abar`` is 1-D of length T with
+    ``abar[t-1]`` belonging to step ``t`` and ``t = 0`` meaning the clean image (abar = 1).
+    ``eps`` is drawn once, from ``generator`` (a fresh generator seeded with 0 when None, so
+    the result is reproducible and the global RNG is never touched).
+
+    Returns ``[len(ts), C, H, W]``, clamped to [-1, 1] for display unless ``clamp=False``.
+    """
+    x0 = _as_batch(image) if not isinstance(image, torch.Tensor) else image.detach()
+    if x0.ndim == 3:
+        x0 = x0.unsqueeze(0)
+    if x0.ndim != 4 or x0.shape[0] != 1:
+        raise ValueError(f"expected one image [C,H,W] or [1,C,H,W], got {tuple(x0.shape)}")
+    x0 = x0.float()
+    abar = torch.as_tensor(abar, dtype=torch.float64).flatten().cpu()
+    T = abar.numel()
+    ts = [int(t) for t in ts]
+    bad = [t for t in ts if t < 0 or t > T]
+    if bad:
+        raise ValueError(f"timesteps must lie in [0, {T}] (0 = clean image), got {bad}")
+    if generator is None:
+        generator = torch.Generator(device=x0.device).manual_seed(0)
+    eps = torch.randn(x0.shape, generator=generator, device=generator.device,
+                      dtype=torch.float32).to(x0.device)
+    out = []
+    for t in ts:
+        if t == 0:
+            xt = x0.clone()
+        else:
+            a = float(abar[t - 1])
+            xt = math.sqrt(a) * x0 + math.sqrt(max(0.0, 1.0 - a)) * eps
+        out.append(xt)
+    res = torch.cat(out, dim=0)
+    return res.clamp(-1.0, 1.0) if clamp else res
+
+
+def save_noising_strip(image, abar, ts: Sequence[int], path, upscale: int = 4,
+                       generator: torch.Generator | None = None, dpi: int = 100,
+                       title: str | None = None) -> Path:
+    """One row of panels x_t (shared noise), each titled ``"t=..."``, saved as a PNG."""
+    from matplotlib.figure import Figure
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    ts = [int(t) for t in ts]
+    strip = to_uint8(noising_strip(image, abar, ts, generator=generator))  # [N,H,W,C]
+    n, h, w, c = strip.shape
+    upscale = max(1, int(upscale))
+    pw, ph = w * upscale / dpi, h * upscale / dpi
+    fig = Figure(figsize=(n * (pw + 0.15) + 0.15, ph + 0.45 + (0.3 if title else 0.0)), dpi=dpi)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, n, squeeze=False)[0]
+    for ax, t, img in zip(axes, ts, strip):
+        img = _upscale(img, upscale)
+        if c == 1:
+            ax.imshow(img[:, :, 0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        else:
+            ax.imshow(img, interpolation="nearest")
+        ax.set_title(f"t={t}", fontsize=10)
+        ax.set_axis_off()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout(pad=0.3)
+    with _atomic_path(path, ".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    return Path(path)
+
+
+# --------------------------------------------------------------------------- metrics
+def read_jsonl(path) -> list[dict]:
+    """Read a metrics ``.jsonl`` file (one JSON object per line).
+
+    Blank lines are skipped; a truncated/garbled LAST line (a writer killed mid-line, or
+    one still writing) is dropped silently; a garbled line elsewhere is dropped with a
+    warning. Lines that are valid JSON but not objects are ignored.
+    """
+    with open(path, "r", encoding="utf-8", errors="replace") as f:
+        lines = f.read().splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    records: list[dict] = []
+    bad = 0
+    for i, line in enumerate(lines):
+        s = line.strip()
+        if not s:
+            continue
+        try:
+            rec = json.loads(s)
+        except ValueError:
+            if i != len(lines) - 1:
+                bad += 1
+            continue
+        if isinstance(rec, dict):
+            records.append(rec)
+    if bad:
+        warnings.warn(f"{path}: skipped {bad} malformed line(s)", stacklevel=2)
+    return records
+
+
+def _num(v) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def _ema(values: Sequence[float], beta: float) -> np.ndarray:
+    """Bias-corrected exponential moving average (as in Adam / TensorBoard smoothing)."""
+    out = np.empty(len(values))
+    m = 0.0
+    for i, v in enumerate(values):
+        m = beta * m + (1.0 - beta) * v
+        out[i] = m / (1.0 - beta ** (i + 1))
+    return out
+
+
+def plot_losses(metrics: Sequence[dict], path, ema: float = 0.98,
+                title: str = "Training loss") -> Path:
+    """Loss curves from metrics records (e.g. :func:`read_jsonl` of ``metrics.jsonl``).
+
+    Records with ``step`` and ``loss`` are training points (drawn raw and faint, plus a
+    bold bias-corrected EMA with factor ``ema``); records with ``step`` and ``val_loss``
+    are validation points (markers). Other keys are ignored. Log-scale y when all plotted
+    values are positive. Saved atomically as a PNG.
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    train, val = [], []
+    for rec in metrics:
+        if not isinstance(rec, dict):
+            continue
+        step = _num(rec.get("step"))
+        if step is None:
+            continue
+        loss, vloss = _num(rec.get("loss")), _num(rec.get("val_loss"))
+        if loss is not None:
+            train.append((step, loss))
+        if vloss is not None:
+            val.append((step, vloss))
+    train.sort(key=lambda p: p[0])
+    val.sort(key=lambda p: p[0])
+
+    fig = Figure(figsize=(7, 4.5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    if train:
+        s, l = np.array([p[0] for p in train]), np.array([p[1] for p in train])
+        ax.plot(s, l, color="tab:blue", alpha=0.25, linewidth=0.8, label="training loss")
+        if len(l) > 1:
+            ax.plot(s, _ema(l, float(ema)), color="tab:blue", linewidth=2.0,
+                    label=f"training loss (EMA {ema:g})")
+    if val:
+        ax.plot([p[0] for p in val], [p[1] for p in val], color="tab:orange", marker="o",
+                markersize=5, linewidth=1.2, label="validation loss")
+    values = [p[1] for p in train] + [p[1] for p in val]
+    if values and min(values) > 0:
+        ax.set_yscale("log")
+    if not values:
+        ax.text(0.5, 0.5, "no loss records yet", ha="center", va="center",
+                transform=ax.transAxes)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    if values:
+        ax.legend(loc="upper right")
+    fig.tight_layout()
+    with _atomic_path(path, ".png") as tmp:
+        fig.savefig(tmp, format="png")
+    return Path(path)
