@@ -213,9 +213,10 @@ def test_metrics_identical_images_and_copies(clf, heldout, train_images):
     assert mc["copied_fraction"] > 0.99
 
 
-def test_metrics_other_size_and_clamping(clf):
+def test_metrics_other_size_and_clamping(clf, heldout, train_images):
     x28 = load_mnist("heldout", image_size=28)[:300] * 1.5  # out of range: clamped
-    m = digit_metrics(x28, classifier=clf)
+    # 32x32 references are resized to the samples' 28x28
+    m = digit_metrics(x28, classifier=clf, real_reference=heldout[0], real_train=train_images)
     assert m["n"] == 300
     assert m["confident_fraction"] > 0.8
     assert m["fd_ratio"] < 3

@@ -115,7 +115,7 @@ class DiscreteDenoiser(nn.Module):
         w = ((log_s - ls[lo]) / (ls[hi] - ls[lo])).clamp(0, 1)
         t = lo.to(torch.float64) + w
         t = torch.where(torch.isinf(sigma), torch.full_like(t, self.schedule.T - 1), t)
-        return t.to(torch.float32)
+        return t if sigma.dtype == torch.float64 else t.to(torch.float32)
 
     def t_to_sigma(self, t: torch.Tensor) -> torch.Tensor:
         t = t.to(torch.float64)

@@ -53,9 +53,10 @@ def posterior_mean_coefs(schedule: DiscreteSchedule) -> tuple[torch.Tensor, torc
 def q_posterior(schedule: DiscreteSchedule, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor):
     """Mean, variance and clipped log-variance of q(x_{t-1} | x_t, x0)."""
     c0, ct = posterior_mean_coefs(schedule)
-    mean = extract(c0, t, x_t.shape) * x0 + extract(ct, t, x_t.shape) * x_t
-    var = extract(posterior_variance(schedule), t, x_t.shape)
-    log_var = extract(posterior_log_variance_clipped(schedule), t, x_t.shape)
+    dt = x_t.dtype
+    mean = extract(c0, t, x_t.shape, dt) * x0 + extract(ct, t, x_t.shape, dt) * x_t
+    var = extract(posterior_variance(schedule), t, x_t.shape, dt)
+    log_var = extract(posterior_log_variance_clipped(schedule), t, x_t.shape, dt)
     return mean, var, log_var
 
 
@@ -113,7 +114,7 @@ def p_mean_variance(schedule: DiscreteSchedule, x0_pred: torch.Tensor, x_t: torc
     or beta_t ('large'; DDPM's sigma_t^2 = beta_t)."""
     mean, var, _ = q_posterior(schedule, x0_pred, x_t, t)
     if variance == "large":
-        var = extract(schedule.betas, t, x_t.shape)
+        var = extract(schedule.betas, t, x_t.shape, x_t.dtype)
     return mean, var
 
 
@@ -124,12 +125,12 @@ def p_sample(model_eps, schedule: DiscreteSchedule, x_t: torch.Tensor, t_index: 
     with no noise at the last step (t_index 0). ``model_eps(x_t, t)`` predicts eps."""
     t = torch.full((x_t.shape[0],), t_index, dtype=torch.long, device=x_t.device)
     eps = model_eps(x_t, t)
-    beta = extract(schedule.betas, t, x_t.shape)
-    abar = extract(schedule.abar, t, x_t.shape)
+    beta = extract(schedule.betas, t, x_t.shape, x_t.dtype)
+    abar = extract(schedule.abar, t, x_t.shape, x_t.dtype)
     mean = (x_t - beta / (1 - abar).sqrt() * eps) / (1 - beta).sqrt()
     if t_index == 0:
         return mean
     if noise is None:
         noise = torch.randn(x_t.shape, generator=generator, dtype=x_t.dtype, device=x_t.device)
     var = posterior_variance(schedule) if variance == "small" else schedule.betas
-    return mean + extract(var, t, x_t.shape).sqrt() * noise
+    return mean + extract(var, t, x_t.shape, x_t.dtype).sqrt() * noise

@@ -20,9 +20,10 @@ _F64 = torch.float64
 
 def _scaled(T: int, beta_start: float | None, beta_end: float | None) -> tuple[float, float]:
     # DDPM's 1e-4..0.02 is defined for T = 1000; scale so the total noise is the same for any T.
+    # (capped at 0.999 so very short chains stay valid)
     scale = 1000.0 / T
-    return (beta_start if beta_start is not None else 1e-4 * scale,
-            beta_end if beta_end is not None else 0.02 * scale)
+    return (beta_start if beta_start is not None else min(1e-4 * scale, 0.5),
+            beta_end if beta_end is not None else min(0.02 * scale, 0.999))
 
 
 def linear_beta_schedule(timesteps: int, beta_start: float | None = None,

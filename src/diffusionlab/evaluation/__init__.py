@@ -1,5 +1,6 @@
 """Sample-quality evaluation: a cached MNIST digit classifier, feature-space Frechet
-distance, class coverage and memorisation checks (see :mod:`diffusionlab.evaluation.digits`)."""
+distance, class coverage and memorisation checks
+(see :mod:`diffusionlab.evaluation.digits`)."""
 from .digits import (
     CLASSIFIER_FILENAME,
     DigitClassifier,

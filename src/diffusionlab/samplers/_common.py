@@ -39,7 +39,9 @@ def ancestral_step(sigma: float, sigma_next: float, eta: float = 1.0) -> tuple[f
 
 
 def batch_sigma(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    return torch.full((x.shape[0],), sigma, dtype=torch.float32, device=x.device)
+    """sigma as a [B] tensor (float64 when x is, so float64 tests stay exact)."""
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return torch.full((x.shape[0],), sigma, dtype=dtype, device=x.device)
 
 
 @dataclass(frozen=True)
