@@ -154,7 +154,9 @@ def save_gif(frames: Sequence, path, nrow: int = 8, duration: float = 0.08,
     ``duration`` seconds per frame; the last frame is shown for ``hold_last`` seconds
     (if larger than ``duration``). Loops forever. More than ``max_frames`` frames are
     subsampled evenly, always keeping the first (noise) and last (image) frame.
-    Written with Pillow (GIF durations are in 1/100 s, so very short ones are rounded).
+    Written with Pillow (GIF durations are in 1/100 s, so very short ones are rounded);
+    consecutive frames whose grids are pixel-identical are merged by Pillow into one
+    frame with the summed duration, so the file can hold fewer frames than given.
     """
     frames = list(frames)
     if not frames:
@@ -226,11 +228,13 @@ def save_noising_strip(image, abar, ts: Sequence[int], path, upscale: int = 4,
     strip = to_uint8(noising_strip(image, abar, ts, generator=generator))  # [N,H,W,C]
     n, h, w, c = strip.shape
     upscale = max(1, int(upscale))
-    pw, ph = w * upscale / dpi, h * upscale / dpi
-    fig = Figure(figsize=(n * (pw + 0.15) + 0.15, ph + 0.45 + (0.3 if title else 0.0)), dpi=dpi)
+    pw, ph = w * upscale / dpi, h * upscale / dpi  # panel size in inches, pixel-exact
+    gap, side, bottom, top = 0.1, 0.05, 0.05, 0.3 + (0.35 if title else 0.0)
+    fw, fh = 2 * side + n * pw + (n - 1) * gap, bottom + ph + top
+    fig = Figure(figsize=(fw, fh), dpi=dpi)
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, n, squeeze=False)[0]
-    for ax, t, img in zip(axes, ts, strip):
+    for i, (t, img) in enumerate(zip(ts, strip)):
+        ax = fig.add_axes(((side + i * (pw + gap)) / fw, bottom / fh, pw / fw, ph / fh))
         img = _upscale(img, upscale)
         if c == 1:
             ax.imshow(img[:, :, 0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
@@ -239,8 +243,7 @@ def save_noising_strip(image, abar, ts: Sequence[int], path, upscale: int = 4,
         ax.set_title(f"t={t}", fontsize=10)
         ax.set_axis_off()
     if title:
-        fig.suptitle(title)
-    fig.tight_layout(pad=0.3)
+        fig.suptitle(title, y=1.0 - 0.05 / fh, va="top")
     with _atomic_path(path, ".png") as tmp:
         fig.savefig(tmp, format="png", dpi=dpi)
     return Path(path)

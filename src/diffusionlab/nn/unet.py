@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .layers import (Attention, ConvNextBlock, Downsample, LearnedSinusoidalPosEmb, LinearAttention,
@@ -36,7 +37,8 @@ class Unet(nn.Module):
                  full_attn: Sequence[bool] | bool | None = None, linear_attn: Sequence[bool] | bool = True,
                  mid_attn: bool = True, attn_heads: int = 4, attn_dim_head: int = 32, dropout: float = 0.0,
                  groups: int = 8, learned_sinusoidal: bool = False, learned_sinusoidal_dim: int = 16,
-                 num_classes: int | None = None, cond_dim: int | None = None, learned_variance: bool = False):
+                 num_classes: int | None = None, cond_dim: int | None = None, learned_variance: bool = False,
+                 patch_size: int = 1):
         super().__init__()
         levels = len(dim_mults)
         if full_attn is None:  # full attention at the lowest resolution only (the cheap place)
@@ -50,7 +52,8 @@ class Unet(nn.Module):
                            linear_attn=list(linear_attn), mid_attn=mid_attn, attn_heads=attn_heads,
                            attn_dim_head=attn_dim_head, dropout=dropout, groups=groups,
                            learned_sinusoidal=learned_sinusoidal, learned_sinusoidal_dim=learned_sinusoidal_dim,
-                           num_classes=num_classes, cond_dim=cond_dim, learned_variance=learned_variance)
+                           num_classes=num_classes, cond_dim=cond_dim, learned_variance=learned_variance,
+                           patch_size=patch_size)
         self.channels = channels
         self.levels = levels
         self.out_channels = out_channels or channels * (2 if learned_variance else 1)
@@ -71,7 +74,10 @@ class Unet(nn.Module):
             return LinearAttention(d, attn_heads, attn_dim_head) if linear else nn.Identity()
 
         dims = [dim * m for m in dim_mults]
-        self.init_conv = nn.Conv2d(channels, dim, 3, padding=1)
+        # patch_size p > 1 folds p x p pixels into channels first (pixel-unshuffle) and unfolds
+        # at the end: the U-Net then runs at 1/p resolution, p^2 times fewer activations.
+        self.patch_size = patch_size
+        self.init_conv = nn.Conv2d(channels * patch_size ** 2, dim, 3, padding=1)
         self.down = nn.ModuleList()
         d_prev = dim
         for i, d in enumerate(dims):
@@ -102,7 +108,7 @@ class Unet(nn.Module):
             self.up.append(nn.ModuleList([blocks, attn(d, full_attn[i], linear_attn[i]),
                                           Upsample(d, d) if i > 0 else nn.Identity()]))
         self.final_norm = group_norm(d_cur, groups)
-        self.final_conv = nn.Conv2d(d_cur, self.out_channels, 3, padding=1)
+        self.final_conv = nn.Conv2d(d_cur, self.out_channels * patch_size ** 2, 3, padding=1)
         nn.init.zeros_(self.final_conv.weight)
         nn.init.zeros_(self.final_conv.bias)
 
@@ -121,12 +127,13 @@ class Unet(nn.Module):
         return emb
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
-        side = 2 ** (self.levels - 1)
+        side = 2 ** (self.levels - 1) * self.patch_size
         if x.shape[-1] % side or x.shape[-2] % side:
             raise ValueError(f"image size {tuple(x.shape[-2:])} must be divisible by {side} for "
                              f"{self.levels} levels")
         emb = self._embed(t, cond, x.shape[0], x.device)
-        h = self.init_conv(x)
+        p = self.patch_size
+        h = self.init_conv(F.pixel_unshuffle(x, p) if p > 1 else x)
         hs = [h]
         for i, (blocks, att, down) in enumerate(self.down):
             for j, blk in enumerate(blocks):
@@ -143,4 +150,5 @@ class Unet(nn.Module):
                 h = blk(torch.cat([h, hs.pop()], dim=1), emb)
             h = up(att(h))
         assert not hs
-        return self.final_conv(torch.nn.functional.silu(self.final_norm(h)))
+        out = self.final_conv(F.silu(self.final_norm(h)))
+        return F.pixel_shuffle(out, p) if p > 1 else out

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 @dataclass
 class UnetConfig:
-    dim: int = 32
+    dim: int = 64
     dim_mults: tuple = (1, 2, 2)
     channels: int = 1
     num_res_blocks: int = 1
@@ -24,6 +24,7 @@ class UnetConfig:
     num_classes: int | None = None
     cond_dim: int | None = None
     learned_variance: bool = False
+    patch_size: int = 2
 
 
 @dataclass
@@ -50,7 +51,7 @@ class TrainConfig:
     lr: float = 2e-3
     weight_decay: float = 0.0
     adam_betas: tuple = (0.9, 0.99)
-    warmup_steps: int = 200
+    warmup_steps: int = 100
     lr_schedule: str = "cosine"      # cosine | constant (after linear warm-up)
     min_lr_ratio: float = 0.05
     max_steps: int | None = None     # None with time_budget: estimated from measured speed
@@ -109,7 +110,7 @@ def demo_config(**overrides) -> TrainConfig:
 
 def tiny_config(**overrides) -> TrainConfig:
     """A seconds-long run for tests and smoke checks."""
-    cfg = TrainConfig(model=UnetConfig(dim=8, dim_mults=(1, 2), mid_attn=False, groups=4),
+    cfg = TrainConfig(model=UnetConfig(dim=8, dim_mults=(1, 2), mid_attn=False, groups=4, patch_size=1),
                       diffusion=DiffusionConfig(timesteps=100), batch_size=8, max_steps=4,
                       log_every=1, val_every=2, n_val=16, sample_every=0, checkpoint_every=2,
                       n_grid=4, sample_steps=4, warmup_steps=2, progress=False, precision="fp32")

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from ..data.folder import random_hflip
 from ..diffusion import GaussianDiffusion
 from ..nn.unet import Unet
 from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint, write_json_atomic
@@ -112,7 +113,9 @@ def package_versions() -> dict:
 def build_diffusion(cfg: TrainConfig) -> GaussianDiffusion:
     from dataclasses import asdict
 
-    model = Unet(**asdict(cfg.model))
+    with torch.random.fork_rng(devices=[]):  # weights depend on the seed only, not on prior RNG use
+        torch.manual_seed(cfg.seed)
+        model = Unet(**asdict(cfg.model))
     d = cfg.diffusion
     return GaussianDiffusion(model, image_size=cfg.image_size, timesteps=d.timesteps, objective=d.objective,
                              beta_schedule=d.beta_schedule, loss_type=d.loss_type, min_snr_gamma=d.min_snr_gamma,
@@ -210,8 +213,7 @@ class Trainer:
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch))
         x = self.train_data[perm[pos * b:(pos + 1) * b].to(self.device)]
         if self.cfg.hflip:
-            flip = torch.rand(b, generator=self.gen) < 0.5
-            x = torch.where(flip.to(self.device)[:, None, None, None], x.flip(-1), x)
+            x = random_hflip(x, self.gen)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def train_step(self) -> tuple[float, float]:

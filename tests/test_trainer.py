@@ -1,0 +1,151 @@
+"""The trainer: loss goes down, resume is exact, crashes lose nothing, NaN stops cleanly."""
+import json
+import os
+
+import pytest
+import torch
+
+from diffusionlab.training import Trainer, tiny_config
+from diffusionlab.training import checkpoint as ckpt_mod
+from diffusionlab.training.checkpoint import find_checkpoint, load_checkpoint
+from diffusionlab.training.trainer import TrainingDiverged, lr_at
+
+
+def params(trainer):
+    return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+
+
+def ema_params(trainer):
+    return {k: v.detach().clone() for k, v in trainer.ema.model.state_dict().items()}
+
+
+@pytest.mark.parametrize("grad_accum", [1, 2])
+def test_interrupted_and_resumed_run_equals_uninterrupted_bitwise(tmp_path, grad_accum, one_thread):
+    cfg = dict(max_steps=6, grad_accum=grad_accum, num_threads=1, checkpoint_every=0, sample_every=0, val_every=0)
+    a = Trainer(config=tiny_config(out_dir=str(tmp_path / "a"), **cfg))
+    a.train()
+    b = Trainer(config=tiny_config(out_dir=str(tmp_path / "b"), **cfg))
+    summary = b.train(stop_after=3)             # a simulated Ctrl-C after step 3: checkpoint and return
+    assert summary["status"] == "interrupted" and summary["steps"] == 3
+    c = Trainer(config=tiny_config(out_dir=str(tmp_path / "b"), **cfg), resume=True)
+    assert c.step == 3
+    c.train()
+    for k, v in params(a).items():
+        assert torch.equal(v, params(c)[k]), k
+    for k, v in ema_params(a).items():
+        assert torch.equal(v, ema_params(c)[k]), k
+    assert torch.equal(a.gen.get_state(), c.gen.get_state())
+    # the metrics log of the resumed run has each step once
+    steps = [r["step"] for r in map(json.loads, (tmp_path / "b" / "metrics.jsonl").read_text().splitlines())
+             if "loss" in r]
+    assert steps == sorted(set(steps)) and steps[-1] == 6
+
+
+def test_resume_under_bf16_is_close(tmp_path, one_thread):
+    cfg = dict(max_steps=4, precision="bf16", num_threads=1, checkpoint_every=0, sample_every=0, val_every=0)
+    a = Trainer(config=tiny_config(out_dir=str(tmp_path / "a"), **cfg))
+    a.train()
+    Trainer(config=tiny_config(out_dir=str(tmp_path / "b"), **cfg)).train(stop_after=2)
+    c = Trainer(config=tiny_config(out_dir=str(tmp_path / "b"), **cfg), resume=True)
+    c.train()
+    for k, v in params(a).items():
+        assert torch.allclose(v, params(c)[k], atol=1e-5, rtol=1e-4), k
+
+
+def test_training_lowers_the_loss(tmp_path):
+    cfg = tiny_config(out_dir=str(tmp_path), max_steps=60, batch_size=16, lr=3e-3, val_every=30, log_every=1,
+                      warmup_steps=5, checkpoint_every=0)
+    Trainer(config=cfg).train()
+    recs = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in recs if "loss" in r]
+    assert sum(losses[-10:]) / 10 < 0.7 * sum(losses[:5]) / 5
+    vals = [r["val_loss"] for r in recs if "val_loss" in r]
+    assert vals[-1] < vals[0]
+
+
+def test_outputs_of_a_run(tmp_path):
+    cfg = tiny_config(out_dir=str(tmp_path), sample_every=2)
+    Trainer(config=cfg).train()
+    assert (tmp_path / "samples" / "step-00000002.png").is_file()
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["torch_threads"] >= 1 and "torch" in run["versions"] and run["config"]["max_steps"] == 4
+    assert run["summary"]["steps"] == 4
+    ck = load_checkpoint(tmp_path)
+    assert ck["config"]["format_version"] == 1 and ck["train_state"]["step"] == 4
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["latest", "step-00000002", "step-00000004"]
+
+
+def test_crash_while_writing_a_checkpoint_keeps_the_last_good_one(tmp_path, monkeypatch):
+    t = Trainer(config=tiny_config(out_dir=str(tmp_path), max_steps=2, checkpoint_every=2))
+    t.train()
+    good = find_checkpoint(tmp_path)
+    calls = {"n": 0}
+    real = ckpt_mod.save_file
+
+    def dying_save(tensors, path, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:  # die after the model weights, before the EMA weights
+            raise OSError("disk full")
+        return real(tensors, path, *a, **k)
+
+    monkeypatch.setattr(ckpt_mod, "save_file", dying_save)
+    t.cfg.max_steps = 3
+    t.planned = 3
+    with pytest.raises(OSError, match="disk full"):
+        t.train()
+    assert find_checkpoint(tmp_path) == good
+    assert not [p for p in (tmp_path / "checkpoints").iterdir() if ".tmp" in p.name]
+    load_checkpoint(tmp_path)  # still loads
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path):
+    t = Trainer(config=tiny_config(out_dir=str(tmp_path), max_steps=4, checkpoint_every=2))
+    real = t.diffusion.loss
+
+    def loss(x, *a, **k):
+        out = real(x, *a, **k)
+        return out * float("nan") if t.step == 2 else out
+
+    t.diffusion.loss = loss
+    with pytest.raises(TrainingDiverged, match="loss became nan at step 2"):
+        t.train()
+    assert find_checkpoint(tmp_path).name == "step-00000002"
+    ck = load_checkpoint(tmp_path)
+    assert all(torch.isfinite(v).all() for v in ck["model"].values())
+
+
+def test_damaged_checkpoint_is_a_clear_error(tmp_path):
+    Trainer(config=tiny_config(out_dir=str(tmp_path), max_steps=2)).train()
+    ck = find_checkpoint(tmp_path)
+    (ck / "ema.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ckpt_mod.CheckpointError, match="damaged"):
+        load_checkpoint(tmp_path)
+
+
+def test_lr_schedule_warmup_then_cosine():
+    cfg = tiny_config(lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_at(0, cfg, 100) == pytest.approx(0.1)
+    assert lr_at(9, cfg, 100) == pytest.approx(1.0)
+    assert lr_at(10, cfg, 100) == pytest.approx(1.0)
+    assert lr_at(55, cfg, 100) == pytest.approx(0.55)
+    assert lr_at(100, cfg, 100) == pytest.approx(0.1)
+
+
+def test_time_budget_stops_training(tmp_path):
+    cfg = tiny_config(out_dir=str(tmp_path), max_steps=None, time_budget=3.0, checkpoint_every=0, val_every=0)
+    t = Trainer(config=cfg)
+    s = t.train()
+    assert 0.7 * 3.0 <= s["train_seconds"] < 30   # stops at the budget or at the steps planned for it
+    assert t.step > 1
+
+
+def test_bad_data_is_reported_before_training(tmp_path):
+    with pytest.raises(FileNotFoundError, match="neither an embedded dataset"):
+        Trainer(config=tiny_config(out_dir=str(tmp_path), data=str(tmp_path / "missing")))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="(?i)no images"):
+        Trainer(config=tiny_config(out_dir=str(tmp_path / "o"), data=str(empty),
+                                   model=tiny_config().model.__class__(dim=8, dim_mults=(1, 2), channels=3, groups=4)))
+    assert not (tmp_path / "o").exists()
