@@ -6,7 +6,7 @@ PIP     := $(BIN)/pip install -c constraints.txt
 STAMP   := $(VENV)/.installed
 BUDGET  ?= 600
 
-.PHONY: venv demo test test-slow bench clean
+.PHONY: venv demo test test-slow bench bench-venv clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -27,15 +27,23 @@ test-slow: $(STAMP)
 
 # Peer libraries need torchvision, which does not import beside torch 2.13.0+cpu: a separate
 # venv with torch 2.14.1 + torchvision 0.29.1 (both on local disk) runs all three libraries.
+# Our package goes in with --no-deps (its pyproject pins torch 2.13.0); its other
+# dependencies are listed here. See bench/README.md.
 BENCH_VENV := .venv-bench
-$(BENCH_VENV)/.installed: pyproject.toml
+BPIP := $(BENCH_VENV)/bin/pip install -c bench/constraints-bench.txt
+$(BENCH_VENV)/.installed: pyproject.toml bench/constraints-bench.txt
 	test -x $(BENCH_VENV)/bin/python || $(PY) -m venv $(BENCH_VENV)
-	$(BENCH_VENV)/bin/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BENCH_VENV)/bin/pip install -q -c bench/constraints-bench.txt -e . diffusers denoising-diffusion-pytorch
+	$(BPIP) -q torch==2.14.1 torchvision==0.29.1
+	$(BPIP) -q diffusers denoising-diffusion-pytorch numpy 'einops>=0.7' 'safetensors>=0.4' 'pillow>=9' \
+		'imageio>=2.30' 'matplotlib>=3.7' 'tqdm>=4.60' 'mlxtend>=0.23' 'scikit-learn>=1.3' 'scipy>=1.10' pytest
+	$(BENCH_VENV)/bin/pip install -q --no-deps -e .
 	touch $@
 
+bench-venv: $(BENCH_VENV)/.installed
+
 bench: $(BENCH_VENV)/.installed
-	$(BENCH_VENV)/bin/python bench/train_throughput.py --out bench/RESULTS.md
+	$(BENCH_VENV)/bin/python bench/train_throughput.py --out bench/RESULTS_throughput.md
+	$(BIN)/python bench/train_throughput.py --only ours --out bench/RESULTS_throughput_project_venv.md
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) runs

@@ -102,7 +102,7 @@ PEERS = {
     "ddpm": dict(dim=64, dim_mults=(1, 2, 2), channels=1),
 }
 
-OURS_DEMO = dict(dim=32, dim_mults=(1, 2, 2), channels=1, num_res_blocks=1, linear_attn=False)
+OURS_DEMO = dict(dim=64, dim_mults=(1, 2, 2), channels=1, num_res_blocks=1, linear_attn=False, patch_size=2)
 
 # Our config closest to each peer (found by --search: resnet blocks and 3 levels like the
 # peers, smallest max(|d params|, |d forward FLOPs|)); both must stay within +-15%.
@@ -390,9 +390,9 @@ def meta_stats(library: str, kwargs: dict) -> tuple[float, float]:
 
 def search(top: int = 5) -> None:
     """Rank our resnet, 3-level configs by max(|d params|, |d FLOPs|) against each peer."""
-    grid = [dict(dim=d, dim_mults=m, channels=1, num_res_blocks=n, linear_attn=lin)
-            for d in (32, 48, 64, 80, 96) for m in ((1, 2, 2), (1, 1, 2), (1, 2, 3), (1, 2, 4))
-            for n in (1, 2, 3) for lin in (False, True)]
+    grid = [dict(dim=d, dim_mults=m, channels=1, num_res_blocks=n, linear_attn=lin, patch_size=p)
+            for d in (32, 48, 64, 80, 96, 112, 128) for m in ((1, 2, 2), (1, 1, 2), (1, 2, 3), (1, 2, 4))
+            for n in (1, 2, 3) for lin in (False, True) for p in (1, 2)]
     ours = [(kw, *meta_stats("ours", kw)) for kw in grid]
     for peer, pkw in PEERS.items():
         if not installed(peer):

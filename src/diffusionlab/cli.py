@@ -266,7 +266,8 @@ def cmd_eval(a) -> int:
         den = _load(a)
         if den.image_shape[0] != 1:
             raise ValueError("the digit metrics need a greyscale (1-channel) model")
-        x = sample_many(den, den.image_shape, a.n, a.sampler, a.steps, seed=a.seed, batch_size=a.batch_size)
+        x = sample_many(den, den.image_shape, a.n, a.sampler, a.steps, seed=a.seed, batch_size=a.batch_size,
+                        schedule=a.schedule, **_sampler_knobs(a))
     m = digit_metrics(x, load_digit_classifier())
     print(format_digit_metrics(m))
     if a.json:
@@ -288,7 +289,7 @@ def _add_demo(sub):
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--time-budget", type=float, default=600.0, help="training seconds (default 600)")
     p.add_argument("--n-eval", type=int, default=1000)
-    p.add_argument("--sampler", default="ddim")
+    p.add_argument("--sampler", default="ddpm")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--no-progress", action="store_true")
 

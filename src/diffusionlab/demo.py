@@ -42,8 +42,8 @@ def write_visuals(run_dir: Path, denoiser, cfg, sampler: str, steps: int, seed: 
 
 
 def sample_many(denoiser, shape_one, n: int, sampler: str, steps: int, seed: int = 0,
-                batch_size: int = 250, progress: bool = True) -> torch.Tensor:
-    """n samples with per-sample seeds (independent of batch size)."""
+                batch_size: int = 250, progress: bool = True, **knobs) -> torch.Tensor:
+    """n samples with per-sample seeds (independent of batch size); ``knobs`` go to the sampler."""
     from tqdm.auto import tqdm
 
     from .sampling import sample
@@ -52,7 +52,8 @@ def sample_many(denoiser, shape_one, n: int, sampler: str, steps: int, seed: int
     for start in tqdm(range(0, n, batch_size), disable=not progress, desc="sample", unit="batch"):
         idx = range(start, min(n, start + batch_size))
         gens = [torch.Generator().manual_seed(seed * 1_000_003 + 7 + i) for i in idx]
-        out.append(sample(denoiser, (len(idx), *shape_one), sampler=sampler, steps=steps, generator=gens).float().cpu())
+        out.append(sample(denoiser, (len(idx), *shape_one), sampler=sampler, steps=steps, generator=gens,
+                          **knobs).float().cpu())
     return torch.cat(out)
 
 
@@ -82,7 +83,7 @@ def write_report(run_dir: Path, summary: dict, metrics: dict, sampling: dict, cf
 
 
 def run_demo(out_dir: str = "runs/demo", time_budget: float = 600.0, n_eval: int = 1000,
-             sampler: str = "ddim", steps: int = 50, progress: bool = True, **overrides) -> dict:
+             sampler: str = "ddpm", steps: int = 50, progress: bool = True, **overrides) -> dict:
     from .evaluation import digit_metrics, load_digit_classifier
     from .loading import load_denoiser
 

@@ -331,8 +331,9 @@ def plot_losses(metrics: Sequence[dict], path, ema: float = 0.98,
         s, l = np.array([p[0] for p in train]), np.array([p[1] for p in train])
         ax.plot(s, l, color="tab:blue", alpha=0.25, linewidth=0.8, label="training loss")
         if len(l) > 1:
-            ax.plot(s, _ema(l, float(ema)), color="tab:blue", linewidth=2.0,
-                    label=f"training loss (EMA {ema:g})")
+            beta = min(float(ema), max(0.0, 1 - 8 / len(l)))  # short logs: less lag
+            ax.plot(s, _ema(l, beta), color="tab:blue", linewidth=2.0,
+                    label=f"training loss (EMA {beta:.2g})")
     if val:
         ax.plot([p[0] for p in val], [p[1] for p in val], color="tab:orange", marker="o",
                 markersize=5, linewidth=1.2, label="validation loss")

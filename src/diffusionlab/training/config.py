@@ -33,7 +33,7 @@ class DiffusionConfig:
     objective: str = "v"             # eps | x0 | v
     beta_schedule: str = "cosine"    # see schedules.BETA_SCHEDULES
     loss_type: str = "l2"            # l1 | l2 | huber
-    min_snr_gamma: float | None = 5.0
+    min_snr_gamma: float | None = None  # e.g. 5; measured: hurts the 10-minute MNIST demo
     offset_noise: float = 0.0
     zero_terminal_snr: bool = False
 
@@ -71,7 +71,7 @@ class TrainConfig:
     checkpoint_every: int = 1000
     keep_checkpoints: int = 2
     n_grid: int = 64
-    sample_sampler: str = "ddim"
+    sample_sampler: str = "ddpm"
     sample_steps: int = 50
     progress: bool = True
 
@@ -102,9 +102,12 @@ def _known(cls, d: dict) -> dict:
 
 
 def demo_config(**overrides) -> TrainConfig:
-    """The `make demo` run: MNIST-5k at 32x32, a small FLOP-efficient U-Net, v-prediction on a
-    cosine schedule with min-SNR-5 weighting, bf16 autocast on CPU, 10 minutes."""
-    cfg = TrainConfig(data="mnist", image_size=32, time_budget=600.0, out_dir="runs/demo")
+    """The `make demo` run: MNIST-5k at 32x32, a FLOP-efficient U-Net (2x2 patches, so it runs
+    at 16x16), v-prediction on a cosine schedule, bf16 autocast on CPU, 10 minutes.
+    Measured on 2 cores (5-minute runs, 500 samples): min-SNR-5 weighting and batch 32 were
+    worse; DDPM ancestral sampling beat DDIM (eta 0 and 0.5) at 50 steps."""
+    cfg = TrainConfig(data="mnist", image_size=32, time_budget=600.0, out_dir="runs/demo", log_every=10,
+                      val_every=100)
     return dataclasses.replace(cfg, **overrides)
 
 
