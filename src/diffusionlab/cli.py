@@ -38,6 +38,7 @@ def _add_train(sub):
     p.add_argument("--loss", choices=["l1", "l2", "huber"])
     p.add_argument("--min-snr-gamma", type=float, help="0 disables min-SNR weighting")
     p.add_argument("--offset-noise", type=float)
+    p.add_argument("--sigma-data", type=float, help="EDM loss weighting with this data std")
     p.add_argument("--zero-terminal-snr", action="store_true", default=None)
     p.add_argument("--steps", type=int, dest="max_steps", help="optimizer steps")
     p.add_argument("--time-budget", type=float, help="seconds of training (validation/sampling excluded)")
@@ -72,7 +73,7 @@ def _train_config(a):
              if getattr(a, k) is not None}
     diff = {k2: getattr(a, k1) for k1, k2 in (("objective", "objective"), ("schedule", "beta_schedule"),
                                               ("timesteps", "timesteps"), ("loss", "loss_type"),
-                                              ("offset_noise", "offset_noise"),
+                                              ("offset_noise", "offset_noise"), ("sigma_data", "sigma_data"),
                                               ("zero_terminal_snr", "zero_terminal_snr"))
             if getattr(a, k1) is not None}
     if a.min_snr_gamma is not None:

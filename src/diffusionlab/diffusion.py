@@ -37,7 +37,7 @@ class GaussianDiffusion(nn.Module):
                  beta_schedule: str = "cosine", loss_type: str = "l2", min_snr_gamma: float | None = None,
                  min_snr_loss_weight: bool = False, offset_noise_strength: float = 0.0,
                  zero_terminal_snr: bool = False, ddim_sampling_eta: float = 0.0,
-                 schedule_kwargs: dict | None = None):
+                 schedule_kwargs: dict | None = None, sigma_data: float | None = None):
         super().__init__()
         self.model = model
         self.channels = getattr(model, "channels", 3)
@@ -53,13 +53,14 @@ class GaussianDiffusion(nn.Module):
         if min_snr_loss_weight and min_snr_gamma is None:
             min_snr_gamma = 5.0
         self.loss_fn = DiscreteLoss(self.schedule, self.objective, loss_type, min_snr_gamma,
-                                    offset_noise_strength)
+                                    offset_noise_strength, sigma_data)
         self.denoiser = DiscreteDenoiser(model, self.schedule, self.objective)
         self.config = dict(image_size=list(self.image_size), timesteps=timesteps,
                            sampling_timesteps=self.sampling_timesteps, objective=self.objective,
                            beta_schedule=beta_schedule, loss_type=loss_type, min_snr_gamma=min_snr_gamma,
                            offset_noise_strength=offset_noise_strength, zero_terminal_snr=zero_terminal_snr,
-                           ddim_sampling_eta=ddim_sampling_eta, schedule_kwargs=schedule_kwargs or {})
+                           ddim_sampling_eta=ddim_sampling_eta, schedule_kwargs=schedule_kwargs or {},
+                           sigma_data=sigma_data)
 
     @property
     def device(self):

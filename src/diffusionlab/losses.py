@@ -7,6 +7,11 @@ eps -> eps, x0 -> x0, v -> a eps - s x0 (Salimans & Ho 2022).
 Min-SNR-gamma (Hang et al. 2023): weight = min(SNR, gamma) expressed for each target
 (eps: / SNR; x0: as is; v: / (SNR + 1)), so every objective gets the same x0-space weighting.
 
+EDM weighting (Karras et al. 2022, Eq. 8 / Table 1): lambda(sigma) = 1/sigma^2 + 1/sigma_data^2 in
+x0 space, i.e. SNR + 1/sigma_data^2; converted to each target's space (eps: x0 error = sigma *
+eps error; v: x0 error^2 = v error^2 / (SNR + 1)). With v and sigma_data = 1 it is plain v-loss;
+a smaller sigma_data weights the high-noise levels, where the global shape forms, more.
+
 Offset noise (Guttenberg 2023) adds a per-channel constant to eps during training. It lets a
 model shift mean brightness, but the noised data is then NOT x0 + sigma * n with white n:
 it sits outside the process the samplers and likelihoods assume. Off by default.
@@ -42,6 +47,15 @@ def min_snr_weight(snr: torch.Tensor, gamma: float, objective: str) -> torch.Ten
     return clipped
 
 
+def edm_weight(snr: torch.Tensor, sigma_data: float, objective: str) -> torch.Tensor:
+    lam = snr + 1 / sigma_data ** 2          # x0-space weight
+    if objective == "eps":
+        return lam / snr
+    if objective == "v":
+        return lam / (snr + 1)
+    return lam
+
+
 def training_target(objective: str, x0, eps, abar_t) -> torch.Tensor:
     if objective == "eps":
         return eps
@@ -55,11 +69,14 @@ class DiscreteLoss:
     ``__call__`` returns the per-sample weighted loss [B]; t ~ Uniform{0..T-1}."""
 
     def __init__(self, schedule: DiscreteSchedule, objective: str = "v", loss_type: str = "l2",
-                 min_snr_gamma: float | None = None, offset_noise: float = 0.0):
+                 min_snr_gamma: float | None = None, offset_noise: float = 0.0,
+                 sigma_data: float | None = None):
+        if min_snr_gamma and sigma_data:
+            raise ValueError("choose one loss weighting: min_snr_gamma or sigma_data (EDM)")
         if loss_type not in LOSS_TYPES:
             raise ValueError(f"unknown loss_type {loss_type!r}; choose from {sorted(LOSS_TYPES)}")
         self.schedule, self.objective, self.loss_type = schedule, objective, loss_type
-        self.min_snr_gamma, self.offset_noise = min_snr_gamma, offset_noise
+        self.min_snr_gamma, self.offset_noise, self.sigma_data = min_snr_gamma, offset_noise, sigma_data
         abar = schedule.abar
         self.abar = abar.float()
         self.snr = (abar / (1 - abar)).float()
@@ -85,4 +102,6 @@ class DiscreteLoss:
         loss = per_sample_loss(pred, training_target(self.objective, x0, eps, abar_t), self.loss_type)
         if self.min_snr_gamma:
             loss = loss * min_snr_weight(self.snr.to(t.device)[t], self.min_snr_gamma, self.objective)
+        if self.sigma_data:
+            loss = loss * edm_weight(self.snr.to(t.device)[t], self.sigma_data, self.objective)
         return loss

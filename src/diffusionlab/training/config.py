@@ -36,6 +36,7 @@ class DiffusionConfig:
     min_snr_gamma: float | None = None  # e.g. 5; measured: hurts the 10-minute MNIST demo
     offset_noise: float = 0.0
     zero_terminal_snr: bool = False
+    sigma_data: float | None = None     # EDM loss weighting (losses.edm_weight); None = none
 
 
 @dataclass

@@ -120,7 +120,7 @@ def build_diffusion(cfg: TrainConfig) -> GaussianDiffusion:
     return GaussianDiffusion(model, image_size=cfg.image_size, timesteps=d.timesteps, objective=d.objective,
                              beta_schedule=d.beta_schedule, loss_type=d.loss_type, min_snr_gamma=d.min_snr_gamma,
                              offset_noise_strength=d.offset_noise, zero_terminal_snr=d.zero_terminal_snr,
-                             sampling_timesteps=min(cfg.sample_steps, d.timesteps))
+                             sampling_timesteps=min(cfg.sample_steps, d.timesteps), sigma_data=d.sigma_data)
 
 
 def _config_from_diffusion(diffusion: GaussianDiffusion, **fields) -> TrainConfig:
@@ -130,7 +130,8 @@ def _config_from_diffusion(diffusion: GaussianDiffusion, **fields) -> TrainConfi
     dc = diffusion.config
     diff = DiffusionConfig(timesteps=dc["timesteps"], objective=dc["objective"], beta_schedule=dc["beta_schedule"],
                            loss_type=dc["loss_type"], min_snr_gamma=dc["min_snr_gamma"],
-                           offset_noise=dc["offset_noise_strength"], zero_terminal_snr=dc["zero_terminal_snr"])
+                           offset_noise=dc["offset_noise_strength"], zero_terminal_snr=dc["zero_terminal_snr"],
+                           sigma_data=dc.get("sigma_data"))
     return TrainConfig(model=model, diffusion=diff, image_size=diffusion.image_size[0], **fields)
 
 
