@@ -26,7 +26,7 @@ FORMAT_VERSION = 1
 
 
 class CheckpointError(RuntimeError):
-    pass
+    """A checkpoint is missing, damaged, or of another format version."""
 
 
 def _fsync_dir(path: Path) -> None:

@@ -32,7 +32,7 @@ from .ema import EMA
 
 
 class TrainingDiverged(RuntimeError):
-    pass
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
 # ------------------------------------------------------------------ environment decisions
