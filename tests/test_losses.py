@@ -14,10 +14,10 @@ def x0_space_factor(snr, objective):
 @pytest.mark.parametrize("objective", ["eps", "v", "x0"])
 def test_weightings_agree_in_x0_space(objective):
     snr = torch.logspace(-3, 3, 13, dtype=torch.float64)
-    # the weight a target-space loss needs = x0-space weight * x0-space factor
-    edm = edm_weight(snr, 0.5, objective) * x0_space_factor(snr, objective)
+    # w * target_loss = w / factor * x0_loss: the x0-space weight is w / factor
+    edm = edm_weight(snr, 0.5, objective) / x0_space_factor(snr, objective)
     assert torch.allclose(edm, snr + 4.0)
-    ms = min_snr_weight(snr, 5.0, objective) * x0_space_factor(snr, objective)
+    ms = min_snr_weight(snr, 5.0, objective) / x0_space_factor(snr, objective)
     assert torch.allclose(ms, snr.clamp(max=5.0))
 
 
