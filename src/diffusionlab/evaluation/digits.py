@@ -29,6 +29,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import contextlib
 import os
 import tempfile
 import time
@@ -244,10 +245,8 @@ def _atomic_write(path: str, write_fn) -> None:
         write_fn(tmp)
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):  # the temp file may not exist yet
             os.unlink(tmp)
-        except OSError:
-            pass
         raise
 
 

@@ -13,6 +13,7 @@ A checkpoint directory is written under a temporary name, flushed, then renamed;
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -30,12 +31,11 @@ class CheckpointError(RuntimeError):
 
 
 def _fsync_dir(path: Path) -> None:
-    try:
+    """Best effort: some file systems cannot fsync a directory; the rename is still atomic."""
+    with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
         os.fsync(fd)
         os.close(fd)
-    except OSError:
-        pass
 
 
 def write_json_atomic(path, obj) -> None:

@@ -10,6 +10,7 @@ order is a pure function of (seed, step), so a resumed run continues exactly.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -103,10 +104,8 @@ def package_versions() -> dict:
 
     out = {"python": platform.python_version()}
     for p in ("diffusionlab", "torch", "numpy", "safetensors", "einops", "pillow", "mlxtend", "scikit-learn"):
-        try:
+        with contextlib.suppress(PackageNotFoundError):  # not installed: leave it out
             out[p] = version(p)
-        except PackageNotFoundError:
-            pass
     return out
 
 
@@ -319,11 +318,9 @@ class Trainer:
             return
         keep = []
         for line in path.read_text().splitlines():
-            try:
+            with contextlib.suppress(json.JSONDecodeError):  # a line cut by a crash is dropped
                 if json.loads(line).get("step", 0) <= step:
                     keep.append(line)
-            except json.JSONDecodeError:
-                pass
         path.write_text("".join(l + "\n" for l in keep))
 
     def log(self, record: dict) -> None:
@@ -371,10 +368,8 @@ class Trainer:
         self.write_run_json()
         self.model.train()
         old_handler = None
-        try:
+        with contextlib.suppress(ValueError):  # not in the main thread: no Ctrl-C handling
             old_handler = signal.signal(signal.SIGINT, self._on_sigint)
-        except ValueError:  # not in the main thread
-            pass
         total = cfg.max_steps if cfg.max_steps else None
         bar = tqdm(total=total, initial=self.step, disable=not cfg.progress, dynamic_ncols=True,
                    unit="step", desc="train")
