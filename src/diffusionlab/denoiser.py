@@ -13,6 +13,13 @@ the coefficients (Karras et al. 2022, Table 1; Salimans & Ho 2022 for v):
 
 Zero terminal SNR (sigma = inf): x then holds the unit-variance VP noise itself (the limit
 of x / sqrt(1 + sigma^2)); only x0 and v objectives are defined there (x0_hat = F or -F).
+
+Continuous-time models use the general form (Karras et al. 2022, Eq. 7)
+
+    x0_hat = c_skip(sigma) x + c_out(sigma) net(c_in(sigma) x, c_noise(sigma))
+
+with one preconditioner object per family (``SDEPrecond``, ``EDMPrecond``, ``NCSNPrecond``)
+shared by the denoiser (``PreconditionedDenoiser``) and its training loss (losses.py).
 """
 from __future__ import annotations
 
@@ -76,7 +83,7 @@ class DiscreteDenoiser(nn.Module):
     eps / x0 / v into a sigma-space denoiser. Any sigma between the table's values maps to a
     fractional timestep by linear interpolation in log sigma."""
 
-    process = "vp"
+    process = "ddpm"
     default_schedule = "trailing"
 
     def __init__(self, net: nn.Module, schedule: DiscreteSchedule, objective: str = "eps",
@@ -141,3 +148,188 @@ class DiscreteDenoiser(nn.Module):
         out = out.to(x.dtype)
         skip = torch.where(c_skip == 0, torch.zeros_like(x), c_skip * x)  # x may be huge, never 0*inf
         return skip + c_out * out
+
+
+# ------------------------------------------------------------------ continuous-time models
+def _score_precond(sigma, mean):
+    """F = grad_{x_t} log p_t(x_t) (the raw score in SDE coordinates x_t = mean x):
+    x0_hat = x + sigma^2 mean F."""
+    return torch.ones_like(sigma), sigma ** 2 * mean
+
+
+class SDEPrecond:
+    """Coefficients for a network trained on a continuous SDE (sde.py).
+
+    - input: the SDE's own x_t = mean(t) x (c_in = mean(t); VE: x itself);
+    - noise label: c_noise = 999 t, the score_sde convention for continuous DDPM++ models, on
+      the same 0..999 range as a discrete model's timestep (the U-Net's sinusoidal embedding is
+      tuned for it). For VE, t is affine in log sigma, so this is a log-sigma label;
+    - output: eps / x0 / v as in PRECONDITIONING (they are the same in sigma-space for every
+      process; v is taken in the normalised coordinates x / sqrt(1 + sigma^2)), or 'score'
+      (the raw score of x_t; badly scaled at small t, prefer eps = -std * score).
+    """
+
+    objectives = ("eps", "x0", "v", "score")
+
+    def __init__(self, sde, objective: str = "eps"):
+        self.sde = sde
+        self.objective = objective if objective == "score" else canonical_objective(objective)
+
+    def __call__(self, sigma: torch.Tensor):
+        mean = self.sde.mean_of_sigma(sigma)
+        if self.objective == "score":
+            c_skip, c_out = _score_precond(sigma, mean)
+        else:
+            c_skip, c_out = PRECONDITIONING[self.objective](sigma)
+        return c_skip, c_out, mean, 999 * self.sde.t_of_sigma(sigma)
+
+
+class EDMPrecond:
+    """Karras et al. 2022, Table 1 ("Ours"): c_skip = sd^2 / (s^2 + sd^2),
+    c_out = s sd / sqrt(s^2 + sd^2), c_in = 1 / sqrt(s^2 + sd^2), c_noise = ln(s) / 4."""
+
+    def __init__(self, sigma_data: float = 0.5):
+        self.sigma_data = float(sigma_data)
+
+    def __call__(self, sigma: torch.Tensor):
+        sd2 = self.sigma_data ** 2
+        total = (sigma ** 2 + sd2).sqrt()
+        return sd2 / total ** 2, sigma * self.sigma_data / total, 1 / total, sigma.log() / 4
+
+
+class NCSNPrecond:
+    """Noise-conditional score network with the NCSNv2 output scaling (Song & Ermon 2020,
+    Technique 3): score = net(x) / sigma, hence x0_hat = x + sigma^2 score = x + sigma net(x).
+    The input is x itself (VE); the label is the position on the geometric ladder,
+    999 log(sigma / sigma_min) / log(sigma_max / sigma_min) (ladder index i of L maps to
+    999 (L - 1 - i) / (L - 1); sigmas between rungs interpolate)."""
+
+    def __init__(self, sigma_min: float, sigma_max: float):
+        self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
+
+    def __call__(self, sigma: torch.Tensor):
+        one = torch.ones_like(sigma)
+        label = 999 * (sigma / self.sigma_min).log() / math.log(self.sigma_max / self.sigma_min)
+        return one, sigma, one, label
+
+
+def geometric_ladder(sigma_max: float, sigma_min: float, levels: int) -> torch.Tensor:
+    """NCSN's noise levels: a decreasing geometric sequence sigma_1 = max .. sigma_L = min
+    (Song & Ermon 2019, Sec. 4.2), float64."""
+    if levels < 2 or not 0 < sigma_min < sigma_max:
+        raise ValueError(f"need levels >= 2 and 0 < sigma_min < sigma_max, got {levels}, {sigma_min}, {sigma_max}")
+    return torch.linspace(math.log(sigma_max), math.log(sigma_min), levels, dtype=torch.float64).exp()
+
+
+def ncsn_levels_for(dim: int, sigma_min: float = 0.01, sigma_max: float = 50.0) -> int:
+    """Ladder length from Song & Ermon 2020, Technique 2: the ratio gamma = sigma_{i-1}/sigma_i
+    solves Phi(sqrt(2D)(gamma-1) + 3 gamma) - Phi(sqrt(2D)(gamma-1) - 3 gamma) = 0.5 for data
+    dimension D (bisection); L = 1 + ceil(log(max/min) / log(gamma)). D = 1024 (MNIST 32x32)
+    gives 126 (with 0.01 .. 50); D = 3072 gives 220 (NCSNv2 used 232 for CIFAR-10)."""
+    def phi(z):
+        return 0.5 * (1 + math.erf(z / math.sqrt(2)))
+
+    def gap(g):
+        a = math.sqrt(2 * dim) * (g - 1)
+        return phi(a + 3 * g) - phi(a - 3 * g) - 0.5
+
+    lo, hi = 1.0 + 1e-9, 10.0
+    for _ in range(100):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if gap(mid) > 0 else (lo, mid)
+    return 1 + math.ceil(math.log(sigma_max / sigma_min) / math.log(hi))
+
+
+def noise_label(c_noise: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """c_noise for the network: float32, or float64 when x is (exact float64 tests)."""
+    return c_noise.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
+
+
+class PreconditionedDenoiser(nn.Module):
+    """x0_hat = c_skip x + c_out net(c_in x, c_noise, cond) for a preconditioner ``precond``
+    mapping float64 sigma [B] to the four coefficients. Subclasses set the process attributes."""
+
+    process = ""
+    default_schedule = "karras"
+
+    def __init__(self, net: nn.Module, precond, autocast_dtype: torch.dtype | None = None):
+        super().__init__()
+        self.net, self.precond, self.autocast_dtype = net, precond, autocast_dtype
+
+    def prior_std(self, sigma: float) -> float:
+        return float(sigma)
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond=None) -> torch.Tensor:
+        sigma = torch.as_tensor(sigma, device=x.device)
+        if sigma.dim() == 0:
+            sigma = sigma.expand(x.shape[0])
+        c_skip, c_out, c_in, c_noise = self.precond(sigma.to(torch.float64))
+        c_skip, c_out, c_in = (append_dims(c, x.dim()).to(x.dtype) for c in (c_skip, c_out, c_in))
+        ctx = (torch.autocast(device_type=x.device.type, dtype=self.autocast_dtype)
+               if self.autocast_dtype is not None else nullcontext())
+        with ctx:
+            args = (c_in * x, noise_label(c_noise, x)) + ((cond,) if cond is not None else ())
+            out = self.net(*args)
+        return c_skip * x + c_out * out[:, : x.shape[1]].to(x.dtype)
+
+
+class SDEDenoiser(PreconditionedDenoiser):
+    """A network trained on a continuous VP / sub-VP / VE SDE (sde.py) as a sigma-space
+    denoiser; see ``SDEPrecond`` for what the network sees. sigma range: sigma(eps_t) ..
+    sigma(1); prior as the SDE's (VP: sqrt(1 + sigma^2), sub-VP: 1 / mean, VE: sigma)."""
+
+    def __init__(self, net: nn.Module, sde, objective: str = "eps",
+                 autocast_dtype: torch.dtype | None = None):
+        super().__init__(net, SDEPrecond(sde, objective), autocast_dtype)
+        self.sde, self.objective, self.process = sde, self.precond.objective, sde.name
+
+    @property
+    def sigma_min(self) -> float:
+        return self.sde.sigma_min
+
+    @property
+    def sigma_max(self) -> float:
+        return self.sde.sigma_max
+
+    def prior_std(self, sigma: float) -> float:
+        return self.sde.prior_std(sigma)
+
+    def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
+        return self.sde.t_of_sigma(sigma)
+
+
+class EDMDenoiser(PreconditionedDenoiser):
+    """Karras et al. 2022 ("EDM"): Table 1 preconditioning; sampled by default with Heun's
+    method on the rho = 7 grid, 18 steps (35 NFE), from N(0, sigma_max^2 I)."""
+
+    process = "edm"
+    default_sampler = "heun"
+    default_steps = 18
+    rho = 7.0
+
+    def __init__(self, net: nn.Module, sigma_data: float = 0.5, sigma_min: float = 0.002,
+                 sigma_max: float = 80.0, autocast_dtype: torch.dtype | None = None):
+        super().__init__(net, EDMPrecond(sigma_data), autocast_dtype)
+        self.sigma_data, self.sigma_min, self.sigma_max = float(sigma_data), float(sigma_min), float(sigma_max)
+
+
+class NCSNDenoiser(PreconditionedDenoiser):
+    """NCSN (Song & Ermon 2019/2020): a noise-conditional score network over the geometric
+    ``ladder`` (float64, decreasing, without the final 0), as a denoiser x + sigma^2 score.
+    Sampled by default with annealed Langevin dynamics over the ladder (``default_schedule``
+    'ladder', ``default_steps`` = number of rungs)."""
+
+    process = "ncsn"
+    default_sampler = "annealed_langevin"
+    default_schedule = "ladder"
+
+    def __init__(self, net: nn.Module, sigma_min: float = 0.01, sigma_max: float = 50.0, levels: int = 126,
+                 autocast_dtype: torch.dtype | None = None):
+        super().__init__(net, NCSNPrecond(sigma_min, sigma_max), autocast_dtype)
+        self.ladder = geometric_ladder(sigma_max, sigma_min, levels)
+        self.sigma_min, self.sigma_max, self.default_steps = float(sigma_min), float(sigma_max), int(levels)
+
+    def score(self, x: torch.Tensor, sigma: torch.Tensor, cond=None) -> torch.Tensor:
+        """s(x, sigma) = (x0_hat - x) / sigma^2."""
+        s = append_dims(torch.as_tensor(sigma, device=x.device).expand(x.shape[0]), x.dim()).to(x.dtype)
+        return (self(x, sigma, cond) - x) / s ** 2

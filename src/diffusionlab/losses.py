@@ -12,6 +12,20 @@ x0 space, i.e. SNR + 1/sigma_data^2; converted to each target's space (eps: x0 e
 eps error; v: x0 error^2 = v error^2 / (SNR + 1)). With v and sigma_data = 1 it is plain v-loss;
 a smaller sigma_data weights the high-noise levels, where the global shape forms, more.
 
+Continuous-time models (``SDELoss``, ``EDMLoss``, ``NCSNLoss``) share one recipe,
+``PrecondLoss``: draw a noise level and noise, run the network through the model's
+preconditioner (denoiser.py) and compare its output F with the target F* that makes
+c_skip x + c_out F* = x0. A weight lambda_D(sigma) on the x0-space error is lambda_D c_out^2
+on the F-space error, so each loss is stated as the paper states it:
+
+    SDE  (Song et al. 2021, Eq. 7): lambda(t) ||s(x_t, t) - grad log p(x_t | x0)||^2, t ~ U(eps_t, 1),
+         lambda = std^2 (score_sde's default) or g^2 (likelihood weighting, Song et al. 2021b);
+         in x0 space lambda_D = lambda / (sigma^2 std^2).
+    EDM  (Karras et al. 2022, Eq. 8 / Table 1): ln sigma ~ N(P_mean, P_std^2),
+         lambda_D = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2 (effective F weight 1).
+    NCSN (Song & Ermon 2019, Eq. 6): sigma uniform over the ladder, lambda = sigma^2 on the
+         score error, lambda_D = 1 / sigma^2.
+
 Offset noise (Guttenberg 2023) adds a per-channel constant to eps during training. It lets a
 model shift mean brightness, but the noised data is then NOT x0 + sigma * n with white n:
 it sits outside the process the samplers and likelihoods assume. Off by default.
@@ -21,6 +35,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .denoiser import EDMPrecond, NCSNPrecond, SDEPrecond, append_dims, noise_label
 from .process import extract
 from .schedules import DiscreteSchedule
 
@@ -105,3 +120,103 @@ class DiscreteLoss:
         if self.sigma_data:
             loss = loss * edm_weight(self.snr.to(t.device)[t], self.sigma_data, self.objective)
         return loss
+
+
+# ------------------------------------------------------------------ continuous-time losses
+def _rand(kind: str, n: int, generator, device) -> torch.Tensor:
+    dev = generator.device if generator is not None else device
+    fn = torch.rand if kind == "uniform" else torch.randn
+    return fn(n, generator=generator, device=dev, dtype=torch.float64).to(device)
+
+
+class PrecondLoss:
+    """Denoising loss of a preconditioned model (see the module docstring). Subclasses define
+    ``draw_sigma`` and ``x0_weight``. ``__call__(net, x0, cond, generator, sigma=, eps=,
+    autocast=)`` returns the per-sample loss [B], like ``DiscreteLoss``."""
+
+    def __init__(self, precond, loss_type: str = "l2"):
+        if loss_type not in LOSS_TYPES:
+            raise ValueError(f"unknown loss_type {loss_type!r}; choose from {sorted(LOSS_TYPES)}")
+        self.precond, self.loss_type = precond, loss_type
+
+    def draw_sigma(self, n: int, generator, device) -> torch.Tensor:
+        raise NotImplementedError
+
+    def x0_weight(self, sigma: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def draw(self, x0: torch.Tensor, generator=None):
+        """Random noise levels (float64 [B]) and noise (from ``generator`` only)."""
+        sigma = self.draw_sigma(x0.shape[0], generator, x0.device)
+        dev = generator.device if generator is not None else x0.device
+        eps = torch.randn(x0.shape, generator=generator, device=dev, dtype=x0.dtype).to(x0.device)
+        return sigma, eps
+
+    def __call__(self, net, x0, cond=None, generator=None, sigma=None, eps=None, autocast=None):
+        if sigma is None or eps is None:
+            sigma, eps = self.draw(x0, generator)
+        sigma = torch.as_tensor(sigma, dtype=torch.float64, device=x0.device)
+        c_skip, c_out, c_in, c_noise = self.precond(sigma)
+        s, k_skip, k_out, k_in = (append_dims(c, x0.dim()).to(x0.dtype) for c in (sigma, c_skip, c_out, c_in))
+        x = x0 + s * eps
+        target = (append_dims(1 - c_skip, x0.dim()).to(x0.dtype) * x0 - k_skip * s * eps) / k_out
+        with autocast if autocast is not None else torch.autocast(x0.device.type, enabled=False):
+            args = (k_in * x, noise_label(c_noise, x)) + ((cond,) if cond is not None else ())
+            pred = net(*args)
+        loss = per_sample_loss(pred[:, : x0.shape[1]], target, self.loss_type)
+        return loss * (self.x0_weight(sigma) * c_out ** 2).to(loss.dtype)
+
+
+class SDELoss(PrecondLoss):
+    """Continuous denoising score matching for a VP / sub-VP / VE SDE (Song et al. 2021, Eq. 7):
+    t ~ U(eps_t, 1), lambda(t) = std(t)^2 (default: plain eps-MSE for an eps network) or
+    g(t)^2 with ``likelihood_weighting`` (then the loss bounds the negative log-likelihood;
+    expect more variance)."""
+
+    def __init__(self, sde, objective: str = "v", loss_type: str = "l2", likelihood_weighting: bool = False):
+        super().__init__(SDEPrecond(sde, objective), loss_type)
+        self.sde, self.likelihood_weighting = sde, likelihood_weighting
+
+    def draw_sigma(self, n, generator, device):
+        eps_t = self.sde.eps_t
+        t = eps_t + (self.sde.T - eps_t) * _rand("uniform", n, generator, device)
+        return self.sde.sigma(t)
+
+    def x0_weight(self, sigma):
+        t = self.sde.t_of_sigma(sigma)
+        std = self.sde.marginal(t)[1]
+        lam = self.sde.diffusion(t) ** 2 if self.likelihood_weighting else std ** 2
+        return lam / (sigma ** 2 * std ** 2)
+
+
+class EDMLoss(PrecondLoss):
+    """Karras et al. 2022, Eq. 8 with Table 1: ln sigma ~ N(p_mean, p_std^2),
+    lambda = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2 on ||D(x0 + sigma n) - x0||^2."""
+
+    def __init__(self, sigma_data: float = 0.5, p_mean: float = -1.2, p_std: float = 1.2, loss_type: str = "l2"):
+        super().__init__(EDMPrecond(sigma_data), loss_type)
+        self.sigma_data, self.p_mean, self.p_std = float(sigma_data), float(p_mean), float(p_std)
+
+    def draw_sigma(self, n, generator, device):
+        return (self.p_mean + self.p_std * _rand("normal", n, generator, device)).exp()
+
+    def x0_weight(self, sigma):
+        return (sigma ** 2 + self.sigma_data ** 2) / (sigma * self.sigma_data) ** 2
+
+
+class NCSNLoss(PrecondLoss):
+    """Song & Ermon 2019, Eq. 6 with lambda(sigma) = sigma^2: sigma uniform over the ladder's
+    rungs; with the NCSNv2 output scaling it is ||net(x0 + sigma n) + n||^2."""
+
+    def __init__(self, ladder: torch.Tensor, loss_type: str = "l2"):
+        ladder = torch.as_tensor(ladder, dtype=torch.float64)
+        super().__init__(NCSNPrecond(float(ladder.min()), float(ladder.max())), loss_type)
+        self.ladder = ladder
+
+    def draw_sigma(self, n, generator, device):
+        dev = generator.device if generator is not None else device
+        idx = torch.randint(0, len(self.ladder), (n,), generator=generator, device=dev)
+        return self.ladder[idx.cpu()].to(device)
+
+    def x0_weight(self, sigma):
+        return 1 / sigma ** 2
