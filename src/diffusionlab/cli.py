@@ -32,14 +32,26 @@ def _add_train(sub):
     p.add_argument("--num-res-blocks", type=int)
     p.add_argument("--block", choices=["resnet", "convnext"])
     p.add_argument("--dropout", type=float)
-    p.add_argument("--objective", choices=["eps", "x0", "v"])
-    p.add_argument("--schedule", help="beta schedule: linear, cosine, quadratic, sigmoid, exponential, constant")
-    p.add_argument("--timesteps", type=int)
+    p.add_argument("--process", choices=["ddpm", "vp", "subvp", "ve", "edm", "ncsn"],
+                   help="ddpm (discrete, default), vp / subvp / ve (SDEs), edm, ncsn; see README 'Processes'")
+    p.add_argument("--objective", choices=["eps", "x0", "v", "score"], help="score: vp, subvp, ve only")
+    p.add_argument("--schedule", help="ddpm beta schedule: linear, cosine, quadratic, sigmoid, exponential, constant")
+    p.add_argument("--timesteps", type=int, help="ddpm")
     p.add_argument("--loss", choices=["l1", "l2", "huber"])
-    p.add_argument("--min-snr-gamma", type=float, help="0 disables min-SNR weighting")
-    p.add_argument("--offset-noise", type=float)
-    p.add_argument("--sigma-data", type=float, help="EDM loss weighting with this data std")
-    p.add_argument("--zero-terminal-snr", action="store_true", default=None)
+    p.add_argument("--min-snr-gamma", type=float, help="ddpm; 0 disables min-SNR weighting")
+    p.add_argument("--offset-noise", type=float, help="ddpm")
+    p.add_argument("--sigma-data", type=float, help="edm: data std (0.5); ddpm: EDM loss weighting with this std")
+    p.add_argument("--zero-terminal-snr", action="store_true", default=None, help="ddpm")
+    p.add_argument("--beta-min", type=float, help="vp, subvp (0.1)")
+    p.add_argument("--beta-max", type=float, help="vp, subvp (20)")
+    p.add_argument("--eps-t", type=float, help="vp, subvp, ve: smallest time (1e-5; ve 0)")
+    p.add_argument("--sigma-min", type=float, help="ve, ncsn (0.01), edm (0.002)")
+    p.add_argument("--sigma-max", type=float, help="ve, ncsn (50), edm (80)")
+    p.add_argument("--likelihood-weighting", action="store_true", default=None,
+                   help="vp, subvp, ve: weight the score loss by g(t)^2")
+    p.add_argument("--p-mean", type=float, help="edm: mean of ln sigma in training (-1.2)")
+    p.add_argument("--p-std", type=float, help="edm: std of ln sigma in training (1.2)")
+    p.add_argument("--ncsn-levels", type=int, help="ncsn: ladder length (default from the image size)")
     p.add_argument("--steps", type=int, dest="max_steps", help="optimizer steps")
     p.add_argument("--time-budget", type=float, help="seconds of training (validation/sampling excluded)")
     p.add_argument("--batch-size", type=int)
@@ -78,6 +90,7 @@ def _train_config(a):
             if getattr(a, k1) is not None}
     if a.min_snr_gamma is not None:
         diff["min_snr_gamma"] = a.min_snr_gamma or None
+    diff.update(_process_flags(a, a.process or cfg.diffusion.process))
     if top.get("data") not in (None, "mnist", "digits") and "channels" not in model:
         model["channels"] = 3
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **model),
@@ -85,6 +98,32 @@ def _train_config(a):
     if a.no_progress:
         cfg = dataclasses.replace(cfg, progress=False)
     return cfg
+
+
+# flag -> the processes it applies to (a flag given for another process is an error)
+PROCESS_FLAGS = {
+    "objective": ("ddpm", "vp", "subvp", "ve"), "schedule": ("ddpm",), "timesteps": ("ddpm",),
+    "min_snr_gamma": ("ddpm",), "offset_noise": ("ddpm",), "zero_terminal_snr": ("ddpm",),
+    "sigma_data": ("ddpm", "edm"), "beta_min": ("vp", "subvp"), "beta_max": ("vp", "subvp"),
+    "eps_t": ("vp", "subvp", "ve"), "sigma_min": ("ve", "edm", "ncsn"), "sigma_max": ("ve", "edm", "ncsn"),
+    "likelihood_weighting": ("vp", "subvp", "ve"), "p_mean": ("edm",), "p_std": ("edm",),
+    "ncsn_levels": ("ncsn",),
+}
+
+
+def _process_flags(a, process: str) -> dict:
+    """The process and its own settings; a setting of another process is a user error."""
+    for flag, procs in PROCESS_FLAGS.items():
+        if getattr(a, flag) is not None and process not in procs:
+            raise ValueError(f"--{flag.replace('_', '-')} applies to --process {' / '.join(procs)}, not {process}")
+    if a.objective == "score" and process == "ddpm":
+        raise ValueError("--objective score applies to --process vp / subvp / ve")
+    out = {k: getattr(a, k) for k in ("beta_min", "beta_max", "eps_t", "sigma_min", "sigma_max",
+                                      "likelihood_weighting", "p_mean", "p_std", "ncsn_levels")
+           if getattr(a, k) is not None}
+    if a.process is not None:
+        out["process"] = a.process
+    return out
 
 
 def cmd_train(a) -> int:
@@ -100,11 +139,12 @@ def _add_sample(sub):
     p = sub.add_parser("sample", help="sample images from a checkpoint")
     p.add_argument("--ckpt", required=True, help="run directory or checkpoint directory")
     p.add_argument("--n", type=int, default=64)
-    p.add_argument("--sampler", default="ddim")
-    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--sampler", default="auto",
+                   help="a registered sampler, or auto: the model's own (EDM heun, NCSN annealed_langevin) else ddim")
+    p.add_argument("--steps", type=int, default=None, help="grid intervals (default: the model's own, else 50)")
     p.add_argument("--eta", type=float, default=None, help="DDIM eta (0 = deterministic)")
     p.add_argument("--variance", choices=["small", "large"], default=None, help="DDPM variance")
-    p.add_argument("--schedule", default="auto", help="auto | trailing | leading | linspace | karras | exponential")
+    p.add_argument("--schedule", default="auto", help="auto | trailing | leading | linspace | karras | exponential | ladder (ncsn)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--out", default="samples.png", help="grid PNG path")
@@ -134,10 +174,15 @@ def _load(a):
     from .samplers import SAMPLERS
     from .training.trainer import pick_precision
 
-    if a.sampler not in SAMPLERS:
+    if a.sampler != "auto" and a.sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {a.sampler!r}; run `diffusionlab samplers` for the list")
     dtype = pick_precision(a.precision, torch.device("cpu"))
     den = load_denoiser(a.ckpt, use_ema=not getattr(a, "no_ema", False), autocast_dtype=dtype)
+    if a.sampler == "auto":
+        own = getattr(den, "default_sampler", None)
+        a.sampler = own if own in SAMPLERS else "ddim"
+    if a.steps is None:
+        a.steps = getattr(den, "default_steps", None) or 50
     return den
 
 
@@ -237,8 +282,9 @@ def _add_eval(sub):
     p.add_argument("--ckpt", help="run or checkpoint directory (samples are drawn from it)")
     p.add_argument("--images", help="or a .npy of images in [-1, 1] shaped [N, 1, H, W]")
     p.add_argument("--n", type=int, default=1000)
-    p.add_argument("--sampler", default="ddim")
-    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--sampler", default="auto",
+                   help="a registered sampler, or auto: the model's own (EDM heun, NCSN annealed_langevin) else ddim")
+    p.add_argument("--steps", type=int, default=None, help="grid intervals (default: the model's own, else 50)")
     p.add_argument("--schedule", default="auto")
     p.add_argument("--eta", type=float, default=None)
     p.add_argument("--variance", choices=["small", "large"], default=None)

@@ -55,7 +55,7 @@ class GaussianDiffusion(nn.Module):
         self.loss_fn = DiscreteLoss(self.schedule, self.objective, loss_type, min_snr_gamma,
                                     offset_noise_strength, sigma_data)
         self.denoiser = DiscreteDenoiser(model, self.schedule, self.objective)
-        self.config = dict(image_size=list(self.image_size), timesteps=timesteps,
+        self.config = dict(process="ddpm", image_size=list(self.image_size), timesteps=timesteps,
                            sampling_timesteps=self.sampling_timesteps, objective=self.objective,
                            beta_schedule=beta_schedule, loss_type=loss_type, min_snr_gamma=min_snr_gamma,
                            offset_noise_strength=offset_noise_strength, zero_terminal_snr=zero_terminal_snr,
@@ -65,6 +65,10 @@ class GaussianDiffusion(nn.Module):
     @property
     def device(self):
         return next(self.model.parameters()).device
+
+    def denoiser_for(self, net: nn.Module, autocast_dtype=None) -> DiscreteDenoiser:
+        """``net`` (e.g. the EMA copy) wrapped as a sigma-space denoiser on this schedule."""
+        return DiscreteDenoiser(net, self.schedule, self.objective, autocast_dtype)
 
     def loss(self, x: torch.Tensor, cond=None, generator=None, autocast=None) -> torch.Tensor:
         """Mean training loss for images already in [-1, 1]."""
@@ -86,23 +90,33 @@ class GaussianDiffusion(nn.Module):
             sampler = "ddpm" if steps == self.num_timesteps else "ddim"
             if sampler == "ddim":
                 knobs.setdefault("eta", self.ddim_sampling_eta)
-        frames, cb = [], None
-        if return_all_timesteps:
-            def cb(d):  # x_t in VP coordinates (x / sqrt(1 + sigma^2)): noise -> image
-                frames.append(d["x"] / (1 + d["sigma_next"] ** 2) ** 0.5)
-        shape = (batch_size, self.channels, *self.image_size)
-        was_training = self.model.training
-        self.model.eval()
-        ctx = torch.autocast(self.device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
-        try:
-            with ctx:
-                x = dl_sample(self.denoiser, shape, sampler=sampler, steps=steps, cond=cond,
-                              generator=generator, callback=cb, device=self.device, **knobs)
-        finally:
-            self.model.train(was_training)
-        if return_all_timesteps:
-            return torch.stack([unnormalize(f) for f in frames], dim=1)
-        return unnormalize(x)
+        return sample_images(self, self.denoiser, batch_size, sampler, steps, cond, generator,
+                             return_all_timesteps, autocast_dtype, **knobs)
+
+
+@torch.no_grad()
+def sample_images(diffusion: nn.Module, denoiser, batch_size: int, sampler: str, steps: int, cond=None,
+                  generator=None, return_all_timesteps: bool = False, autocast_dtype=None, **knobs) -> torch.Tensor:
+    """``dl.sample`` on ``denoiser`` in eval mode, mapped to [0, 1] images: [B, C, H, W], or
+    [B, steps + 1, C, H, W] with ``return_all_timesteps`` (frames x / sqrt(1 + sigma^2))."""
+    frames, cb = [], None
+    if return_all_timesteps:
+        def cb(d):  # x_t in VP coordinates (x / sqrt(1 + sigma^2)): noise -> image
+            frames.append(d["x"] / (1 + d["sigma_next"] ** 2) ** 0.5)
+    shape = (batch_size, diffusion.channels, *diffusion.image_size)
+    model, device = diffusion.model, diffusion.device
+    was_training = model.training
+    model.eval()
+    ctx = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
+    try:
+        with ctx:
+            x = dl_sample(denoiser, shape, sampler=sampler, steps=steps, cond=cond,
+                          generator=generator, callback=cb, device=device, **knobs)
+    finally:
+        model.train(was_training)
+    if return_all_timesteps:
+        return torch.stack([unnormalize(f) for f in frames], dim=1)
+    return unnormalize(x)
 
 
 # The seeds' from-scratch helpers, importable under their tutorial names.

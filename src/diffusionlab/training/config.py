@@ -29,14 +29,27 @@ class UnetConfig:
 
 @dataclass
 class DiffusionConfig:
-    timesteps: int = 1000
-    objective: str = "v"             # eps | x0 | v
-    beta_schedule: str = "cosine"    # see schedules.BETA_SCHEDULES
+    """``process`` picks the model family (README "Processes"); the other fields apply to the
+    processes named in their comments. None means the process's own default
+    (continuous.PROCESS_PARAMS)."""
+    process: str = "ddpm"            # ddpm | vp | subvp | ve | edm | ncsn
+    timesteps: int = 1000            # ddpm
+    objective: str = "v"             # ddpm: eps | x0 | v; vp, subvp, ve: also score
+    beta_schedule: str = "cosine"    # ddpm: see schedules.BETA_SCHEDULES
     loss_type: str = "l2"            # l1 | l2 | huber
-    min_snr_gamma: float | None = None  # e.g. 5; measured: hurts the 10-minute MNIST demo
-    offset_noise: float = 0.0
-    zero_terminal_snr: bool = False
-    sigma_data: float | None = None     # EDM loss weighting (losses.edm_weight); None = none
+    min_snr_gamma: float | None = None  # ddpm, e.g. 5; measured: hurts the 10-minute MNIST demo
+    offset_noise: float = 0.0        # ddpm
+    zero_terminal_snr: bool = False  # ddpm
+    sigma_data: float | None = None     # ddpm: EDM loss weighting (losses.edm_weight), None = none; edm: 0.5
+    beta_min: float | None = None    # vp, subvp: beta(t) = beta_min + t (beta_max - beta_min); 0.1
+    beta_max: float | None = None    # vp, subvp: 20
+    eps_t: float | None = None       # vp, subvp, ve: smallest time in training and sampling; 1e-5 (ve: 0)
+    sigma_min: float | None = None   # ve, ncsn: 0.01; edm: 0.002
+    sigma_max: float | None = None   # ve, ncsn: 50; edm: 80
+    likelihood_weighting: bool = False  # vp, subvp, ve: lambda(t) = g(t)^2 instead of std(t)^2
+    p_mean: float | None = None      # edm: ln sigma ~ N(p_mean, p_std^2) in training; -1.2
+    p_std: float | None = None       # edm: 1.2
+    ncsn_levels: int | None = None   # ncsn ladder length; None: Song & Ermon 2020 Technique 2 for the image
 
 
 @dataclass

@@ -109,24 +109,46 @@ def package_versions() -> dict:
     return out
 
 
-def build_diffusion(cfg: TrainConfig) -> GaussianDiffusion:
+def build_diffusion(cfg: TrainConfig):
+    """The model and its process from the config: ``GaussianDiffusion`` for ddpm, otherwise
+    ``ContinuousDiffusion`` (vp, subvp, ve, edm, ncsn)."""
     from dataclasses import asdict
 
+    from ..continuous import PROCESSES, ContinuousDiffusion
+
+    d = cfg.diffusion
+    if d.process not in PROCESSES:
+        raise ValueError(f"unknown process {d.process!r}; choose from {', '.join(PROCESSES)}")
     with torch.random.fork_rng(devices=[]):  # weights depend on the seed only, not on prior RNG use
         torch.manual_seed(cfg.seed)
         model = Unet(**asdict(cfg.model))
-    d = cfg.diffusion
+    if d.process != "ddpm":
+        _reject_ddpm_options(d)
+        return ContinuousDiffusion.from_config(model, cfg.image_size, asdict(d), sampling_steps=cfg.sample_steps)
     return GaussianDiffusion(model, image_size=cfg.image_size, timesteps=d.timesteps, objective=d.objective,
                              beta_schedule=d.beta_schedule, loss_type=d.loss_type, min_snr_gamma=d.min_snr_gamma,
                              offset_noise_strength=d.offset_noise, zero_terminal_snr=d.zero_terminal_snr,
                              sampling_timesteps=min(cfg.sample_steps, d.timesteps), sigma_data=d.sigma_data)
 
 
-def _config_from_diffusion(diffusion: GaussianDiffusion, **fields) -> TrainConfig:
+def _reject_ddpm_options(d: DiffusionConfig) -> None:
+    set_ = [name for name, on in (("min_snr_gamma", d.min_snr_gamma), ("offset_noise", d.offset_noise),
+                                  ("zero_terminal_snr", d.zero_terminal_snr),
+                                  ("sigma_data", d.sigma_data is not None and d.process != "edm")) if on]
+    if set_:
+        raise ValueError(f"{', '.join(set_)} applies to process ddpm, not {d.process!r}")
+
+
+def _config_from_diffusion(diffusion, **fields) -> TrainConfig:
     mc = getattr(diffusion.model, "config", None)
     model = UnetConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in mc.items()
                           if k in UnetConfig.__dataclass_fields__}) if mc else UnetConfig()
     dc = diffusion.config
+    if dc.get("process", "ddpm") != "ddpm":
+        names = DiffusionConfig.__dataclass_fields__
+        diff = DiffusionConfig(**{k: v for k, v in dc.items() if k in names and v is not None})
+        fields.setdefault("sample_steps", dc.get("sampling_steps", 50))
+        return TrainConfig(model=model, diffusion=diff, image_size=diffusion.image_size[0], **fields)
     diff = DiffusionConfig(timesteps=dc["timesteps"], objective=dc["objective"], beta_schedule=dc["beta_schedule"],
                            loss_type=dc["loss_type"], min_snr_gamma=dc["min_snr_gamma"],
                            offset_noise=dc["offset_noise_strength"], zero_terminal_snr=dc["zero_terminal_snr"],
@@ -257,10 +279,7 @@ class Trainer:
         return torch.cat(losses).mean().item()
 
     def ema_denoiser(self):
-        from ..denoiser import DiscreteDenoiser
-
-        return DiscreteDenoiser(self.ema.model, self.diffusion.schedule, self.diffusion.objective,
-                                autocast_dtype=self.amp_dtype)
+        return self.diffusion.denoiser_for(self.ema.model, autocast_dtype=self.amp_dtype)
 
     def save_grid(self, name: str) -> Path:
         from ..sampling import sample
@@ -268,9 +287,9 @@ class Trainer:
 
         cfg = self.cfg
         gens = [torch.Generator().manual_seed(cfg.seed * 100_003 + i) for i in range(cfg.n_grid)]
+        steps = cfg.sample_steps if cfg.diffusion.process != "ddpm" else min(cfg.sample_steps, cfg.diffusion.timesteps)
         x = sample(self.ema_denoiser(), (cfg.n_grid, cfg.model.channels, cfg.image_size, cfg.image_size),
-                   sampler=cfg.sample_sampler, steps=min(cfg.sample_steps, cfg.diffusion.timesteps),
-                   generator=gens, device=self.device)
+                   sampler=cfg.sample_sampler, steps=steps, generator=gens, device=self.device)
         path = self.out / "samples" / f"{name}.png"
         save_grid(x.float().cpu(), path, nrow=int(math.ceil(math.sqrt(cfg.n_grid))), upscale=2)
         return path
@@ -279,7 +298,7 @@ class Trainer:
         rng = {"train": self.gen.get_state(), "torch": torch.get_rng_state()}
         if torch.cuda.is_available() and self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        config = {"kind": "discrete_diffusion", "model": {"type": "unet", "config": self.model_config()},
+        config = {"kind": getattr(self.diffusion, "kind", "discrete_diffusion"), "model": {"type": "unet", "config": self.model_config()},
                   "diffusion": self.diffusion.config, "train": self.cfg.to_dict()}
         state = {"planned_steps": self.planned, "elapsed_train_seconds": self.elapsed, "ema_step": self.ema.step}
         return save_checkpoint(self.out, self.step, model=self.model, ema_model=self.ema.model, config=config,
