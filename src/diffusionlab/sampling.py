@@ -33,6 +33,13 @@ def _device_of(denoiser) -> torch.device:
         return torch.device("cpu")
 
 
+def ladder_grid(ladder: torch.Tensor, steps: int) -> torch.Tensor:
+    """``steps`` levels of a noise ladder, evenly spaced along it (all of it when steps >= its
+    length), followed by 0."""
+    idx = torch.linspace(0, len(ladder) - 1, min(steps, len(ladder))).round().long()
+    return torch.cat([ladder.to(torch.float64)[idx], torch.zeros(1, dtype=torch.float64)])
+
+
 def resolve_sigmas(denoiser, steps: int, sigmas=None, sigma_min=None, sigma_max=None,
                    schedule: str = "auto") -> torch.Tensor:
     """The sigma grid a sampler will run: explicit ``sigmas`` win; otherwise ``schedule`` with
@@ -42,6 +49,11 @@ def resolve_sigmas(denoiser, steps: int, sigmas=None, sigma_min=None, sigma_max=
     table = getattr(denoiser, "table_sigmas", None)
     if schedule == "auto":
         schedule = getattr(denoiser, "default_schedule", "karras")
+    if schedule == "ladder":
+        ladder = getattr(denoiser, "ladder", None)
+        if ladder is None:
+            raise ValueError("schedule 'ladder' needs an NCSN model (a denoiser with a noise ladder)")
+        return get_sigmas(ladder_grid(ladder.cpu(), steps), steps)
     if schedule in ("trailing", "leading", "linspace") and table is not None:
         if sigma_min is not None or sigma_max is not None:
             raise ValueError(f"schedule {schedule!r} picks sigmas from the model's table; "
@@ -87,5 +99,17 @@ def sample(denoiser, shape, sampler: str = "ddim", steps: int = 50, sigmas=None,
         def cb(d):
             d["nfe"] = counted.nfe
             callback(d)
-    out = SAMPLERS[sampler].fn(counted, x, grid, cond=cond, generator=generator, callback=cb, **knobs)
-    return (out, dict(nfe=counted.nfe, sigmas=grid)) if return_info else out
+    info, full_grid = SAMPLERS[sampler], grid
+    if math.isinf(s0) and not info.handles_inf:
+        # zero terminal SNR: the first step (from sigma = inf, where x holds unit noise) is DDIM's,
+        # x <- D(x, inf) + sigma_1 x; the chosen sampler runs the rest of the grid
+        x = SAMPLERS["ddim"].fn(counted, x, grid[:2], cond=cond, callback=cb)
+        grid = grid[1:]
+        if cb is not None:
+            first_cb = cb
+
+            def cb(d):  # keep the step index counting from the DDIM step
+                d["i"] += 1
+                first_cb(d)
+    out = info.fn(counted, x, grid, cond=cond, generator=generator, callback=cb, **knobs) if len(grid) > 1 else x
+    return (out, dict(nfe=counted.nfe, sigmas=full_grid)) if return_info else out

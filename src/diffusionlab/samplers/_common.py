@@ -53,7 +53,51 @@ class SamplerInfo:
     stochastic: bool
     nfe_per_step: int
     description: str
+    handles_inf: bool = False        # can start at sigma = inf (zero terminal SNR) itself
+    fixed_nfe: bool = True           # False: adaptive (NFE depends on tolerances)
+    nfe: Callable | None = None      # nfe(steps, **knobs) -> exact number of denoiser calls
+
+    def count_nfe(self, steps: int, **knobs) -> int | None:
+        """Denoiser calls for a grid with ``steps`` intervals ending in 0 (None if adaptive)."""
+        if not self.fixed_nfe:
+            return None
+        if self.nfe is not None:
+            return self.nfe(steps, **knobs)
+        # default: nfe_per_step per step, except the final step to 0 takes one call
+        return self.nfe_per_step * (steps - 1) + 1
 
 
 def as_floats(sigmas: torch.Tensor | Sequence[float]) -> list[float]:
     return [float(s) for s in sigmas]
+
+
+def lam(sigma: float) -> float:
+    """lambda = -log sigma: half the log-SNR (SNR = 1 / sigma^2); +inf at sigma = 0."""
+    return math.inf if sigma == 0 else -math.log(sigma)
+
+
+def geometric_mid(sigma: float, sigma_next: float, r: float = 0.5) -> float:
+    """The point a fraction r of the way from sigma to sigma_next in lambda (log sigma)."""
+    return math.exp((1 - r) * math.log(sigma) + r * math.log(sigma_next))
+
+
+def emit(callback, i: int, x, sigma: float, sigma_next: float, denoised) -> None:
+    if callback is not None:
+        callback(dict(i=i, x=x, sigma=sigma, sigma_next=sigma_next, denoised=denoised))
+
+
+def step_order(i: int, n: int, order: int, history: int, lower_order_final: bool) -> int:
+    """Order of multistep step i of n: limited by the history available (warm-up) and, with
+    ``lower_order_final``, by the steps left (the last steps use fewer past points, which is
+    more stable at few steps). The final step to sigma = 0 is always first order (the caller
+    handles it): h = lambda(0) - lambda(sigma) is infinite there."""
+    o = min(order, history + 1)
+    if lower_order_final:
+        o = min(o, n - i)
+    return max(o, 1)
+
+
+def check_finite_start(sigmas: Sequence[float], name: str) -> None:
+    if math.isinf(sigmas[0]):
+        raise ValueError(f"{name} needs a finite first sigma; dl.sample handles sigma = inf "
+                         "(zero terminal SNR) by taking the first step with DDIM")

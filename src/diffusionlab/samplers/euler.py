@@ -1,0 +1,146 @@
+"""ODE/SDE steppers in sigma-space on the probability-flow ODE dx/dsigma = (x - D(x, sigma)) / sigma
+(Karras et al. 2022, Eq. 3 with s(t) = 1, sigma(t) = t): Euler, Euler ancestral, Heun
+(EDM Algorithms 1 and 2), DPM-2 and DPM-2 ancestral (midpoint in log sigma).
+
+Every step whose next sigma is 0 is the Euler step x + (0 - sigma) d = D(x, sigma): one call.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ._common import (ancestral_step, as_floats, batch_sigma, check_finite_start, emit,
+                      geometric_mid, randn_like)
+
+
+def _d(x, denoised, sigma: float):
+    return (x - denoised) / sigma
+
+
+def _churn(x, sigma: float, n: int, s_churn: float, s_tmin: float, s_tmax: float, s_noise: float,
+           generator):
+    """EDM Algorithm 2, lines 4-6: raise the noise level from sigma to sigma_hat = (1 + gamma) sigma
+    by adding fresh noise of variance sigma_hat^2 - sigma^2."""
+    gamma = min(s_churn / n, math.sqrt(2) - 1) if s_tmin <= sigma <= s_tmax and s_churn > 0 else 0.0
+    if gamma == 0:
+        return x, sigma
+    sigma_hat = sigma * (1 + gamma)
+    return x + math.sqrt(sigma_hat ** 2 - sigma ** 2) * s_noise * randn_like(x, generator), sigma_hat
+
+
+@torch.no_grad()
+def sample_euler(denoiser, x, sigmas, *, cond=None, generator=None, callback=None,
+                 s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf,
+                 s_noise: float = 1.0):
+    """Euler on the probability-flow ODE; with ``s_churn > 0`` the EDM stochastic churn is added
+    before each step (then stochastic). Euler in sigma-space equals DDIM with eta = 0."""
+    s = as_floats(sigmas)
+    check_finite_start(s, "euler")
+    n = len(s) - 1
+    for i in range(n):
+        x, sigma = _churn(x, s[i], n, s_churn, s_tmin, s_tmax, s_noise, generator)
+        denoised = denoiser(x, batch_sigma(x, sigma), cond)
+        x = denoised if s[i + 1] == 0 else x + (s[i + 1] - sigma) * _d(x, denoised, sigma)
+        emit(callback, i, x, s[i], s[i + 1], denoised)
+    return x
+
+
+@torch.no_grad()
+def sample_euler_ancestral(denoiser, x, sigmas, *, cond=None, generator=None, callback=None,
+                           eta: float = 1.0, s_noise: float = 1.0):
+    """Euler step to sigma_down, then fresh noise of std sigma_up (see ``ancestral_step``)."""
+    s = as_floats(sigmas)
+    check_finite_start(s, "euler_ancestral")
+    for i in range(len(s) - 1):
+        sigma = s[i]
+        denoised = denoiser(x, batch_sigma(x, sigma), cond)
+        down, up = ancestral_step(sigma, s[i + 1], eta)
+        x = denoised if down == 0 else x + (down - sigma) * _d(x, denoised, sigma)
+        if up:
+            x = x + up * s_noise * randn_like(x, generator)
+        emit(callback, i, x, sigma, s[i + 1], denoised)
+    return x
+
+
+@torch.no_grad()
+def sample_heun(denoiser, x, sigmas, *, cond=None, generator=None, callback=None,
+                s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf,
+                s_noise: float = 1.0):
+    """Heun's second-order method (EDM Algorithm 1); with ``s_churn > 0`` EDM Algorithm 2
+    (gamma = min(S_churn / N, sqrt 2 - 1) for sigma in [S_tmin, S_tmax], noise scaled by S_noise).
+    Two calls per step, one for the final step to 0: N steps cost 2N - 1 calls (EDM: 18 -> 35)."""
+    s = as_floats(sigmas)
+    check_finite_start(s, "heun")
+    n = len(s) - 1
+    for i in range(n):
+        x, sigma = _churn(x, s[i], n, s_churn, s_tmin, s_tmax, s_noise, generator)
+        sigma_next = s[i + 1]
+        denoised = denoiser(x, batch_sigma(x, sigma), cond)
+        d = _d(x, denoised, sigma)
+        x_next = x + (sigma_next - sigma) * d
+        if sigma_next != 0:
+            d2 = _d(x_next, denoiser(x_next, batch_sigma(x, sigma_next), cond), sigma_next)
+            x_next = x + (sigma_next - sigma) * (d + d2) / 2
+        x = x_next
+        emit(callback, i, x, s[i], sigma_next, denoised)
+    return x
+
+
+@torch.no_grad()
+def sample_dpm_2(denoiser, x, sigmas, *, cond=None, generator=None, callback=None,
+                 s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf,
+                 s_noise: float = 1.0):
+    """DPM-2 (k-diffusion's name): the midpoint method with the midpoint taken in log sigma,
+    i.e. DPM-Solver-2 with r = 1/2 in sigma-space. Two calls per step."""
+    s = as_floats(sigmas)
+    check_finite_start(s, "dpm_2")
+    n = len(s) - 1
+    for i in range(n):
+        x, sigma = _churn(x, s[i], n, s_churn, s_tmin, s_tmax, s_noise, generator)
+        sigma_next = s[i + 1]
+        denoised = denoiser(x, batch_sigma(x, sigma), cond)
+        d = _d(x, denoised, sigma)
+        if sigma_next == 0:
+            x = denoised
+        else:
+            mid = geometric_mid(sigma, sigma_next)
+            x_mid = x + (mid - sigma) * d
+            d_mid = _d(x_mid, denoiser(x_mid, batch_sigma(x, mid), cond), mid)
+            x = x + (sigma_next - sigma) * d_mid
+        emit(callback, i, x, s[i], sigma_next, denoised)
+    return x
+
+
+@torch.no_grad()
+def sample_dpm_2_ancestral(denoiser, x, sigmas, *, cond=None, generator=None, callback=None,
+                           eta: float = 1.0, s_noise: float = 1.0):
+    """DPM-2 to sigma_down, then noise of std sigma_up."""
+    s = as_floats(sigmas)
+    check_finite_start(s, "dpm_2_ancestral")
+    for i in range(len(s) - 1):
+        sigma = s[i]
+        denoised = denoiser(x, batch_sigma(x, sigma), cond)
+        down, up = ancestral_step(sigma, s[i + 1], eta)
+        d = _d(x, denoised, sigma)
+        if down == 0:
+            x = denoised
+        else:
+            mid = geometric_mid(sigma, down)
+            x_mid = x + (mid - sigma) * d
+            d_mid = _d(x_mid, denoiser(x_mid, batch_sigma(x, mid), cond), mid)
+            x = x + (down - sigma) * d_mid
+        if up:
+            x = x + up * s_noise * randn_like(x, generator)
+        emit(callback, i, x, sigma, s[i + 1], denoised)
+    return x
+
+
+def heun_nfe(steps: int, **_) -> int:
+    return 2 * steps - 1
+
+
+def ancestral_2_nfe(steps: int, eta: float = 1.0, **_) -> int:
+    # the last step goes to sigma_down = 0: one call; every other step two (sigma_down > 0
+    # because eta <= 1 keeps sigma_up < sigma_next)
+    return 2 * steps - 1
