@@ -144,7 +144,13 @@ def _add_sample(sub):
     p.add_argument("--steps", type=int, default=None, help="grid intervals (default: the model's own, else 50)")
     p.add_argument("--eta", type=float, default=None, help="DDIM eta (0 = deterministic)")
     p.add_argument("--variance", choices=["small", "large"], default=None, help="DDPM variance")
-    p.add_argument("--schedule", default="auto", help="auto | trailing | leading | linspace | karras | exponential | ladder (ncsn)")
+    p.add_argument("--schedule", default="auto",
+                   help="auto | trailing | leading | linspace | karras | exponential | logsnr | ladder (ncsn)")
+    p.add_argument("--sigma-min", type=float, default=None, help="grid's smallest positive sigma (karras/exponential)")
+    p.add_argument("--sigma-max", type=float, default=None, help="grid's largest sigma (karras/exponential)")
+    p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="sampler knob, repeatable, e.g. --opt order=2 --opt variant=bh1 --opt s_churn=40 "
+                        "(see `diffusionlab samplers`)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--out", default="samples.png", help="grid PNG path")
@@ -154,8 +160,38 @@ def _add_sample(sub):
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
 
 
+def _parse_value(v: str):
+    low = v.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    return v
+
+
 def _sampler_knobs(a) -> dict:
+    import inspect
+
+    from .samplers import SAMPLERS
+
     knobs = {}
+    for item in getattr(a, "opt", None) or []:
+        if "=" not in item:
+            raise ValueError(f"--opt expects KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        knobs[k.strip().replace("-", "_")] = _parse_value(v.strip())
+    if knobs and a.sampler in SAMPLERS:
+        params = inspect.signature(SAMPLERS[a.sampler].fn).parameters
+        allowed = [n for n, p in params.items() if p.kind == p.KEYWORD_ONLY
+                   and n not in ("cond", "generator", "callback")]
+        bad = sorted(set(knobs) - set(allowed))
+        if bad:
+            raise ValueError(f"sampler {a.sampler!r} has no knob(s) {bad}; its knobs: {allowed}")
     if a.eta is not None:
         if a.sampler != "ddim":
             raise ValueError("--eta applies to --sampler ddim")
@@ -209,7 +245,8 @@ def cmd_sample(a) -> int:
             def cb(d):
                 frames.append((d["x"] / math.sqrt(1 + d["sigma_next"] ** 2)).float())
         out.append(sample(den, (len(idx), *shape), sampler=a.sampler, steps=a.steps, schedule=a.schedule,
-                          generator=gens, callback=cb, **knobs).float())
+                          sigma_min=a.sigma_min, sigma_max=a.sigma_max, generator=gens, callback=cb,
+                          **knobs).float())
     x = torch.cat(out)
     save_grid(x, a.out, nrow=int(math.ceil(math.sqrt(min(a.n, 256)))), upscale=2) if a.n <= 256 else \
         save_grid(x[:256], a.out, nrow=16, upscale=2)
@@ -286,6 +323,7 @@ def _add_eval(sub):
                    help="a registered sampler, or auto: the model's own (EDM heun, NCSN annealed_langevin) else ddim")
     p.add_argument("--steps", type=int, default=None, help="grid intervals (default: the model's own, else 50)")
     p.add_argument("--schedule", default="auto")
+    p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE", help="sampler knob, repeatable")
     p.add_argument("--eta", type=float, default=None)
     p.add_argument("--variance", choices=["small", "large"], default=None)
     p.add_argument("--seed", type=int, default=0)
@@ -325,9 +363,18 @@ def cmd_eval(a) -> int:
 def cmd_samplers(a) -> int:
     from .samplers import SAMPLERS
 
-    print(f"{'name':<8} {'order':>5} {'stochastic':>10} {'NFE/step':>8}  description")
+    import inspect
+
+    print(f"{'name':<19} {'order':>5} {'stochastic':>10} {'NFE/step':>8}  description")
     for name, s in SAMPLERS.items():
-        print(f"{name:<8} {s.order:>5} {str(s.stochastic):>10} {s.nfe_per_step:>8}  {s.description}")
+        nfe = "adaptive" if not s.fixed_nfe else s.nfe_per_step
+        print(f"{name:<19} {s.order:>5} {str(s.stochastic):>10} {nfe:>8}  {s.description}")
+        knobs = [f"{n}={p.default!r}" for n, p in inspect.signature(s.fn).parameters.items()
+                 if p.kind == p.KEYWORD_ONLY and n not in ("cond", "generator", "callback")]
+        if knobs and getattr(a, "verbose", False):
+            print(f"{'':<19} knobs: {', '.join(knobs)}")
+    print("\nNFE/step: network calls per grid interval (the final step to sigma = 0 takes one); "
+          "knobs: `diffusionlab samplers -v`, set with `sample --opt KEY=VALUE`.")
     return 0
 
 
@@ -369,7 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sample(sub)
     _add_noise(sub)
     _add_eval(sub)
-    sub.add_parser("samplers", help="list the registered samplers")
+    sp = sub.add_parser("samplers", help="list the registered samplers")
+    sp.add_argument("-v", "--verbose", action="store_true", help="also list each sampler's knobs")
     _add_demo(sub)
     return parser
 

@@ -200,7 +200,7 @@ def exponential_sigmas(steps: int, sigma_min: float, sigma_max: float) -> torch.
     return torch.cat([s, torch.zeros(1, dtype=_F64)])
 
 
-SIGMA_SCHEDULES = ("trailing", "leading", "linspace", "karras", "exponential")
+SIGMA_SCHEDULES = ("trailing", "leading", "linspace", "karras", "exponential", "logsnr")
 
 
 def get_sigmas(schedule: str, steps: int, sigma_min: float | None = None,
@@ -231,6 +231,7 @@ def get_sigmas(schedule: str, steps: int, sigma_min: float | None = None,
                          "zero-terminal-SNR models")
     if schedule == "karras":
         return karras_sigmas(steps, sigma_min, sigma_max, rho)
-    if schedule == "exponential":
+    if schedule in ("exponential", "logsnr"):
+        # log-SNR uniform: log SNR = -2 log sigma, so it is the exponential (log-sigma uniform) grid
         return exponential_sigmas(steps, sigma_min, sigma_max)
     raise ValueError(f"unknown sigma schedule {schedule!r}; choose from {SIGMA_SCHEDULES}")

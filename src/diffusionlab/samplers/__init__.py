@@ -32,7 +32,8 @@ SAMPLERS: dict[str, SamplerInfo] = {
     "dpm_2": S(sample_dpm_2, 2, False, 2, "DPM-2: midpoint in log sigma (DPM-Solver-2, r=1/2)", nfe=heun_nfe),
     "dpm_2_ancestral": S(sample_dpm_2_ancestral, 2, True, 2, "DPM-2 to sigma_down + noise sigma_up", nfe=heun_nfe),
     "lms": S(sample_lms, 4, False, 1, "linear multistep in sigma, variable-step Adams-Bashforth (order 4)"),
-    "pndm": S(sample_pndm, 4, False, 1, "PNDM/PLMS (Liu et al. 2022): AB4 on eps with DDIM transfer; warmup plms|prk",
+    "pndm": S(sample_pndm, 2, False, 1, "PNDM/PLMS (Liu et al. 2022): AB4 on eps with DDIM transfer (4th order "
+              "only on equally spaced grids); warmup plms|prk",
               nfe=pndm_nfe),
     "deis": S(sample_deis, 3, False, 1, "DEIS (Zhang & Chen 2022), rho-AB with log-rho Lagrange, order 1-3"),
     "dpm_solver": S(sample_dpm_solver, 3, False, 3, "DPM-Solver singlestep (Lu et al. 2022a), order 1-3",
