@@ -199,3 +199,29 @@ def test_unknown_sampler_and_bad_steps_are_clear_errors():
         dl.sample(den, (1, 3), "ddim", steps=0)
     with pytest.raises(ValueError, match="variance"):
         dl.sample(den, (1, 3), "ddpm", steps=3, variance="medium")
+
+
+@pytest.mark.parametrize("steps", [1, 3, 5, 7, 10, 20, 50, 200])
+def test_tuned_grid_is_decreasing_within_range_and_ends_in_zero(steps):
+    from diffusionlab.schedules import TUNED_GRIDS
+    s = dl.get_sigmas("tuned", steps, 0.01, 157.0)
+    assert len(s) == steps + 1 and s[-1] == 0 and bool((s[:-1] > 0).all())
+    assert bool((s[1:] <= s[:-1]).all()) and s[0] <= 157.0 and s[-2] >= 0.01
+    if steps in TUNED_GRIDS:
+        first, last = TUNED_GRIDS[steps]
+        assert s[0].item() == pytest.approx(min(first, 157.0)) and s[-2].item() == pytest.approx(last)
+    assert torch.equal(dl.get_sigmas("logsnr", steps, 0.01, 157.0), dl.get_sigmas("exponential", steps, 0.01, 157.0))
+
+
+def test_ladder_grid_picks_levels_of_an_ncsn_ladder():
+    from diffusionlab.sampling import resolve_sigmas
+
+    class Ladder:
+        ladder = torch.logspace(2, -2, 30, dtype=F64)
+
+    full = resolve_sigmas(Ladder(), 100, schedule="ladder")
+    assert torch.equal(full[:-1], Ladder.ladder) and full[-1] == 0
+    part = resolve_sigmas(Ladder(), 10, schedule="ladder")
+    assert len(part) == 11 and part[0] == Ladder.ladder[0] and part[-2] == Ladder.ladder[-1]
+    with pytest.raises(ValueError, match="NCSN"):
+        resolve_sigmas(gaussian(), 10, schedule="ladder")
