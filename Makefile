@@ -6,7 +6,7 @@ PIP     := $(BIN)/pip install -c constraints.txt
 STAMP   := $(VENV)/.installed
 BUDGET  ?= 600
 
-.PHONY: venv demo test test-slow bench bench-venv clean
+.PHONY: venv demo test test-slow bench bench-venv bench-samplers clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -41,9 +41,14 @@ $(BENCH_VENV)/.installed: pyproject.toml bench/constraints-bench.txt
 
 bench-venv: $(BENCH_VENV)/.installed
 
-bench: $(BENCH_VENV)/.installed
+bench: $(BENCH_VENV)/.installed bench-samplers
 	$(BENCH_VENV)/bin/python bench/train_throughput.py --out bench/RESULTS_throughput.md
 	$(BIN)/python bench/train_throughput.py --only ours --out bench/RESULTS_throughput_project_venv.md
+
+# sampler accuracy vs NFE against diffusers' schedulers; first the exact-match tests (pytest -m bench)
+bench-samplers: $(BENCH_VENV)/.installed
+	$(BENCH_VENV)/bin/python -m pytest -q -m bench tests/test_diffusers_match.py
+	$(BENCH_VENV)/bin/python bench/samplers.py --n 20000 --nfe 5,10,20,50
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) runs

@@ -114,7 +114,7 @@ def test_first_order_solvers_equal_ddim(other, knobs):
 def test_dpmpp_first_order_equals_ddim():
     sig = dl.get_sigmas("karras", 12, SMIN, SMAX)
     x_T = torch.randn(32, 3, generator=torch.Generator().manual_seed(1), dtype=F64) * SMAX
-    out = _multistep(gaussian(), x_T.clone(), sig, None, None, 1, True)
+    out = _multistep(gaussian(), x_T.clone(), sig, None, None, None, 1, 0.0, 1.0, True)
     assert torch.allclose(out, _run("ddim", sig, x_T), rtol=1e-10, atol=1e-10)
 
 

@@ -155,54 +155,12 @@ def sample_dpmpp_2s_ancestral(denoiser, x, sigmas, *, cond=None, generator=None,
     return x
 
 
-def _multistep_data(x, sigma, sigma_next, hist, order):
-    """DPM-Solver++ multistep update (Lu et al. 2022b, Algorithm 2 for order 2; the third-order
-    multistep of its Appendix) from sigma to sigma_next with data predictions hist = [(lambda_k,
-    D_k)] newest last. Second order uses the 'midpoint' form D + (D - D_prev) / (2 r)."""
-    lam_t, d0 = hist[-1]
-    h = lam(sigma_next) - lam_t
-    x_next = (sigma_next / sigma) * x - math.expm1(-h) * d0
-    if order >= 2:
-        lam_1, d_1 = hist[-2]
-        r0 = (lam_t - lam_1) / h
-        dd0 = (d0 - d_1) / r0
-        if order == 2:
-            x_next = x_next - 0.5 * math.expm1(-h) * dd0
-        else:
-            lam_2, d_2 = hist[-3]
-            r1 = (lam_1 - lam_2) / h
-            dd1 = (d_1 - d_2) / r1
-            first = dd0 + r0 / (r0 + r1) * (dd0 - dd1)
-            second = (dd0 - dd1) / (r0 + r1)
-            phi2 = math.expm1(-h) / h + 1
-            phi3 = (math.expm1(-h) + h) / h ** 2 - 0.5
-            x_next = x_next + phi2 * first - 2 * phi3 * second
-    return x_next
-
-
-def _multistep(denoiser, x, sigmas, cond, callback, order, lower_order_final):
-    s = as_floats(sigmas)
-    n = len(s) - 1
-    hist: list = []
-    for i in range(n):
-        sigma, sigma_next = s[i], s[i + 1]
-        denoised = denoiser(x, batch_sigma(x, sigma), cond)
-        hist = (hist + [(lam(sigma), denoised)])[-order:]
-        if sigma_next == 0:
-            x = denoised
-        else:
-            o = step_order(i, n, order, len(hist) - 1, lower_order_final)
-            x = _multistep_data(x, sigma, sigma_next, hist, o)
-        emit(callback, i, x, sigma, sigma_next, denoised)
-    return x
-
-
 @torch.no_grad()
 def sample_dpmpp_2m(denoiser, x, sigmas, *, cond=None, generator=None, callback=None,
                     lower_order_final: bool = True):
     """DPM-Solver++(2M): one call per step; the first step is first order."""
     check_finite_start(as_floats(sigmas), "dpmpp_2m")
-    return _multistep(denoiser, x, sigmas, cond, callback, 2, lower_order_final)
+    return _multistep(denoiser, x, sigmas, cond, None, callback, 2, 0.0, 1.0, lower_order_final)
 
 
 @torch.no_grad()
@@ -210,14 +168,15 @@ def sample_dpmpp_3m(denoiser, x, sigmas, *, cond=None, generator=None, callback=
                     lower_order_final: bool = True):
     """DPM-Solver++(3M): one call per step; warms up with orders 1, 2."""
     check_finite_start(as_floats(sigmas), "dpmpp_3m")
-    return _multistep(denoiser, x, sigmas, cond, callback, 3, lower_order_final)
+    return _multistep(denoiser, x, sigmas, cond, None, callback, 3, 0.0, 1.0, lower_order_final)
 
 
-def _multistep_sde(denoiser, x, sigmas, cond, generator, callback, order, eta, s_noise,
-                   lower_order_final):
-    """SDE-DPM-Solver++ (Lu et al. 2022b, Sec. 5 / Appendix; Gonzalez et al.'s 3M-SDE form):
-    the exponential integrator of the reverse SDE in which eta scales the noise injected;
-    with h_eta = (1 + eta) h:
+def _multistep(denoiser, x, sigmas, cond, generator, callback, order, eta, s_noise,
+               lower_order_final):
+    """DPM-Solver++(kM) multistep (Lu et al. 2022b, Algorithm 2 for order 2 in its 'midpoint'
+    form; the third-order multistep of its appendix, with the coefficient fix above) and, with
+    eta > 0, SDE-DPM-Solver++(kM) (Lu et al. 2022b, Sec. 5): the exponential integrator of the
+    reverse SDE in which eta scales the noise injected; with h_eta = (1 + eta) h:
         x' = (sigma'/sigma) e^(-eta h) x + (1 - e^(-h_eta)) D + corrections + sigma' sqrt(1 - e^(-2 eta h)) z.
     eta = 0 gives the ODE solver DPM-Solver++(kM)."""
     s = as_floats(sigmas)
@@ -262,7 +221,7 @@ def sample_dpmpp_2m_sde(denoiser, x, sigmas, *, cond=None, generator=None, callb
                         eta: float = 1.0, s_noise: float = 1.0, lower_order_final: bool = True):
     """SDE-DPM-Solver++(2M): stochastic, one call per step."""
     check_finite_start(as_floats(sigmas), "dpmpp_2m_sde")
-    return _multistep_sde(denoiser, x, sigmas, cond, generator, callback, 2, eta, s_noise, lower_order_final)
+    return _multistep(denoiser, x, sigmas, cond, generator, callback, 2, eta, s_noise, lower_order_final)
 
 
 @torch.no_grad()
@@ -270,7 +229,7 @@ def sample_dpmpp_3m_sde(denoiser, x, sigmas, *, cond=None, generator=None, callb
                         eta: float = 1.0, s_noise: float = 1.0, lower_order_final: bool = True):
     """SDE-DPM-Solver++(3M): stochastic, one call per step."""
     check_finite_start(as_floats(sigmas), "dpmpp_3m_sde")
-    return _multistep_sde(denoiser, x, sigmas, cond, generator, callback, 3, eta, s_noise, lower_order_final)
+    return _multistep(denoiser, x, sigmas, cond, generator, callback, 3, eta, s_noise, lower_order_final)
 
 
 def dpm_solver_nfe(steps: int, order: int = 3, lower_order_final: bool = True, **_) -> int:
