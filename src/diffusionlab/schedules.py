@@ -166,7 +166,7 @@ def discrete_timesteps(T: int, steps: int, spacing: str = "trailing") -> torch.T
 
     - ``trailing``: round(T - k T/steps) - 1, always starts at the last step T (DDIM paper's
       "uniform" read from the end, as recommended by Lin et al. 2024);
-    - ``leading``: k * (T // steps) (+1 offset as in Stable Diffusion's DDIM), counting up;
+    - ``leading``: k * (T // steps) (no offset: diffusers' default steps_offset = 0), counting up;
     - ``linspace``: round(linspace(T - 1, 0, steps)).
     """
     if not 1 <= steps <= T:
