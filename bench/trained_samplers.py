@@ -25,6 +25,7 @@ from diffusionlab.demo import sample_many
 from diffusionlab.evaluation.digits import (_load_real, extract_features, feature_stats, frechet_distance,
                                             load_digit_classifier)
 from diffusionlab.loading import load_denoiser
+from diffusionlab.sampling import _CountingDenoiser as CallCounter  # counts calls in .nfe
 
 REFERENCE = ("ddpm", 250, {}, "auto")
 CONFIGS = [
@@ -37,20 +38,6 @@ CONFIGS = [
     ("ddpm", 20, {}, "auto"),
     ("ode", 20, {"rtol": 1e-4, "atol": 1e-4}, "auto"),   # the probability-flow ODE, solved to tolerance
 ]
-
-
-class CallCounter:
-    """Counts denoiser calls; forwards everything else (sigma range, prior, table)."""
-
-    def __init__(self, inner):
-        self.inner, self.calls = inner, 0
-
-    def __call__(self, x, sigma, cond=None):
-        self.calls += 1
-        return self.inner(x, sigma, cond)
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
 
 
 def key_of(name, steps, knobs, schedule):
@@ -102,7 +89,7 @@ def main(argv=None) -> int:
             counter = CallCounter(den)
             bs = 250 if name != "ode" else a.n   # the adaptive solver's steps depend on the batch
             x = sample_many(counter, shape, a.n, name, steps, seed=0, batch_size=bs, schedule=schedule, **knobs)
-            nfe = counter.calls / -(-a.n // bs)
+            nfe = counter.nfe / -(-a.n // bs)
             secs = time.perf_counter() - t0
             feats, probs = extract_features(clf, x.clamp(-1, 1))
             feats_file.parent.mkdir(parents=True, exist_ok=True)

@@ -101,3 +101,20 @@ def check_finite_start(sigmas: Sequence[float], name: str) -> None:
     if math.isinf(sigmas[0]):
         raise ValueError(f"{name} needs a finite first sigma; dl.sample handles sigma = inf "
                          "(zero terminal SNR) by taking the first step with DDIM")
+
+
+def ancestral_loop(denoiser, x, sigmas, cond, generator, callback, eta, s_noise, name, step):
+    """The loop shared by the ancestral samplers: D(x, sigma), a deterministic ``step(x, denoised,
+    sigma, sigma_down)`` to sigma_down (not called when sigma_down = 0: x becomes D), then fresh
+    noise of std sigma_up * s_noise (see ``ancestral_step``)."""
+    s = as_floats(sigmas)
+    check_finite_start(s, name)
+    for i in range(len(s) - 1):
+        sigma = s[i]
+        denoised = denoiser(x, batch_sigma(x, sigma), cond)
+        down, up = ancestral_step(sigma, s[i + 1], eta)
+        x = denoised if down == 0 else step(x, denoised, sigma, down)
+        if up:
+            x = x + up * s_noise * randn_like(x, generator)
+        emit(callback, i, x, sigma, s[i + 1], denoised)
+    return x

@@ -24,7 +24,7 @@ import math
 
 import torch
 
-from ._common import (ancestral_step, as_floats, batch_sigma, check_finite_start, emit, lam,
+from ._common import (ancestral_loop, as_floats, batch_sigma, check_finite_start, emit, lam,
                       randn_like, step_order)
 
 
@@ -135,24 +135,13 @@ def sample_dpmpp_2s_ancestral(denoiser, x, sigmas, *, cond=None, generator=None,
                               eta: float = 1.0, s_noise: float = 1.0):
     """DPM-Solver++(2S) with r = 1/2 to sigma_down, then noise of std sigma_up (ancestral).
     With eta = 0 it is the deterministic singlestep DPM-Solver++(2S)."""
-    s = as_floats(sigmas)
-    check_finite_start(s, "dpmpp_2s_ancestral")
-    for i in range(len(s) - 1):
-        sigma = s[i]
-        denoised = denoiser(x, batch_sigma(x, sigma), cond)
-        down, up = ancestral_step(sigma, s[i + 1], eta)
-        if down == 0:
-            x = denoised
-        else:
-            h = lam(down) - lam(sigma)
-            mid = sigma * math.exp(-h / 2)
-            x_mid = (mid / sigma) * x - math.expm1(-h / 2) * denoised
-            d_mid = denoiser(x_mid, batch_sigma(x, mid), cond)
-            x = (down / sigma) * x - math.expm1(-h) * d_mid
-        if up:
-            x = x + up * s_noise * randn_like(x, generator)
-        emit(callback, i, x, sigma, s[i + 1], denoised)
-    return x
+    def step(x, denoised, sigma, down):
+        h = lam(down) - lam(sigma)
+        mid = sigma * math.exp(-h / 2)
+        x_mid = (mid / sigma) * x - math.expm1(-h / 2) * denoised
+        return (down / sigma) * x - math.expm1(-h) * denoiser(x_mid, batch_sigma(x, mid), cond)
+
+    return ancestral_loop(denoiser, x, sigmas, cond, generator, callback, eta, s_noise, "dpmpp_2s_ancestral", step)
 
 
 @torch.no_grad()

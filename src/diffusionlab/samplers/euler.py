@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from ._common import (ancestral_step, as_floats, batch_sigma, check_finite_start, emit,
+from ._common import (ancestral_loop, as_floats, batch_sigma, check_finite_start, emit,
                       geometric_mid, randn_like)
 
 
@@ -50,17 +50,10 @@ def sample_euler(denoiser, x, sigmas, *, cond=None, generator=None, callback=Non
 def sample_euler_ancestral(denoiser, x, sigmas, *, cond=None, generator=None, callback=None,
                            eta: float = 1.0, s_noise: float = 1.0):
     """Euler step to sigma_down, then fresh noise of std sigma_up (see ``ancestral_step``)."""
-    s = as_floats(sigmas)
-    check_finite_start(s, "euler_ancestral")
-    for i in range(len(s) - 1):
-        sigma = s[i]
-        denoised = denoiser(x, batch_sigma(x, sigma), cond)
-        down, up = ancestral_step(sigma, s[i + 1], eta)
-        x = denoised if down == 0 else x + (down - sigma) * _d(x, denoised, sigma)
-        if up:
-            x = x + up * s_noise * randn_like(x, generator)
-        emit(callback, i, x, sigma, s[i + 1], denoised)
-    return x
+    def step(x, denoised, sigma, down):
+        return x + (down - sigma) * _d(x, denoised, sigma)
+
+    return ancestral_loop(denoiser, x, sigmas, cond, generator, callback, eta, s_noise, "euler_ancestral", step)
 
 
 @torch.no_grad()
@@ -116,24 +109,12 @@ def sample_dpm_2(denoiser, x, sigmas, *, cond=None, generator=None, callback=Non
 def sample_dpm_2_ancestral(denoiser, x, sigmas, *, cond=None, generator=None, callback=None,
                            eta: float = 1.0, s_noise: float = 1.0):
     """DPM-2 to sigma_down, then noise of std sigma_up."""
-    s = as_floats(sigmas)
-    check_finite_start(s, "dpm_2_ancestral")
-    for i in range(len(s) - 1):
-        sigma = s[i]
-        denoised = denoiser(x, batch_sigma(x, sigma), cond)
-        down, up = ancestral_step(sigma, s[i + 1], eta)
-        d = _d(x, denoised, sigma)
-        if down == 0:
-            x = denoised
-        else:
-            mid = geometric_mid(sigma, down)
-            x_mid = x + (mid - sigma) * d
-            d_mid = _d(x_mid, denoiser(x_mid, batch_sigma(x, mid), cond), mid)
-            x = x + (down - sigma) * d_mid
-        if up:
-            x = x + up * s_noise * randn_like(x, generator)
-        emit(callback, i, x, sigma, s[i + 1], denoised)
-    return x
+    def step(x, denoised, sigma, down):
+        mid = geometric_mid(sigma, down)
+        x_mid = x + (mid - sigma) * _d(x, denoised, sigma)
+        return x + (down - sigma) * _d(x_mid, denoiser(x_mid, batch_sigma(x, mid), cond), mid)
+
+    return ancestral_loop(denoiser, x, sigmas, cond, generator, callback, eta, s_noise, "dpm_2_ancestral", step)
 
 
 def heun_nfe(steps: int, **_) -> int:
