@@ -30,7 +30,9 @@ def test_resume_continues(run_dir, tmp_path):
 
 
 @pytest.mark.parametrize("sampler,extra", [("ddim", ["--eta", "0.5"]), ("ddpm", ["--variance", "large"]),
-                                           ("ddim", ["--schedule", "karras"])])
+                                           ("ddim", ["--schedule", "karras"]),
+                                           ("unipc", ["--schedule", "tuned", "--opt", "order=2", "--opt", "variant=bh1"]),
+                                           ("heun", ["--schedule", "karras", "--sigma-max", "20", "--opt", "s_churn=10"])])
 def test_sample_writes_grid_gif_and_npy(run_dir, tmp_path, sampler, extra):
     out = tmp_path / "s.png"
     rc = main(["sample", "--ckpt", str(run_dir), "--n", "5", "--steps", "4", "--sampler", sampler,
@@ -56,9 +58,10 @@ def test_eval_on_images(tmp_path, capsys):
 
 
 def test_samplers_lists_registry(capsys):
-    assert main(["samplers"]) == 0
+    from diffusionlab.samplers import SAMPLERS
+    assert main(["samplers", "-v"]) == 0
     out = capsys.readouterr().out
-    assert "ddim" in out and "ddpm" in out
+    assert all(name in out for name in SAMPLERS) and "knobs: order=3, variant='bh2'" in out
 
 
 @pytest.mark.parametrize("argv,msg", [
@@ -66,6 +69,8 @@ def test_samplers_lists_registry(capsys):
     (["sample", "--ckpt", "/no/such/run"], "no such checkpoint"),
     (["sample", "--ckpt", "RUN", "--sampler", "nope"], "unknown sampler"),
     (["sample", "--ckpt", "RUN", "--eta", "0.5", "--sampler", "ddpm"], "--eta applies"),
+    (["sample", "--ckpt", "RUN", "--sampler", "unipc", "--opt", "foo=1"], "has no knob"),
+    (["sample", "--ckpt", "RUN", "--sampler", "unipc", "--opt", "order"], "KEY=VALUE"),
     (["noise", "--image", "/no/such.png"], "no such image"),
     (["noise", "--t", "0,5000"], "outside"),
     (["eval"], "exactly one of"),
