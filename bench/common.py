@@ -6,6 +6,7 @@ matmul peak, and running a measurement in a fresh subprocess.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -26,13 +27,10 @@ RESULT_TAG = "RESULT "  # a child process reports its measurement as one line: R
 # ---------------------------------------------------------------------------------- machine
 def cpu_model() -> str:
     """The CPU's marketing name from /proc/cpuinfo (platform's guess elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
 
 

@@ -6,6 +6,7 @@ and exit with status 2; bugs still show a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import sys
@@ -167,10 +168,8 @@ def _parse_value(v: str):
     if low in ("none", "null"):
         return None
     for cast in (int, float):
-        try:
+        with contextlib.suppress(ValueError):
             return cast(v)
-        except ValueError:
-            pass
     return v
 
 

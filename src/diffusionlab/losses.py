@@ -32,6 +32,8 @@ it sits outside the process the samplers and likelihoods assume. Off by default.
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import torch
 import torch.nn.functional as F
 
@@ -129,7 +131,7 @@ def _rand(kind: str, n: int, generator, device) -> torch.Tensor:
     return fn(n, generator=generator, device=dev, dtype=torch.float64).to(device)
 
 
-class PrecondLoss:
+class PrecondLoss(ABC):
     """Denoising loss of a preconditioned model (see the module docstring). Subclasses define
     ``draw_sigma`` and ``x0_weight``. ``__call__(net, x0, cond, generator, sigma=, eps=,
     autocast=)`` returns the per-sample loss [B], like ``DiscreteLoss``."""
@@ -139,11 +141,13 @@ class PrecondLoss:
             raise ValueError(f"unknown loss_type {loss_type!r}; choose from {sorted(LOSS_TYPES)}")
         self.precond, self.loss_type = precond, loss_type
 
+    @abstractmethod
     def draw_sigma(self, n: int, generator, device) -> torch.Tensor:
-        raise NotImplementedError
+        """Noise levels [B] (float64) for a batch of n."""
 
+    @abstractmethod
     def x0_weight(self, sigma: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """lambda(sigma): the weight of the squared x0 error at each noise level."""
 
     def draw(self, x0: torch.Tensor, generator=None):
         """Random noise levels (float64 [B]) and noise (from ``generator`` only)."""

@@ -28,6 +28,7 @@ process only fixes the clock t <-> sigma (``sigma``, ``t_of_sigma``) and the sca
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 
 import torch
 
@@ -44,7 +45,7 @@ def _bcast(c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return c.reshape(*c.shape, *((1,) * (x.dim() - c.dim())))
 
 
-class SDE:
+class SDE(ABC):
     """Base class: a linear SDE dx = f(t) x dt + g(t) dw on [0, T = 1] with a Gaussian prior."""
 
     name = ""
@@ -52,20 +53,20 @@ class SDE:
     eps_t = 0.0            # smallest time used for training and sampling
 
     # -- the process --------------------------------------------------------------------
+    @abstractmethod
     def drift_coef(self, t) -> torch.Tensor:
         """f(t) of the linear drift f(t) x."""
-        raise NotImplementedError
 
     def drift(self, x: torch.Tensor, t) -> torch.Tensor:
         return _bcast(self.drift_coef(t), x) * x
 
+    @abstractmethod
     def diffusion(self, t) -> torch.Tensor:
         """g(t)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def marginal(self, t) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean(t), std(t)) of x_t | x0 = mean x0 + std n."""
-        raise NotImplementedError
 
     # -- the sigma-space clock ----------------------------------------------------------
     def sigma(self, t) -> torch.Tensor:
@@ -73,9 +74,9 @@ class SDE:
         m, s = self.marginal(t)
         return s / m
 
+    @abstractmethod
     def t_of_sigma(self, sigma) -> torch.Tensor:
         """Inverse of ``sigma`` (closed form)."""
-        raise NotImplementedError
 
     def mean_of_sigma(self, sigma) -> torch.Tensor:
         """mean(t_of_sigma(sigma)) in closed form."""

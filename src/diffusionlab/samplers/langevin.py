@@ -63,9 +63,7 @@ def sample_pc(denoiser, x, sigmas, *, cond=None, generator=None, callback=None,
         denoised = denoiser(x, batch_sigma(x, sigma), cond)
         if sigma_next == 0:
             x = denoised
-        elif predictor == "none":
-            pass
-        else:
+        elif predictor != "none":   # 'none': corrector only, x stays for the next level
             score = (denoised - x) / sigma ** 2
             if predictor == "reverse_diffusion":
                 var = sigma ** 2 - sigma_next ** 2
