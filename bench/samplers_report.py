@@ -195,5 +195,8 @@ def plot(data, path: str) -> None:
         ax.legend(fontsize=8)
     fig.suptitle(f"Sampler error vs NFE (n={data['meta']['n']}; thin lines: every configuration)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=80)
     plt.close(fig)
+    # hundreds of translucent lines make a large RGBA PNG; a 64-colour palette keeps it small
+    from PIL import Image
+    Image.open(path).convert("RGB").quantize(colors=64).save(path, optimize=True)
