@@ -43,6 +43,13 @@ def _add_train(sub):
     p.add_argument("--offset-noise", type=float, help="ddpm")
     p.add_argument("--sigma-data", type=float, help="edm: data std (0.5); ddpm: EDM loss weighting with this std")
     p.add_argument("--zero-terminal-snr", action="store_true", default=None, help="ddpm")
+    p.add_argument("--learned-variance", action="store_true", default=None,
+                   help="ddpm: the network also outputs improved DDPM's variance channel (train with --loss-kind hybrid)")
+    p.add_argument("--loss-kind", choices=["simple", "hybrid", "vlb"],
+                   help="ddpm: simple (L_simple), hybrid (L_simple + lambda L_vlb; default with --learned-variance), vlb")
+    p.add_argument("--vlb-weight", type=float, help="ddpm, hybrid: lambda (0.001)")
+    p.add_argument("--t-sampling", choices=["uniform", "importance"],
+                   help="ddpm: timestep sampling; importance = improved DDPM's, for --loss-kind vlb")
     p.add_argument("--beta-min", type=float, help="vp, subvp (0.1)")
     p.add_argument("--beta-max", type=float, help="vp, subvp (20)")
     p.add_argument("--eps-t", type=float, help="vp, subvp, ve: smallest time (1e-5; ve 0)")
@@ -82,16 +89,20 @@ def _train_config(a):
                                       "grad_accum", "lr", "warmup_steps", "lr_schedule", "grad_clip", "ema_decay",
                                       "precision", "device", "num_threads", "seed", "out_dir", "sample_every",
                                       "checkpoint_every", "val_every") if getattr(a, k) is not None}
-    model = {k: getattr(a, k) for k in ("dim", "dim_mults", "num_res_blocks", "block", "dropout", "channels")
-             if getattr(a, k) is not None}
+    model = {k: getattr(a, k) for k in ("dim", "dim_mults", "num_res_blocks", "block", "dropout", "channels",
+                                        "learned_variance") if getattr(a, k) is not None}
     diff = {k2: getattr(a, k1) for k1, k2 in (("objective", "objective"), ("schedule", "beta_schedule"),
                                               ("timesteps", "timesteps"), ("loss", "loss_type"),
                                               ("offset_noise", "offset_noise"), ("sigma_data", "sigma_data"),
-                                              ("zero_terminal_snr", "zero_terminal_snr"))
+                                              ("zero_terminal_snr", "zero_terminal_snr"),
+                                              ("loss_kind", "loss_kind"), ("vlb_weight", "vlb_weight"),
+                                              ("t_sampling", "t_sampling"))
             if getattr(a, k1) is not None}
     if a.min_snr_gamma is not None:
         diff["min_snr_gamma"] = a.min_snr_gamma or None
     diff.update(_process_flags(a, a.process or cfg.diffusion.process))
+    if a.learned_variance and "loss_kind" not in diff:
+        diff["loss_kind"] = "hybrid"
     if top.get("data") not in (None, "mnist", "digits") and "channels" not in model:
         model["channels"] = 3
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **model),
@@ -108,7 +119,8 @@ PROCESS_FLAGS = {
     "sigma_data": ("ddpm", "edm"), "beta_min": ("vp", "subvp"), "beta_max": ("vp", "subvp"),
     "eps_t": ("vp", "subvp", "ve"), "sigma_min": ("ve", "edm", "ncsn"), "sigma_max": ("ve", "edm", "ncsn"),
     "likelihood_weighting": ("vp", "subvp", "ve"), "p_mean": ("edm",), "p_std": ("edm",),
-    "ncsn_levels": ("ncsn",),
+    "ncsn_levels": ("ncsn",), "learned_variance": ("ddpm",), "loss_kind": ("ddpm",), "vlb_weight": ("ddpm",),
+    "t_sampling": ("ddpm",),
 }
 
 
@@ -144,7 +156,8 @@ def _add_sample(sub):
                    help="a registered sampler, or auto: the model's own (EDM heun, NCSN annealed_langevin) else ddim")
     p.add_argument("--steps", type=int, default=None, help="grid intervals (default: the model's own, else 50)")
     p.add_argument("--eta", type=float, default=None, help="DDIM eta (0 = deterministic)")
-    p.add_argument("--variance", choices=["small", "large"], default=None, help="DDPM variance")
+    p.add_argument("--variance", choices=["auto", "small", "large", "learned"], default=None,
+                   help="DDPM variance (auto: learned for a learned-variance model, else small)")
     p.add_argument("--schedule", default="auto",
                    help="auto | trailing | leading | linspace | karras | exponential | logsnr | ladder (ncsn)")
     p.add_argument("--sigma-min", type=float, default=None, help="grid's smallest positive sigma (karras/exponential)")
@@ -317,18 +330,35 @@ def _add_eval(sub):
     p = sub.add_parser("eval", help="measure sample quality with the digit classifier")
     p.add_argument("--ckpt", help="run or checkpoint directory (samples are drawn from it)")
     p.add_argument("--images", help="or a .npy of images in [-1, 1] shaped [N, 1, H, W]")
-    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--n", type=int, default=None, help="samples to draw (1000), or held-out images for --nll (200)")
     p.add_argument("--sampler", default="auto",
                    help="a registered sampler, or auto: the model's own (EDM heun, NCSN annealed_langevin) else ddim")
     p.add_argument("--steps", type=int, default=None, help="grid intervals (default: the model's own, else 50)")
     p.add_argument("--schedule", default="auto")
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE", help="sampler knob, repeatable")
     p.add_argument("--eta", type=float, default=None)
-    p.add_argument("--variance", choices=["small", "large"], default=None)
+    p.add_argument("--variance", choices=["auto", "small", "large", "learned"], default=None,
+                   help="DDPM sampling variance; with --nll vlb: the model's p(x_{t-1} | x_t) variance")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=250)
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="sampling precision (likelihoods always run in fp32)")
     p.add_argument("--json", default=None, help="also write the metrics to this JSON file")
+    g = p.add_argument_group("likelihood (--nll): bits/dim of held-out data instead of sample quality")
+    g.add_argument("--nll", choices=["vlb", "ode"], default=None,
+                   help="vlb: the variational bound; ode: exact log-likelihood through the probability-flow ODE")
+    g.add_argument("--data", default=None,
+                   help="held-out data: default the checkpoint's dataset (its held-out split); or mnist | digits | a folder")
+    g.add_argument("--vlb-t", type=int, default=None,
+                   help="vlb: stratified estimate with this many t per image (default: all T terms)")
+    g.add_argument("--decoder", choices=["discretized", "gaussian"], default="discretized",
+                   help="vlb: L_0 decoder (discretized: 8-bit data, bits/dim; gaussian: continuous data)")
+    g.add_argument("--probe", choices=["rademacher", "gaussian"], default="rademacher", help="ode: Hutchinson probe")
+    g.add_argument("--probes", type=int, default=1, help="ode: probes per image")
+    g.add_argument("--exact-divergence", action="store_true", help="ode: exact Jacobian trace (one backward per dimension)")
+    g.add_argument("--rtol", type=float, default=1e-5, help="ode solver tolerance")
+    g.add_argument("--atol", type=float, default=1e-5, help="ode solver tolerance")
+    g.add_argument("--nll-batch", type=int, default=100, help="images per batch (ode: integrated as one system)")
 
 
 def cmd_eval(a) -> int:
@@ -340,6 +370,10 @@ def cmd_eval(a) -> int:
 
     if bool(a.ckpt) == bool(a.images):
         raise ValueError("give exactly one of --ckpt or --images")
+    if a.nll:
+        return _eval_nll(a)
+    if a.n is None:
+        a.n = 1000
     if a.images:
         if not Path(a.images).is_file():
             raise FileNotFoundError(f"no such file: {a.images}")
@@ -354,6 +388,57 @@ def cmd_eval(a) -> int:
                         schedule=a.schedule, **_sampler_knobs(a))
     m = digit_metrics(x, load_digit_classifier())
     print(format_digit_metrics(m))
+    if a.json:
+        Path(a.json).write_text(json.dumps(m, indent=2))
+    return 0
+
+
+def _heldout(a, ckpt_cfg: dict, shape):
+    """8-bit held-out images for the likelihood: the checkpoint's own data split by default."""
+    import torch
+
+    from .data.datasets import load_dataset
+    from .likelihood import quantize_8bit
+
+    train = ckpt_cfg.get("train", {})
+    data = a.data or train.get("data", "mnist")
+    _, val = load_dataset(data, shape[1], shape[0], train.get("val_fraction", 0.05), train.get("seed", 0))
+    if tuple(val.shape[1:]) != tuple(shape):
+        raise ValueError(f"data {data!r} gives images {tuple(val.shape[1:])}, the model takes {tuple(shape)}")
+    if len(val) < 2:
+        raise ValueError(f"data {data!r} has {len(val)} held-out image(s); bits/dim need at least 2")
+    n = min(a.n or 200, len(val))
+    return quantize_8bit(val[:n].to(torch.float32)), data
+
+
+def _eval_nll(a) -> int:
+    """``eval --nll vlb|ode``: bits/dim of held-out data (module likelihood.py)."""
+    from .likelihood import ode_bits_per_dim, vlb
+    from .loading import load_denoiser
+    from .training.checkpoint import find_checkpoint, read_config
+
+    if a.images:
+        raise ValueError("--nll measures a model on held-out data: give --ckpt, not --images")
+    den = load_denoiser(a.ckpt, use_ema=True)  # fp32: likelihoods need the precision
+    cfg = read_config(find_checkpoint(a.ckpt))
+    x, data = _heldout(a, cfg, den.image_shape)
+    if a.nll == "vlb":
+        if a.vlb_t is not None and a.vlb_t < 1:
+            raise ValueError("--vlb-t must be >= 1")
+        r = vlb(den, x, t_samples=a.vlb_t, variance=a.variance or "auto", decoder=a.decoder,
+                batch_size=a.nll_batch, seed=a.seed, progress=True)
+        m = r.summary()
+    else:
+        if a.probes < 1:
+            raise ValueError("--probes must be >= 1")
+        r = ode_bits_per_dim(den, x, batch_size=a.nll_batch, seed=a.seed, progress=True, rtol=a.rtol, atol=a.atol,
+                             exact_divergence=a.exact_divergence, probe=a.probe, n_probes=a.probes)
+        m = r.summary()
+    m["data"] = data
+    what = (f"VLB over {m['T']} steps ({'all terms' if m['t_samples'] == m['T'] else str(m['t_samples']) + ' stratified t per image'})"
+            if a.nll == "vlb" else f"probability-flow ODE ({m['nfe']} right-hand sides)")
+    print(f"bits/dim = {m['bits_per_dim']:.4f} +- {m['stderr']:.4f} (standard error over {m['n']} held-out "
+          f"images of {data}; {what})")
     if a.json:
         Path(a.json).write_text(json.dumps(m, indent=2))
     return 0

@@ -136,7 +136,13 @@ class DiscreteDenoiser(nn.Module):
             return nullcontext()
         return torch.autocast(device_type=device.type, dtype=self.autocast_dtype)
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond=None) -> torch.Tensor:
+    @property
+    def learned_variance(self) -> bool:
+        """True for an improved-DDPM network whose output has 2C channels (prediction, then v)."""
+        net = self.net
+        return getattr(net, "out_channels", None) is not None and net.out_channels == 2 * getattr(net, "channels", -1)
+
+    def _run(self, x: torch.Tensor, sigma: torch.Tensor, cond):
         sigma = torch.as_tensor(sigma, device=x.device)
         if sigma.dim() == 0:
             sigma = sigma.expand(x.shape[0])
@@ -146,8 +152,35 @@ class DiscreteDenoiser(nn.Module):
         with self._autocast(x.device):
             out = self.net(vp_input(x, sigma), t, cond) if cond is not None else self.net(vp_input(x, sigma), t)
         out = out.to(x.dtype)
+        C = x.shape[1]
         skip = torch.where(c_skip == 0, torch.zeros_like(x), c_skip * x)  # x may be huge, never 0*inf
-        return skip + c_out * out
+        return skip + c_out * out[:, :C], out[:, C:2 * C]
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond=None) -> torch.Tensor:
+        return self._run(x, sigma, cond)[0]
+
+    def denoise_with_variance(self, x: torch.Tensor, sigma: torch.Tensor, cond=None):
+        """(x0_hat, frac) from one network call: frac = (v + 1) / 2 is improved DDPM's variance
+        interpolation weight (per element; ``likelihood.learned_log_variance`` turns it into the
+        log-variance of any step sigma -> sigma_next)."""
+        if not self.learned_variance:
+            raise ValueError("this model has no learned variance (its network outputs C channels)")
+        x0, raw = self._run(x, sigma, cond)
+        return x0, (raw + 1) / 2
+
+    def log_variance(self, x: torch.Tensor, sigma: torch.Tensor, cond=None, sigma_next: float | None = None):
+        """log-variance (sigma-space) of the learned p(x_s | x_t) for the step sigma -> sigma_next
+        (default: the next lower sigma of the model's own table). ``sigma``: one value for the batch."""
+        from .likelihood import learned_log_variance
+
+        s = float(torch.as_tensor(sigma).reshape(-1)[0])
+        if sigma_next is None:
+            lower = self.table_sigmas[self.table_sigmas < s * (1 - 1e-9)]
+            if len(lower) == 0:
+                raise ValueError("sigma is the model's lowest: the step to 0 is the decoder, give sigma_next")
+            sigma_next = float(lower.max())
+        _, frac = self.denoise_with_variance(x, sigma, cond)
+        return learned_log_variance(frac, s, float(sigma_next))
 
 
 # ------------------------------------------------------------------ continuous-time models

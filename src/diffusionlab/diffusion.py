@@ -37,7 +37,8 @@ class GaussianDiffusion(nn.Module):
                  beta_schedule: str = "cosine", loss_type: str = "l2", min_snr_gamma: float | None = None,
                  min_snr_loss_weight: bool = False, offset_noise_strength: float = 0.0,
                  zero_terminal_snr: bool = False, ddim_sampling_eta: float = 0.0,
-                 schedule_kwargs: dict | None = None, sigma_data: float | None = None):
+                 schedule_kwargs: dict | None = None, sigma_data: float | None = None,
+                 loss_kind: str = "simple", vlb_weight: float = 0.001, t_sampling: str = "uniform"):
         super().__init__()
         self.model = model
         self.channels = getattr(model, "channels", 3)
@@ -52,15 +53,18 @@ class GaussianDiffusion(nn.Module):
         self.ddim_sampling_eta = ddim_sampling_eta
         if min_snr_loss_weight and min_snr_gamma is None:
             min_snr_gamma = 5.0
+        learned_variance = getattr(model, "out_channels", None) == 2 * self.channels
         self.loss_fn = DiscreteLoss(self.schedule, self.objective, loss_type, min_snr_gamma,
-                                    offset_noise_strength, sigma_data)
+                                    offset_noise_strength, sigma_data, loss_kind=loss_kind, vlb_weight=vlb_weight,
+                                    t_sampling=t_sampling, learned_variance=learned_variance)
         self.denoiser = DiscreteDenoiser(model, self.schedule, self.objective)
         self.config = dict(process="ddpm", image_size=list(self.image_size), timesteps=timesteps,
                            sampling_timesteps=self.sampling_timesteps, objective=self.objective,
                            beta_schedule=beta_schedule, loss_type=loss_type, min_snr_gamma=min_snr_gamma,
                            offset_noise_strength=offset_noise_strength, zero_terminal_snr=zero_terminal_snr,
                            ddim_sampling_eta=ddim_sampling_eta, schedule_kwargs=schedule_kwargs or {},
-                           sigma_data=sigma_data)
+                           sigma_data=sigma_data, loss_kind=loss_kind, vlb_weight=vlb_weight,
+                           t_sampling=t_sampling)
 
     @property
     def device(self):

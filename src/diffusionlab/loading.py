@@ -43,7 +43,9 @@ def load_diffusion(path, use_ema: bool = True, device=None) -> GaussianDiffusion
                                       beta_schedule=d["beta_schedule"], loss_type=d["loss_type"],
                                       min_snr_gamma=d["min_snr_gamma"], offset_noise_strength=d["offset_noise_strength"],
                                       zero_terminal_snr=d["zero_terminal_snr"], ddim_sampling_eta=d["ddim_sampling_eta"],
-                                      schedule_kwargs=d.get("schedule_kwargs"), sigma_data=d.get("sigma_data"))
+                                      schedule_kwargs=d.get("schedule_kwargs"), sigma_data=d.get("sigma_data"),
+                                      loss_kind=d.get("loss_kind", "simple"), vlb_weight=d.get("vlb_weight", 0.001),
+                                      t_sampling=d.get("t_sampling", "uniform"))
     diffusion.checkpoint_path = str(ck["path"])
     diffusion.checkpoint_step = cfg.get("step")
     return diffusion.to(device or "cpu").eval()

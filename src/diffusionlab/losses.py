@@ -81,47 +81,162 @@ def training_target(objective: str, x0, eps, abar_t) -> torch.Tensor:
     return abar_t.sqrt() * eps - (1 - abar_t).sqrt() * x0
 
 
+LOSS_KINDS = ("simple", "hybrid", "vlb")
+T_SAMPLINGS = ("uniform", "importance")
+
+
+class ImportanceSampler:
+    """Improved DDPM's importance sampling of t for L_vlb (Nichol & Dhariwal 2021, Eq. 17):
+    p_t proportional to sqrt(E[L_t^2]) over the last ``history`` losses of each t, mixed with
+    ``uniform_prob`` of the uniform distribution; uniform until every t has ``history`` values.
+    The loss of a draw is weighted by 1 / (T p_t), so the estimate of sum_t L_t stays unbiased.
+    Its state (loss history) is saved in checkpoints, so resumed runs draw the same t."""
+
+    def __init__(self, T: int, history: int = 10, uniform_prob: float = 0.001):
+        self.T, self.history, self.uniform_prob = T, history, uniform_prob
+        self.losses = torch.zeros(T, history, dtype=torch.float64)
+        self.counts = torch.zeros(T, dtype=torch.long)
+
+    @property
+    def warm(self) -> bool:
+        return bool((self.counts >= self.history).all())
+
+    def probs(self) -> torch.Tensor:
+        if not self.warm:
+            return torch.full((self.T,), 1.0 / self.T, dtype=torch.float64)
+        w = self.losses.pow(2).mean(1).sqrt()
+        w = w / w.sum()
+        return w * (1 - self.uniform_prob) + self.uniform_prob / self.T
+
+    def sample(self, n: int, generator=None, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """(t [n] long, weights [n] = 1 / (T p_t))."""
+        p = self.probs()
+        t = torch.multinomial(p, n, replacement=True, generator=generator)
+        return t.to(device), (1.0 / (self.T * p[t])).to(device=device, dtype=torch.float32)
+
+    def update(self, t: torch.Tensor, losses: torch.Tensor) -> None:
+        for ti, li in zip(t.tolist(), losses.detach().double().cpu().tolist()):
+            if self.counts[ti] >= self.history:
+                self.losses[ti] = torch.roll(self.losses[ti], -1)
+                self.losses[ti, -1] = li
+            else:
+                self.losses[ti, self.counts[ti]] = li
+            self.counts[ti] += 1
+
+    def state_dict(self) -> dict:
+        return {"losses": self.losses.tolist(), "counts": self.counts.tolist()}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.losses = torch.tensor(d["losses"], dtype=torch.float64)
+        self.counts = torch.tensor(d["counts"], dtype=torch.long)
+
+
 class DiscreteLoss:
     """L_simple and its variants for a network ``net(x_t, t, cond)`` on a discrete schedule.
-    ``__call__`` returns the per-sample weighted loss [B]; t ~ Uniform{0..T-1}."""
+    ``__call__`` returns the per-sample loss [B].
+
+    ``loss_kind`` (Nichol & Dhariwal 2021, Sec. 3):
+    - 'simple': the ``loss_type`` loss on the objective's target (optionally min-SNR / EDM weighted);
+    - 'hybrid': L_simple + ``vlb_weight`` L_vlb for a learned-variance network (its output has
+      2C channels: the objective's prediction, then the variance interpolation v). The VLB term
+      sees the mean with a stop-gradient, so it trains only the variance; it is improved DDPM's
+      normalisation: L_vlb = T x (one VLB term in bits per dimension), lambda = 0.001;
+    - 'vlb': L_vlb alone (the mean gets gradients from it too), e.g. with importance sampling.
+    ``t_sampling`` 'importance' (``ImportanceSampler``) applies to the loss of the draw; the
+    validation loss (``train=False``) always uses uniform t and no weights."""
 
     def __init__(self, schedule: DiscreteSchedule, objective: str = "v", loss_type: str = "l2",
                  min_snr_gamma: float | None = None, offset_noise: float = 0.0,
-                 sigma_data: float | None = None):
+                 sigma_data: float | None = None, loss_kind: str = "simple", vlb_weight: float = 0.001,
+                 t_sampling: str = "uniform", learned_variance: bool = False):
         if min_snr_gamma and sigma_data:
             raise ValueError("choose one loss weighting: min_snr_gamma or sigma_data (EDM)")
         if loss_type not in LOSS_TYPES:
             raise ValueError(f"unknown loss_type {loss_type!r}; choose from {sorted(LOSS_TYPES)}")
+        if loss_kind not in LOSS_KINDS:
+            raise ValueError(f"unknown loss_kind {loss_kind!r}; choose from {LOSS_KINDS}")
+        if t_sampling not in T_SAMPLINGS:
+            raise ValueError(f"unknown t_sampling {t_sampling!r}; choose from {T_SAMPLINGS}")
+        if learned_variance and loss_kind == "simple":
+            raise ValueError("a learned-variance network needs loss_kind 'hybrid' or 'vlb': "
+                             "L_simple gives its variance channel no gradient")
+        if loss_kind == "hybrid" and not learned_variance:
+            raise ValueError("loss_kind 'hybrid' trains the variance channel: it needs learned_variance "
+                             "(use 'vlb' to train a fixed-variance model on the bound)")
+        if loss_kind != "simple" and offset_noise:
+            raise ValueError("offset noise leaves the x = x0 + sigma n process, so the VLB does not apply to it")
         self.schedule, self.objective, self.loss_type = schedule, objective, loss_type
         self.min_snr_gamma, self.offset_noise, self.sigma_data = min_snr_gamma, offset_noise, sigma_data
+        self.loss_kind, self.vlb_weight, self.t_sampling = loss_kind, float(vlb_weight), t_sampling
+        self.learned_variance = learned_variance
+        self.sampler = ImportanceSampler(schedule.T) if t_sampling == "importance" else None
         abar = schedule.abar
         self.abar = abar.float()
         self.snr = (abar / (1 - abar)).float()
 
-    def draw(self, x0: torch.Tensor, generator=None):
-        """Random timesteps and noise (from ``generator`` only)."""
+    def draw(self, x0: torch.Tensor, generator=None, train: bool = True):
+        """Random timesteps, noise (from ``generator`` only) and per-sample weights (None: uniform)."""
         dev = generator.device if generator is not None else x0.device
-        t = torch.randint(0, self.schedule.T, (x0.shape[0],), generator=generator, device=dev).to(x0.device)
+        weights = None
+        if self.sampler is not None and train:
+            t, weights = self.sampler.sample(x0.shape[0], generator, dev)
+            t, weights = t.to(x0.device), weights.to(x0.device)
+        else:
+            t = torch.randint(0, self.schedule.T, (x0.shape[0],), generator=generator, device=dev).to(x0.device)
         eps = torch.randn(x0.shape, generator=generator, device=dev, dtype=x0.dtype).to(x0.device)
         if self.offset_noise:
             off = torch.randn(*x0.shape[:2], *([1] * (x0.dim() - 2)), generator=generator, device=dev)
             eps = eps + self.offset_noise * off.to(x0.device, x0.dtype)
-        return t, eps
+        return t, eps, weights
 
-    def __call__(self, net, x0, cond=None, generator=None, t=None, eps=None, autocast=None):
+    def vb_bits(self, pred: torch.Tensor, raw_var, x0, x_t, t, abar_t) -> torch.Tensor:
+        """One VLB term (bits/dim) of the prediction ``pred`` (objective space) at t."""
+        from .process import eps_to_x0, p_log_variance, v_to_x0, vb_term_bits
+
+        p = pred.double()
+        a = abar_t.double()
+        x0_pred = p if self.objective == "x0" else (eps_to_x0(x_t.double(), p, a) if self.objective == "eps"
+                                                   else v_to_x0(x_t.double(), p, a))
+        if raw_var is not None:
+            log_var = p_log_variance(self.schedule, t, x0.shape, "learned", frac=(raw_var.double() + 1) / 2)
+        else:
+            log_var = p_log_variance(self.schedule, t, x0.shape, "small")
+        return vb_term_bits(self.schedule, x0, x_t, t, x0_pred, log_var)
+
+    def __call__(self, net, x0, cond=None, generator=None, t=None, eps=None, autocast=None, train: bool = True):
+        weights = None
         if t is None or eps is None:
-            t, eps = self.draw(x0, generator)
+            t, eps, weights = self.draw(x0, generator, train)
         abar_t = extract(self.abar, t, x0.shape)
         x_t = abar_t.sqrt() * x0 + (1 - abar_t).sqrt() * eps
         with autocast if autocast is not None else torch.autocast(x0.device.type, enabled=False):
-            pred = net(x_t, t.float(), cond) if cond is not None else net(x_t, t.float())
-        pred = pred[:, : x0.shape[1]]
-        loss = per_sample_loss(pred, training_target(self.objective, x0, eps, abar_t), self.loss_type)
-        if self.min_snr_gamma:
-            loss = loss * min_snr_weight(self.snr.to(t.device)[t], self.min_snr_gamma, self.objective)
-        if self.sigma_data:
-            loss = loss * edm_weight(self.snr.to(t.device)[t], self.sigma_data, self.objective)
-        return loss
+            out = net(x_t, t.float(), cond) if cond is not None else net(x_t, t.float())
+        C = x0.shape[1]
+        pred = out[:, :C]
+        raw_var = out[:, C:2 * C].float() if self.learned_variance else None
+        if self.learned_variance and out.shape[1] < 2 * C:
+            raise ValueError(f"a learned-variance loss needs {2 * C} output channels, the network gives {out.shape[1]}")
+        loss = torch.zeros(x0.shape[0], device=x0.device)
+        if self.loss_kind != "vlb":
+            loss = per_sample_loss(pred, training_target(self.objective, x0, eps, abar_t), self.loss_type)
+            if self.min_snr_gamma:
+                loss = loss * min_snr_weight(self.snr.to(t.device)[t], self.min_snr_gamma, self.objective)
+            if self.sigma_data:
+                loss = loss * edm_weight(self.snr.to(t.device)[t], self.sigma_data, self.objective)
+        if self.loss_kind != "simple":
+            mean_pred = pred.detach() if self.loss_kind == "hybrid" else pred
+            vb = self.vb_bits(mean_pred.float(), raw_var, x0, x_t, t, abar_t) * self.schedule.T
+            loss = loss + (vb if self.loss_kind == "vlb" else self.vlb_weight * vb).to(loss.dtype)
+        if self.sampler is not None and train:
+            self.sampler.update(t, loss)
+        return loss * weights if weights is not None else loss
+
+    def state_dict(self) -> dict:
+        return {"importance": self.sampler.state_dict()} if self.sampler is not None else {}
+
+    def load_state_dict(self, d: dict) -> None:
+        if self.sampler is not None and "importance" in d:
+            self.sampler.load_state_dict(d["importance"])
 
 
 # ------------------------------------------------------------------ continuous-time losses
@@ -156,7 +271,7 @@ class PrecondLoss(ABC):
         eps = torch.randn(x0.shape, generator=generator, device=dev, dtype=x0.dtype).to(x0.device)
         return sigma, eps
 
-    def __call__(self, net, x0, cond=None, generator=None, sigma=None, eps=None, autocast=None):
+    def __call__(self, net, x0, cond=None, generator=None, sigma=None, eps=None, autocast=None, train: bool = True):
         if sigma is None or eps is None:
             sigma, eps = self.draw(x0, generator)
         sigma = torch.as_tensor(sigma, dtype=torch.float64, device=x0.device)

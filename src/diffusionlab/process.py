@@ -134,3 +134,38 @@ def p_sample(model_eps, schedule: DiscreteSchedule, x_t: torch.Tensor, t_index: 
         noise = torch.randn(x_t.shape, generator=generator, dtype=x_t.dtype, device=x_t.device)
     var = posterior_variance(schedule) if variance == "small" else schedule.betas
     return mean + extract(var, t, x_t.shape, x_t.dtype).sqrt() * noise
+
+
+# ------------------------------------------------------------------ VLB terms (alpha-space)
+# Nichol & Dhariwal 2021 (improved DDPM), Sec. 2-3, as their training code normalises them:
+# each term is a mean over dimensions in bits; L_vlb ~ T x E_t[term].
+def p_log_variance(schedule: DiscreteSchedule, t: torch.Tensor, x_shape, variance: str = "small",
+                   frac: torch.Tensor | None = None, dtype=torch.float64) -> torch.Tensor:
+    """log Sigma_theta(x_t, t) of p(x_{t-1} | x_t): 'small' = clipped log beta_tilde_t, 'large' =
+    log beta_t (Ho et al.; at t = 1 the decoder's beta_1), 'learned' =
+    frac log beta_t + (1 - frac) log beta_tilde_t (clipped), frac = (v + 1) / 2 from the network."""
+    min_log = posterior_log_variance_clipped(schedule)
+    if variance == "small":
+        return extract(min_log, t, x_shape, dtype)
+    if variance == "large":
+        return extract(torch.log(schedule.betas), t, x_shape, dtype)
+    if variance != "learned" or frac is None:
+        raise ValueError("variance is 'small', 'large' or 'learned' (with frac)")
+    max_log = torch.log(schedule.betas)
+    return frac * extract(max_log, t, x_shape, dtype) + (1 - frac) * extract(min_log, t, x_shape, dtype)
+
+
+def vb_term_bits(schedule: DiscreteSchedule, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
+                 x0_pred: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
+    """One VLB term per sample in bits per dimension (mean over dimensions):
+    t > 0 (index): KL(q(x_{t-1} | x_t, x0) || N(mu_theta, Sigma_theta)) with mu_theta the
+    posterior mean at x0_pred; t = 0: -log p(x0 | x1), the discretized Gaussian decoder."""
+    from .likelihood import LOG2, discretized_gaussian_log_likelihood, normal_kl
+
+    dt = torch.float64
+    true_mean, _, true_log_var = q_posterior(schedule, x0.to(dt), x_t.to(dt), t)
+    model_mean, _, _ = q_posterior(schedule, x0_pred.to(dt), x_t.to(dt), t)
+    log_var = log_var.to(dt)
+    kl = normal_kl(true_mean, true_log_var, model_mean, log_var).flatten(1).mean(1) / LOG2
+    nll = -discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * log_var).flatten(1).mean(1) / LOG2
+    return torch.where(t == 0, nll, kl)

@@ -22,6 +22,10 @@ class _CountingDenoiser:
         self.nfe += 1
         return self.inner(x, sigma, cond)
 
+    def denoise_with_variance(self, x, sigma, cond=None):
+        self.nfe += 1
+        return self.inner.denoise_with_variance(x, sigma, cond)
+
     def __getattr__(self, name):
         return getattr(self.inner, name)
 

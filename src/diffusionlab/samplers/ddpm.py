@@ -10,35 +10,41 @@ import torch
 from ._common import ancestral_step, as_floats, batch_sigma, randn_like, to_eps
 
 
-def _large_variance(sigma: float, sigma_next: float) -> float:
-    """DDPM's sigma_t^2 = beta_t (strided: 1 - abar_t / abar_s) mapped to sigma-space:
-    (sigma^2 - sigma_next^2) (1 + sigma_next^2) / (1 + sigma^2)."""
-    if math.isinf(sigma):
-        return 1 + sigma_next ** 2
-    return (sigma ** 2 - sigma_next ** 2) * (1 + sigma_next ** 2) / (1 + sigma ** 2)
-
-
 @torch.no_grad()
 def sample_ddpm(denoiser, x, sigmas, *, cond=None, generator=None, callback=None,
-                variance: str = "small"):
+                variance: str = "auto"):
     """DDPM ancestral sampler. Mean: the posterior mean of q(x_s | x_t, x0_hat), which in
     sigma-space is x0_hat + (sigma_s / sigma_t)^2 (x_t - x0_hat). Variance: 'small' is the
-    posterior beta_tilde (= DDIM eta = 1), 'large' is beta_t. No noise at the final step."""
-    if variance not in ("small", "large"):
-        raise ValueError("variance must be 'small' (beta_tilde) or 'large' (beta)")
+    posterior beta_tilde (= DDIM eta = 1), 'large' is beta_t, 'learned' is improved DDPM's
+    exp(v log beta + (1 - v) log beta_tilde) from a learned-variance model (Nichol & Dhariwal
+    2021), with beta and beta_tilde recomputed for each step of the (possibly strided) grid;
+    'auto' is 'learned' for such a model, else 'small'. No noise at the final step."""
+    from ..likelihood import learned_log_variance, step_variances
+
+    if variance not in ("auto", "small", "large", "learned"):
+        raise ValueError("variance must be 'auto', 'small' (beta_tilde), 'large' (beta) or 'learned'")
+    has_learned = bool(getattr(denoiser, "learned_variance", False))
+    if variance == "auto":
+        variance = "learned" if has_learned else "small"
+    if variance == "learned" and not has_learned:
+        raise ValueError("variance 'learned' needs a learned-variance model (improved DDPM, 2C output channels)")
     s = as_floats(sigmas)
     for i in range(len(s) - 1):
         sigma, sigma_next = s[i], s[i + 1]
-        denoised = denoiser(x, batch_sigma(x, sigma), cond)
+        if variance == "learned":
+            denoised, frac = denoiser.denoise_with_variance(x, batch_sigma(x, sigma), cond)
+        else:
+            denoised = denoiser(x, batch_sigma(x, sigma), cond)
         if sigma_next == 0:
             x_next = denoised
         else:
             ratio = 0.0 if math.isinf(sigma) else (sigma_next / sigma) ** 2
             mean = denoised + ratio * (x - denoised) if ratio else denoised
-            if variance == "small":
-                std = ancestral_step(sigma, sigma_next, 1.0)[1]
+            small, large = step_variances(sigma, sigma_next)
+            if variance == "learned":
+                std = torch.exp(0.5 * learned_log_variance(frac, sigma, sigma_next))
             else:
-                std = math.sqrt(_large_variance(sigma, sigma_next))
+                std = math.sqrt(small if variance == "small" else large)
             x_next = mean + std * randn_like(x, generator)
         if callback is not None:
             callback(dict(i=i, x=x_next, sigma=sigma, sigma_next=sigma_next, denoised=denoised))

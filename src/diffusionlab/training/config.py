@@ -41,6 +41,9 @@ class DiffusionConfig:
     offset_noise: float = 0.0        # ddpm
     zero_terminal_snr: bool = False  # ddpm
     sigma_data: float | None = None     # ddpm: EDM loss weighting (losses.edm_weight), None = none; edm: 0.5
+    loss_kind: str = "simple"        # ddpm: simple | hybrid (L_simple + vlb_weight L_vlb; learned variance) | vlb
+    vlb_weight: float = 0.001        # ddpm, hybrid: lambda (improved DDPM's 0.001)
+    t_sampling: str = "uniform"      # ddpm: uniform | importance (improved DDPM, for the vlb loss)
     beta_min: float | None = None    # vp, subvp: beta(t) = beta_min + t (beta_max - beta_min); 0.1
     beta_max: float | None = None    # vp, subvp: 20
     eps_t: float | None = None       # vp, subvp, ve: smallest time in training and sampling; 1e-5 (ve: 0)

@@ -128,13 +128,16 @@ def build_diffusion(cfg: TrainConfig):
     return GaussianDiffusion(model, image_size=cfg.image_size, timesteps=d.timesteps, objective=d.objective,
                              beta_schedule=d.beta_schedule, loss_type=d.loss_type, min_snr_gamma=d.min_snr_gamma,
                              offset_noise_strength=d.offset_noise, zero_terminal_snr=d.zero_terminal_snr,
-                             sampling_timesteps=min(cfg.sample_steps, d.timesteps), sigma_data=d.sigma_data)
+                             sampling_timesteps=min(cfg.sample_steps, d.timesteps), sigma_data=d.sigma_data,
+                             loss_kind=d.loss_kind, vlb_weight=d.vlb_weight, t_sampling=d.t_sampling)
 
 
 def _reject_ddpm_options(d: DiffusionConfig) -> None:
     set_ = [name for name, on in (("min_snr_gamma", d.min_snr_gamma), ("offset_noise", d.offset_noise),
                                   ("zero_terminal_snr", d.zero_terminal_snr),
-                                  ("sigma_data", d.sigma_data is not None and d.process != "edm")) if on]
+                                  ("sigma_data", d.sigma_data is not None and d.process != "edm"),
+                                  ("loss_kind", d.loss_kind != "simple"),
+                                  ("t_sampling", d.t_sampling != "uniform")) if on]
     if set_:
         raise ValueError(f"{', '.join(set_)} applies to process ddpm, not {d.process!r}")
 
@@ -152,7 +155,8 @@ def _config_from_diffusion(diffusion, **fields) -> TrainConfig:
     diff = DiffusionConfig(timesteps=dc["timesteps"], objective=dc["objective"], beta_schedule=dc["beta_schedule"],
                            loss_type=dc["loss_type"], min_snr_gamma=dc["min_snr_gamma"],
                            offset_noise=dc["offset_noise_strength"], zero_terminal_snr=dc["zero_terminal_snr"],
-                           sigma_data=dc.get("sigma_data"))
+                           sigma_data=dc.get("sigma_data"), loss_kind=dc.get("loss_kind", "simple"),
+                           vlb_weight=dc.get("vlb_weight", 0.001), t_sampling=dc.get("t_sampling", "uniform"))
     return TrainConfig(model=model, diffusion=diff, image_size=diffusion.image_size[0], **fields)
 
 
@@ -274,7 +278,7 @@ class Trainer:
         losses = []
         for chunk in self.val_data.split(128):
             x = chunk.contiguous(memory_format=torch.channels_last) if self.channels_last else chunk
-            losses.append(self.diffusion.loss_fn(model, x, generator=gen, autocast=self.autocast()))
+            losses.append(self.diffusion.loss_fn(model, x, generator=gen, autocast=self.autocast(), train=False))
         model.train(was)
         return torch.cat(losses).mean().item()
 
@@ -301,6 +305,9 @@ class Trainer:
         config = {"kind": getattr(self.diffusion, "kind", "discrete_diffusion"), "model": {"type": "unet", "config": self.model_config()},
                   "diffusion": self.diffusion.config, "train": self.cfg.to_dict()}
         state = {"planned_steps": self.planned, "elapsed_train_seconds": self.elapsed, "ema_step": self.ema.step}
+        loss_state = getattr(self.diffusion.loss_fn, "state_dict", None)
+        if callable(loss_state) and loss_state():
+            state["loss_state"] = loss_state()  # e.g. the importance sampler's loss history
         return save_checkpoint(self.out, self.step, model=self.model, ema_model=self.ema.model, config=config,
                                optimizer=self.opt, train_state=state, rng=rng, keep=self.cfg.keep_checkpoints)
 
@@ -323,6 +330,8 @@ class Trainer:
         self.planned = st.get("planned_steps") if self.cfg.max_steps is None else self.cfg.max_steps
         self.elapsed = st.get("elapsed_train_seconds", 0.0)
         self.ema.step = st.get("ema_step", self.step)
+        if "loss_state" in st:
+            self.diffusion.loss_fn.load_state_dict(st["loss_state"])
         if "train" in ck["rng"]:
             self.gen.set_state(ck["rng"]["train"])
         if "torch" in ck["rng"]:
