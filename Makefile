@@ -6,7 +6,7 @@ PIP     := $(BIN)/pip install -c constraints.txt
 STAMP   := $(VENV)/.installed
 BUDGET  ?= 600
 
-.PHONY: venv demo test test-slow bench bench-venv bench-samplers clean
+.PHONY: venv demo test test-slow bench bench-venv bench-samplers bench-metrics bench-likelihood clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -35,13 +35,14 @@ $(BENCH_VENV)/.installed: pyproject.toml bench/constraints-bench.txt
 	test -x $(BENCH_VENV)/bin/python || $(PY) -m venv $(BENCH_VENV)
 	$(BPIP) -q torch==2.14.1 torchvision==0.29.1
 	$(BPIP) -q diffusers denoising-diffusion-pytorch numpy 'einops>=0.7' 'safetensors>=0.4' 'pillow>=9' \
-		'imageio>=2.30' 'matplotlib>=3.7' 'tqdm>=4.60' 'mlxtend>=0.23' 'scikit-learn>=1.3' 'scipy>=1.10' pytest
+		'imageio>=2.30' 'matplotlib>=3.7' 'tqdm>=4.60' 'mlxtend>=0.23' 'scikit-learn>=1.3' 'scipy>=1.10' pytest \
+		pytorch-fid torchmetrics
 	$(BENCH_VENV)/bin/pip install -q --no-deps -e .
 	touch $@
 
 bench-venv: $(BENCH_VENV)/.installed
 
-bench: $(BENCH_VENV)/.installed bench-samplers
+bench: $(BENCH_VENV)/.installed bench-samplers bench-metrics
 	$(BENCH_VENV)/bin/python bench/train_throughput.py --out bench/RESULTS_throughput.md
 	$(BIN)/python bench/train_throughput.py --only ours --out bench/RESULTS_throughput_project_venv.md
 
@@ -49,6 +50,14 @@ bench: $(BENCH_VENV)/.installed bench-samplers
 bench-samplers: $(BENCH_VENV)/.installed
 	$(BENCH_VENV)/bin/python -m pytest -q -m bench tests/test_diffusers_match.py
 	$(BENCH_VENV)/bin/python bench/samplers.py --n 20000 --nfe 5,10,20,50
+
+# metric equivalence against the reference implementations (pytorch-fid's Inception, torchmetrics)
+bench-metrics: $(BENCH_VENV)/.installed
+	$(BENCH_VENV)/bin/python -m pytest -q -m bench tests/test_inception.py tests/test_metrics.py
+
+# issue 4's likelihood table: two 10-minute trainings, VLB / ODE bits/dim, FD (about 45 minutes; cached)
+bench-likelihood: $(STAMP)
+	$(BIN)/python bench/likelihood.py
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) runs
