@@ -72,3 +72,41 @@ def test_metric_input_errors():
         kid(np.zeros(5), np.zeros(5))
     with pytest.raises(ValueError, match="more than 3"):
         precision_recall(np.zeros((3, 2)), np.zeros((10, 2)))
+
+
+class _Identity(__import__("torch").nn.Module):
+    """A 'feature extractor' that returns its input: torchmetrics then sees our features."""
+
+    def __init__(self, d):
+        super().__init__()
+        self.num_features = d
+
+    def forward(self, x):
+        return x
+
+
+@pytest.mark.bench
+def test_fid_and_kid_equal_torchmetrics_on_the_same_features_and_subsets():
+    torch = pytest.importorskip("torch")
+    tm_fid = pytest.importorskip("torchmetrics.image.fid", reason="torchmetrics is in the bench venv (make bench-venv)")
+    tm_kid = pytest.importorskip("torchmetrics.image.kid")
+    rng = np.random.default_rng(4)
+    d = 16
+    real = rng.normal(size=(300, d)) @ rng.normal(size=(d, d)) * 0.3
+    fake = rng.normal(0.2, 1.1, size=(250, d)) @ rng.normal(size=(d, d)) * 0.3
+    fid = tm_fid.FrechetInceptionDistance(feature=_Identity(d))
+    fid.update(torch.from_numpy(real).float(), real=True)
+    fid.update(torch.from_numpy(fake).float(), real=False)
+    # same float32 features on both sides (torchmetrics receives float32 tensors)
+    ours = fid_from_features(real.astype(np.float32), fake.astype(np.float32))
+    assert np.isclose(ours, float(fid.compute()), rtol=1e-5), (ours, float(fid.compute()))
+
+    kid_tm = tm_kid.KernelInceptionDistance(feature=_Identity(d), subsets=7, subset_size=100)
+    kid_tm.update(torch.from_numpy(real).float(), real=True)
+    kid_tm.update(torch.from_numpy(fake).float(), real=False)
+    torch.manual_seed(123)  # torchmetrics draws its subsets with torch.randperm: replay them
+    subsets = [(torch.randperm(300)[:100].numpy(), torch.randperm(250)[:100].numpy()) for _ in range(7)]
+    torch.manual_seed(123)
+    m_tm, s_tm = (float(v) for v in kid_tm.compute())
+    m, s = kid(real.astype(np.float32), fake.astype(np.float32), subset_indices=subsets)
+    assert np.isclose(m, m_tm, rtol=1e-4, atol=1e-7) and np.isclose(s, s_tm, rtol=1e-3, atol=1e-7), (m, m_tm, s, s_tm)
