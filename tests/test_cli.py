@@ -55,6 +55,27 @@ def test_eval_on_images(tmp_path, capsys):
     assert main(["eval", "--images", str(tmp_path / "real.npy"), "--json", str(tmp_path / "m.json")]) == 0
     m = json.loads((tmp_path / "m.json").read_text())
     assert m["confident_fraction"] > 0.8 and m["n"] == 200
+    # feature metrics with their real-vs-real floors: real held-out digits score like the floor
+    for k in ("kid", "precision", "recall", "density", "coverage"):
+        assert k in m and k + "_floor" in m
+    assert m["feature_fd"] < 2 * m["fd_floor"] + 1 and m["precision"] > 0.5 and m["recall"] > 0.5
+    assert "not comparable with the literature" in capsys.readouterr().out
+
+
+def test_eval_reads_npz_and_image_folders(tmp_path, capsys):
+    from diffusionlab.data import load_mnist
+    x = load_mnist("heldout", 28)[:60]
+    np.savez(tmp_path / "s.npz", images=x.numpy())
+    assert main(["eval", "--images", str(tmp_path / "s.npz"), "--metrics", "fd,pr", "--json", str(tmp_path / "a.json")]) == 0
+    a = json.loads((tmp_path / "a.json").read_text())
+    assert "precision" in a and "kid" not in a and "density" not in a
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, img in enumerate(x[:30]):
+        Image.fromarray(((img[0].numpy() + 1) * 127.5).round().astype(np.uint8), mode="L").save(folder / f"{i}.png")
+    assert main(["eval", "--images", str(folder), "--image-size", "28", "--metrics", "fd",
+                 "--json", str(tmp_path / "b.json")]) == 0
+    assert json.loads((tmp_path / "b.json").read_text())["n"] == 30
 
 
 def test_samplers_lists_registry(capsys):
@@ -74,6 +95,14 @@ def test_samplers_lists_registry(capsys):
     (["noise", "--image", "/no/such.png"], "no such image"),
     (["noise", "--t", "0,5000"], "outside"),
     (["eval"], "exactly one of"),
+    (["eval", "--images", "/no/such.npy"], "no such file or folder"),
+    (["eval", "--ckpt", "RUN", "--n", "4", "--extractor", "inception", "--inception-weights", "/no/w.pth"],
+     "pytorch-fid/releases"),
+    (["eval", "--ckpt", "RUN", "--n", "8", "--metrics", "fd,bogus"], "unknown metrics"),
+    (["eval", "--ckpt", "RUN", "--nll", "vlb", "--variance", "learned"], "needs a learned-variance model"),
+    (["eval", "--ckpt", "RUN", "--nll", "ode", "--probes", "0"], "--probes must be"),
+    (["train", "--preset", "tiny", "--process", "vp", "--learned-variance"], "applies to --process ddpm"),
+    (["train", "--preset", "tiny", "--loss-kind", "hybrid"], "needs learned_variance"),
 ])
 def test_user_errors_are_one_line_with_a_hint(argv, msg, capsys, run_dir):
     argv = [str(run_dir) if a == "RUN" else a for a in argv]
@@ -87,3 +116,28 @@ def test_file_given_as_data_folder(tmp_path, capsys):
     Image.new("RGB", (40, 40)).save(f)
     assert main(["train", "--preset", "tiny", "--data", str(f), "--out", str(tmp_path / "o")]) == 2
     assert "is a file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("nll,extra", [("vlb", ["--vlb-t", "5"]), ("vlb", []),
+                                       ("ode", ["--rtol", "1e-3", "--atol", "1e-3"])])
+def test_eval_nll_reports_bits_per_dim(run_dir, tmp_path, capsys, nll, extra):
+    out = tmp_path / "nll.json"
+    assert main(["eval", "--ckpt", str(run_dir), "--nll", nll, "--n", "3", "--json", str(out), *extra]) == 0
+    m = json.loads(out.read_text())
+    assert m["nll"] == nll and m["n"] == 3 and m["data"] == "mnist" and m["dims"] == 32 * 32
+    assert np.isfinite(m["bits_per_dim"]) and m["bits_per_dim"] > 0 and m["stderr"] > 0
+    if nll == "vlb":
+        assert m["T"] == 100 and m["t_samples"] == (5 if extra else 100)
+    assert "bits/dim =" in capsys.readouterr().out
+
+
+def test_train_learned_variance_hybrid_and_sample_with_it(tmp_path):
+    out = tmp_path / "lv"
+    assert main(["train", "--preset", "tiny", "--out", str(out), "--steps", "3", "--no-progress",
+                 "--learned-variance", "--t-sampling", "importance"]) == 0
+    cfg = json.loads((out / "run.json").read_text())["config"]
+    assert cfg["model"]["learned_variance"] and cfg["diffusion"]["loss_kind"] == "hybrid"
+    assert cfg["diffusion"]["t_sampling"] == "importance"
+    assert main(["sample", "--ckpt", str(out), "--sampler", "ddpm", "--steps", "4", "--n", "2",
+                 "--out", str(tmp_path / "s.png")]) == 0
+    assert main(["eval", "--ckpt", str(out), "--nll", "vlb", "--n", "2", "--vlb-t", "4"]) == 0

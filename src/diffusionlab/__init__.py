@@ -6,6 +6,7 @@ x = x0 + sigma * n; samplers, guidance and likelihoods are written once against 
 from .continuous import ContinuousDiffusion
 from .denoiser import PRECONDITIONING, DiscreteDenoiser, EDMDenoiser, NCSNDenoiser, SDEDenoiser
 from .diffusion import GaussianDiffusion, p_losses
+from .likelihood import log_likelihood, ode_bits_per_dim, vlb
 from .loading import load_denoiser, load_diffusion
 from .nn.unet import Unet
 from .process import p_sample, q_posterior, q_sample
@@ -22,4 +23,4 @@ __all__ = ["Unet", "GaussianDiffusion", "Trainer", "TrainConfig", "sample", "SAM
            "ContinuousDiffusion", "SDEDenoiser", "EDMDenoiser", "NCSNDenoiser",
            "BETA_SCHEDULES", "linear_beta_schedule", "cosine_beta_schedule", "quadratic_beta_schedule",
            "sigmoid_beta_schedule", "exponential_beta_schedule", "q_sample", "q_posterior", "p_sample",
-           "p_losses"]
+           "p_losses", "log_likelihood", "vlb", "ode_bits_per_dim"]

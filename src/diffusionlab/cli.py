@@ -77,6 +77,9 @@ def _add_train(sub):
     p.add_argument("--sample-every", type=int)
     p.add_argument("--checkpoint-every", type=int)
     p.add_argument("--val-every", type=int)
+    p.add_argument("--eval-every", type=int, help="sample-quality evaluation every N steps (metrics.jsonl, eval.png)")
+    p.add_argument("--eval-n", type=int, help="samples per evaluation (500)")
+    p.add_argument("--eval-steps", type=int, help="sampler steps per evaluation (20)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     p.add_argument("--no-progress", action="store_true")
 
@@ -88,7 +91,8 @@ def _train_config(a):
     top = {k: getattr(a, k) for k in ("data", "image_size", "hflip", "max_steps", "time_budget", "batch_size",
                                       "grad_accum", "lr", "warmup_steps", "lr_schedule", "grad_clip", "ema_decay",
                                       "precision", "device", "num_threads", "seed", "out_dir", "sample_every",
-                                      "checkpoint_every", "val_every") if getattr(a, k) is not None}
+                                      "checkpoint_every", "val_every", "eval_every", "eval_n", "eval_steps")
+           if getattr(a, k) is not None}
     model = {k: getattr(a, k) for k in ("dim", "dim_mults", "num_res_blocks", "block", "dropout", "channels",
                                         "learned_variance") if getattr(a, k) is not None}
     diff = {k2: getattr(a, k1) for k1, k2 in (("objective", "objective"), ("schedule", "beta_schedule"),
@@ -327,9 +331,9 @@ def cmd_noise(a) -> int:
 
 
 def _add_eval(sub):
-    p = sub.add_parser("eval", help="measure sample quality with the digit classifier")
+    p = sub.add_parser("eval", help="sample quality (FD/FID, KID, precision/recall, density/coverage) or bits/dim (--nll)")
     p.add_argument("--ckpt", help="run or checkpoint directory (samples are drawn from it)")
-    p.add_argument("--images", help="or a .npy of images in [-1, 1] shaped [N, 1, H, W]")
+    p.add_argument("--images", help="or images: a .npy / .npz in [-1, 1] shaped [N, C, H, W], or a folder of image files")
     p.add_argument("--n", type=int, default=None, help="samples to draw (1000), or held-out images for --nll (200)")
     p.add_argument("--sampler", default="auto",
                    help="a registered sampler, or auto: the model's own (EDM heun, NCSN annealed_langevin) else ddim")
@@ -344,6 +348,17 @@ def _add_eval(sub):
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="sampling precision (likelihoods always run in fp32)")
     p.add_argument("--json", default=None, help="also write the metrics to this JSON file")
+    q = p.add_argument_group("sample quality (FD/FID, KID, precision/recall, density/coverage)")
+    q.add_argument("--extractor", choices=["digits", "inception"], default=None,
+                   help="feature network: digits (greyscale default) or inception (pool3, RGB default)")
+    q.add_argument("--inception-weights", default=None,
+                   help="path of pt_inception-2015-12-05-6726825d.pth (or $DIFFUSIONLAB_INCEPTION_WEIGHTS)")
+    q.add_argument("--reference", default=None,
+                   help="real data: mnist | digits | a folder (its held-out split; default: the checkpoint's data)")
+    q.add_argument("--metrics", default="fd,kid,pr,dc", help="comma list of fd, kid, pr, dc")
+    q.add_argument("--kid-subsets", type=int, default=100)
+    q.add_argument("--kid-subset-size", type=int, default=1000)
+    q.add_argument("--image-size", type=int, default=None, help="--images given as a folder: resize to this")
     g = p.add_argument_group("likelihood (--nll): bits/dim of held-out data instead of sample quality")
     g.add_argument("--nll", choices=["vlb", "ode"], default=None,
                    help="vlb: the variational bound; ode: exact log-likelihood through the probability-flow ODE")
@@ -372,25 +387,85 @@ def cmd_eval(a) -> int:
         raise ValueError("give exactly one of --ckpt or --images")
     if a.nll:
         return _eval_nll(a)
+    from .evaluation.suite import format_image_metrics, get_extractor, image_metrics, reference_features
+
     if a.n is None:
         a.n = 1000
+    metrics = tuple(m for m in a.metrics.split(",") if m)
+    reference = a.reference
     if a.images:
-        if not Path(a.images).is_file():
-            raise FileNotFoundError(f"no such file: {a.images}")
-        x = torch.from_numpy(np.load(a.images)).float()
-        if x.dim() != 4 or x.shape[1] != 1:
-            raise ValueError(f"--images must hold [N, 1, H, W] greyscale digits, got {tuple(x.shape)}")
+        x = _read_images(a.images, a.image_size)
     else:
         den = _load(a)
-        if den.image_shape[0] != 1:
-            raise ValueError("the digit metrics need a greyscale (1-channel) model")
         x = sample_many(den, den.image_shape, a.n, a.sampler, a.steps, seed=a.seed, batch_size=a.batch_size,
                         schedule=a.schedule, **_sampler_knobs(a))
-    m = digit_metrics(x, load_digit_classifier())
-    print(format_digit_metrics(m))
+        if reference is None:
+            from .training.checkpoint import find_checkpoint, read_config
+            reference = read_config(find_checkpoint(a.ckpt)).get("train", {}).get("data", "mnist")
+    reference = reference or "mnist"
+    channels, size = x.shape[1], x.shape[-1]
+    extractor_name = a.extractor or ("digits" if channels == 1 else "inception")
+    if extractor_name == "digits" and channels != 1:
+        raise ValueError("the digit extractor takes greyscale images: use --extractor inception for RGB")
+    kw = {"weights": a.inception_weights} if extractor_name == "inception" else {}
+    ex = get_extractor(extractor_name, **kw)
+    m = {}
+    if extractor_name == "digits":  # the digit classifier's own readings (confidence, classes, copies)
+        m.update(digit_metrics(x, ex.model))
+        print(format_digit_metrics(m))
+    ref = reference_features(ex, reference, "heldout", size, channels)
+    from .data.datasets import load_dataset
+
+    train = load_dataset(reference, size, channels)[0]
+    floor = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:len(x)]]
+    fm = image_metrics(x, ex, ref, floor=floor, metrics=metrics, kid_subsets=a.kid_subsets,
+                       kid_subset_size=a.kid_subset_size)
+    m.update({("feature_" + k if k in m else k): v for k, v in fm.items()})
+    m["reference"] = reference
+    print(format_image_metrics(fm))
     if a.json:
         Path(a.json).write_text(json.dumps(m, indent=2))
     return 0
+
+
+def _read_images(spec: str, image_size: int | None):
+    """Images in [-1, 1], [N, C, H, W], from a .npy / .npz (array 'images' or the first one) or
+    a folder of image files (then resized to --image-size, default 32)."""
+    import numpy as np
+    import torch
+
+    p = Path(spec)
+    if p.is_dir():
+        from .data.folder import ImageFolderDataset
+
+        size = image_size or 32
+        files = [f for f in p.rglob("*") if f.is_file()]
+        grey = all(_is_grey(f) for f in files[:20]) if files else False
+        return ImageFolderDataset(p, size, channels=1 if grey else 3, allow_upscale=True).load_all()
+    if not p.is_file():
+        raise FileNotFoundError(f"no such file or folder: {spec}")
+    arr = np.load(p)
+    if isinstance(arr, np.lib.npyio.NpzFile):
+        with arr:
+            arr = arr["images"] if "images" in arr.files else arr[arr.files[0]]
+    x = torch.from_numpy(np.asarray(arr)).float()
+    if x.dim() == 3:
+        x = x.unsqueeze(1)
+    if x.dim() != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(f"--images must hold [N, C, H, W] images with C = 1 or 3 in [-1, 1], got {tuple(x.shape)}")
+    if x.min() < -1.01 or x.max() > 1.01:
+        raise ValueError(f"--images values must lie in [-1, 1] (got {float(x.min()):.2f}..{float(x.max()):.2f})")
+    return x
+
+
+def _is_grey(path) -> bool:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.mode in ("L", "1", "I;16", "LA")
+    except Exception:
+        return False
 
 
 def _heldout(a, ckpt_cfg: dict, shape):

@@ -8,7 +8,7 @@
 
 Inside, images are scaled to [-1, 1]; sampling runs ``dl.sample`` on ``self.denoiser``
 (a sigma-space ``DiscreteDenoiser``), with DDPM ancestral over all T steps by default or
-DDIM when ``sampling_timesteps < timesteps``.
+DDIM when ``sampling_timesteps < timesteps`` (a learned-variance model: DDPM on the respaced chain).
 """
 from __future__ import annotations
 
@@ -90,8 +90,9 @@ class GaussianDiffusion(nn.Module):
                **knobs) -> torch.Tensor:
         """Images in [0, 1], [B, C, H, W] (or [B, steps + 1, C, H, W] with return_all_timesteps)."""
         steps = steps or self.sampling_timesteps
-        if sampler is None:
-            sampler = "ddpm" if steps == self.num_timesteps else "ddim"
+        if sampler is None:  # a learned-variance model samples ancestrally on the respaced chain
+            learned = getattr(self.denoiser, "learned_variance", False)
+            sampler = "ddpm" if steps == self.num_timesteps or learned else "ddim"
             if sampler == "ddim":
                 knobs.setdefault("eta", self.ddim_sampling_eta)
         return sample_images(self, self.denoiser, batch_size, sampler, steps, cond, generator,

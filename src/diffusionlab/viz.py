@@ -34,6 +34,7 @@ __all__ = [
     "noising_strip",
     "save_noising_strip",
     "plot_losses",
+    "plot_eval",
     "read_jsonl",
 ]
 
@@ -348,6 +349,37 @@ def plot_losses(metrics: Sequence[dict], path, ema: float = 0.98,
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     if values:
+        ax.legend(loc="upper right")
+    fig.tight_layout()
+    with _atomic_path(path, ".png") as tmp:
+        fig.savefig(tmp, format="png")
+    return Path(path)
+
+
+def plot_eval(metrics: Sequence[dict], path, key: str = "eval_fd", x_key: str = "train_seconds",
+              title: str = "Sample quality during training") -> Path:
+    """``key`` (default the feature FD of ``--eval-every`` records) against training time in
+    seconds, with the real-vs-real floor as a dashed line when recorded. Saved atomically."""
+    from matplotlib.figure import Figure
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    pts = sorted((_num(r.get(x_key)), _num(r.get(key))) for r in metrics
+                 if isinstance(r, dict) and _num(r.get(key)) is not None and _num(r.get(x_key)) is not None)
+    floors = [_num(r.get(key + "_floor")) for r in metrics if isinstance(r, dict) and _num(r.get(key + "_floor")) is not None]
+    fig = Figure(figsize=(7, 4.5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    if pts:
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color="tab:blue", label=key.replace("eval_", ""))
+    else:
+        ax.text(0.5, 0.5, "no evaluation records", ha="center", va="center", transform=ax.transAxes)
+    if floors:
+        ax.axhline(floors[0], color="tab:gray", linestyle="--", label="real-vs-real floor")
+    ax.set_xlabel("training time (s)" if x_key == "train_seconds" else x_key)
+    ax.set_ylabel(key.replace("eval_", "").upper() + " (lower is better)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    if pts:
         ax.legend(loc="upper right")
     fig.tight_layout()
     with _atomic_path(path, ".png") as tmp:

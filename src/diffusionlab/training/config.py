@@ -90,6 +90,10 @@ class TrainConfig:
     n_grid: int = 64
     sample_sampler: str = "ddpm"
     sample_steps: int = 50
+    eval_every: int = 0              # steps between sample-quality evaluations (0: off); excluded from time budgets
+    eval_n: int = 500                # samples per evaluation (the same per-sample seeds every time)
+    eval_steps: int = 20             # sampler steps of an evaluation (with sample_sampler)
+    eval_metrics: str = "fd,kid,pr,dc"  # see evaluation.suite; digits features for greyscale, Inception for RGB
     progress: bool = True
 
     def to_dict(self) -> dict:

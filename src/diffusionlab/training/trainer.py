@@ -220,6 +220,7 @@ class Trainer:
         self.ema = EMA(self.model, cfg.ema_decay, cfg.ema_power)
         self.gen = torch.Generator(device="cpu").manual_seed(cfg.seed * 7919 + 17)
         self.step, self.elapsed, self.planned = 0, 0.0, cfg.max_steps
+        self._extractor, self._floor_needed = None, True
         self._stop = False
         if self.resume_from is not None:
             self._restore(load_checkpoint(self.resume_from))
@@ -297,6 +298,39 @@ class Trainer:
         path = self.out / "samples" / f"{name}.png"
         save_grid(x.float().cpu(), path, nrow=int(math.ceil(math.sqrt(cfg.n_grid))), upscale=2)
         return path
+
+    def evaluate(self) -> dict | None:
+        """Sample ``eval_n`` images with the EMA weights (fixed per-sample seeds) and measure them
+        against the held-out split (evaluation.suite): digit-classifier features for greyscale
+        data, the FID Inception for RGB when its weights are configured (otherwise skipped, once,
+        with a warning). Returns the record written to metrics.jsonl."""
+        from ..demo import sample_many
+        from ..evaluation.suite import get_extractor, image_metrics, reference_features
+
+        cfg = self.cfg
+        if self._extractor is None:
+            try:
+                self._extractor = get_extractor("digits" if cfg.model.channels == 1 else "inception")
+            except FileNotFoundError as e:
+                print(f"warning: --eval-every skipped: {e}", file=sys.stderr)
+                self._extractor = False
+        if self._extractor is False:
+            return None
+        shape = (cfg.model.channels, cfg.image_size, cfg.image_size)
+        steps = cfg.eval_steps if cfg.diffusion.process != "ddpm" else min(cfg.eval_steps, cfg.diffusion.timesteps)
+        t0 = time.perf_counter()
+        x = sample_many(self.ema_denoiser(), shape, cfg.eval_n, cfg.sample_sampler, steps, seed=cfg.seed + 1,
+                        batch_size=250, progress=False)
+        ref = reference_features(self._extractor, cfg.data, "heldout", cfg.image_size, cfg.model.channels,
+                                 images=None if cfg.data in ("mnist", "digits") else self.val_data.cpu())
+        floor = self.train_data[:cfg.eval_n].cpu() if self._floor_needed else None
+        m = image_metrics(x, self._extractor, ref, floor=floor, metrics=tuple(cfg.eval_metrics.split(",")),
+                          kid_subset_size=min(1000, cfg.eval_n))
+        self._floor_needed = False
+        rec = {"step": self.step, "train_seconds": self.elapsed, "eval_seconds": time.perf_counter() - t0,
+               **{f"eval_{k}": v for k, v in m.items() if k not in ("extractor",)}, "eval_extractor": m["extractor"]}
+        self.log(rec)
+        return rec
 
     def checkpoint(self) -> Path:
         rng = {"train": self.gen.get_state(), "torch": torch.get_rng_state()}
@@ -423,6 +457,8 @@ class Trainer:
                               "val_loss_ema": self.validation_loss(self.ema.model)})
                 if cfg.sample_every and self.step % cfg.sample_every == 0:
                     self.save_grid(f"step-{self.step:08d}")
+                if cfg.eval_every and self.step % cfg.eval_every == 0:
+                    self.evaluate()
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                     self.checkpoint()
                 if stop_after is not None and self.step >= stop_after:
@@ -437,7 +473,12 @@ class Trainer:
         if not (cfg.val_every and self.step % cfg.val_every == 0):
             self.log({"step": self.step, "val_loss": self.validation_loss(self.model),
                       "val_loss_ema": self.validation_loss(self.ema.model)})
+        if cfg.eval_every and self.step % cfg.eval_every != 0:
+            self.evaluate()
         ck = self.checkpoint()
+        if cfg.eval_every:
+            from ..viz import plot_eval, read_jsonl
+            plot_eval(read_jsonl(self.out / "metrics.jsonl"), self.out / "eval.png")
         summary = {"status": status, "steps": self.step, "train_seconds": round(self.elapsed, 2),
                    "wall_seconds": round(time.perf_counter() - wall0, 2), "checkpoint": str(ck)}
         self.write_run_json({"summary": summary})

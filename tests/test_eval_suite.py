@@ -1,0 +1,62 @@
+"""The sample-quality suite: pluggable extractors, cached reference features, floors, and
+evaluation during training (--eval-every)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from diffusionlab.evaluation.suite import (FID_CAVEAT, ModuleExtractor, format_image_metrics, get_extractor,
+                                           image_metrics, reference_features)
+
+
+class MeanPool(torch.nn.Module):
+    """A user-supplied feature network: 4x4 average-pooled pixels."""
+
+    def forward(self, x):
+        return torch.nn.functional.adaptive_avg_pool2d(x, 4)
+
+
+def test_any_module_is_an_extractor_and_reference_features_are_cached(tmp_path):
+    from diffusionlab.data import load_mnist
+
+    ex = get_extractor(MeanPool(), name="meanpool")
+    assert isinstance(ex, ModuleExtractor) and ex.name == "meanpool"
+    ref = reference_features(ex, "mnist", "heldout", 28, 1, cache_dir=tmp_path)
+    assert ref.shape == (1000, 16) and ref.dtype == np.float64
+    files = list((tmp_path / "refstats").glob("*.npz"))
+    assert len(files) == 1 and "mnist-heldout-28-meanpool" in files[0].name
+    with np.load(files[0]) as z:
+        assert z["sigma"].shape == (16, 16) and z["mu"].dtype == np.float64
+    assert np.array_equal(reference_features(ex, "mnist", "heldout", 28, 1, cache_dir=tmp_path), ref)
+    real = load_mnist("train", 28)[:300]
+    noise = torch.rand(300, 1, 28, 28) * 2 - 1
+    good = image_metrics(real, ex, ref, floor=load_mnist("train", 28)[300:600])
+    bad = image_metrics(noise, ex, ref)
+    assert good["fd"] < 0.2 * bad["fd"] and good["precision"] > bad["precision"]
+    assert good["kid"] < bad["kid"] and good["coverage"] > bad["coverage"]
+    assert good["fd"] < 3 * good["fd_floor"] and bad["fd"] > 20 * good["fd_floor"]  # real data scores near its floor
+    text = format_image_metrics(good)
+    assert "real-vs-real floor" in text and FID_CAVEAT in text
+
+
+def test_unknown_extractor_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown extractor"):
+        get_extractor("vgg")
+
+
+def test_eval_every_logs_metrics_and_plots(tmp_path):
+    from diffusionlab.training import Trainer
+    from diffusionlab.training.config import tiny_config
+
+    cfg = tiny_config(out_dir=str(tmp_path), max_steps=4, eval_every=2, eval_n=24, eval_steps=3,
+                      eval_metrics="fd,pr", checkpoint_every=0)
+    tr = Trainer(config=cfg)
+    s = tr.train()
+    recs = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    ev = [r for r in recs if "eval_fd" in r]
+    assert [r["step"] for r in ev] == [2, 4]
+    assert "eval_fd_floor" in ev[0] and "eval_precision" in ev[1] and ev[0]["eval_extractor"] == "digits"
+    assert (tmp_path / "eval.png").is_file()
+    # evaluation time is not training time
+    assert s["train_seconds"] < s["wall_seconds"]
