@@ -344,11 +344,16 @@ def plot_losses(metrics: Sequence[dict], path, ema: float = 0.98,
     if not values:
         ax.text(0.5, 0.5, "no loss records yet", ha="center", va="center",
                 transform=ax.transAxes)
-    ax.set_xlabel("training step")
-    ax.set_ylabel("loss")
+    return _finish_plot(fig, ax, path, "training step", "loss", title, bool(values))
+
+
+def _finish_plot(fig, ax, path, xlabel: str, ylabel: str, title: str, legend: bool) -> Path:
+    """Labels, grid, legend, and an atomic PNG write."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    if values:
+    if legend:
         ax.legend(loc="upper right")
     fig.tight_layout()
     with _atomic_path(path, ".png") as tmp:
@@ -375,13 +380,5 @@ def plot_eval(metrics: Sequence[dict], path, key: str = "eval_fd", x_key: str = 
         ax.text(0.5, 0.5, "no evaluation records", ha="center", va="center", transform=ax.transAxes)
     if floors:
         ax.axhline(floors[0], color="tab:gray", linestyle="--", label="real-vs-real floor")
-    ax.set_xlabel("training time (s)" if x_key == "train_seconds" else x_key)
-    ax.set_ylabel(key.replace("eval_", "").upper() + " (lower is better)")
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    if pts:
-        ax.legend(loc="upper right")
-    fig.tight_layout()
-    with _atomic_path(path, ".png") as tmp:
-        fig.savefig(tmp, format="png")
-    return Path(path)
+    return _finish_plot(fig, ax, path, "training time (s)" if x_key == "train_seconds" else x_key,
+                        key.replace("eval_", "").upper() + " (lower is better)", title, bool(pts))
