@@ -174,8 +174,14 @@ class DiscreteLoss:
         self.abar = abar.float()
         self.snr = (abar / (1 - abar)).float()
 
-    def draw(self, x0: torch.Tensor, generator=None, train: bool = True):
-        """Random timesteps, noise (from ``generator`` only) and per-sample weights (None: uniform)."""
+    def draw(self, x0: torch.Tensor, generator=None):
+        """Random timesteps (uniform) and noise, from ``generator`` only."""
+        t, eps, _ = self._draw(x0, generator, train=False)
+        return t, eps
+
+    def _draw(self, x0: torch.Tensor, generator=None, train: bool = True):
+        """Timesteps (importance-sampled when training with ``t_sampling='importance'``), noise,
+        and per-sample weights 1 / (T p_t) (None for uniform t)."""
         dev = generator.device if generator is not None else x0.device
         weights = None
         if self.sampler is not None and train:
@@ -206,7 +212,7 @@ class DiscreteLoss:
     def __call__(self, net, x0, cond=None, generator=None, t=None, eps=None, autocast=None, train: bool = True):
         weights = None
         if t is None or eps is None:
-            t, eps, weights = self.draw(x0, generator, train)
+            t, eps, weights = self._draw(x0, generator, train)
         abar_t = extract(self.abar, t, x0.shape)
         x_t = abar_t.sqrt() * x0 + (1 - abar_t).sqrt() * eps
         with autocast if autocast is not None else torch.autocast(x0.device.type, enabled=False):
