@@ -6,7 +6,7 @@ PIP     := $(BIN)/pip install -c constraints.txt
 STAMP   := $(VENV)/.installed
 BUDGET  ?= 600
 
-.PHONY: venv demo test test-slow bench bench-venv bench-samplers bench-metrics bench-likelihood clean
+.PHONY: venv demo test test-slow bench bench-venv bench-samplers bench-metrics bench-quality bench-likelihood clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -42,7 +42,7 @@ $(BENCH_VENV)/.installed: pyproject.toml bench/constraints-bench.txt
 
 bench-venv: $(BENCH_VENV)/.installed
 
-bench: $(BENCH_VENV)/.installed bench-samplers bench-metrics
+bench: $(BENCH_VENV)/.installed bench-samplers bench-metrics bench-quality
 	$(BENCH_VENV)/bin/python bench/train_throughput.py --out bench/RESULTS_throughput.md
 	$(BIN)/python bench/train_throughput.py --only ours --out bench/RESULTS_throughput_project_venv.md
 
@@ -50,6 +50,12 @@ bench: $(BENCH_VENV)/.installed bench-samplers bench-metrics
 bench-samplers: $(BENCH_VENV)/.installed
 	$(BENCH_VENV)/bin/python -m pytest -q -m bench tests/test_diffusers_match.py
 	$(BENCH_VENV)/bin/python bench/samplers.py --n 20000 --nfe 5,10,20,50
+
+# quality at a fixed training budget vs the peers (BUDGET_Q seconds of training per library, plus a
+# learning-rate sweep at a third of it; cached and resumable in runs/bench_quality)
+BUDGET_Q ?= 300
+bench-quality: $(BENCH_VENV)/.installed
+	$(BENCH_VENV)/bin/python bench/quality.py --budget $(BUDGET_Q)
 
 # metric equivalence against the reference implementations (pytorch-fid's Inception, torchmetrics)
 bench-metrics: $(BENCH_VENV)/.installed
