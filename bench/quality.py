@@ -114,11 +114,11 @@ def run_diffusers(lr, budget, n, eval_every_s, out):
         ema.copy_to(shadow.parameters())
         shadow.eval()
         s = DPMSolverMultistepScheduler.from_config(sched.config)
-        s.set_timesteps(20)
         g = torch.Generator().manual_seed(1)
         outs = []
         with torch.no_grad():
             for i in range(0, count, 250):
+                s.set_timesteps(20)  # resets the multistep state for every batch
                 x = torch.randn(min(250, count - i), 1, 32, 32, generator=g)
                 for t in s.timesteps:
                     x = s.step(shadow(x, t).sample, t, x).prev_sample
