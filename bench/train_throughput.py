@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib.util
+import json
 import os
 import shlex
 import sys
@@ -241,10 +242,34 @@ def child_argv(args, one: str, precision: str = "fp32", fmt: str = "channels_las
     return argv + (["--quick"] if args.quick else [])
 
 
+def resume_path(args) -> str:
+    """Where finished measurements of an interrupted run wait (deleted once the report is out)."""
+    tag = f"{torch.__version__}-t{args.threads}-b{args.batch}-s{args.steps}-{'q' if args.quick else 'f'}"
+    return os.path.join("runs", "bench_throughput", os.path.basename(args.out) + f".{tag}.json")
+
+
 def run_all(args, libraries: list[str]) -> tuple[dict, list[Row]]:
-    """The matmul peak, then every selected (model, precision, format), each in a subprocess."""
+    """The matmul peak, then every selected (model, precision, format), each in a subprocess.
+    Finished measurements go to ``resume_path`` as they come, so a rerun of an interrupted run
+    measures only what is left (``--fresh`` ignores them)."""
+    path = resume_path(args)
+    done = {}
+    if os.path.exists(path) and not args.fresh:
+        with open(path) as f:
+            done = json.load(f)
+        log(f"resuming: {len(done)} measurement(s) from {path}")
+
+    def measured(key: str, argv: list[str]) -> dict:
+        if key not in done or "error" in done[key]:
+            done[key] = common.run_child(argv, args.threads, CHILD_TIMEOUT_S)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path + ".tmp", "w") as f:
+                json.dump(done, f)
+            os.replace(path + ".tmp", path)
+        return done[key]
+
     log(f"matmul peak ({args.threads} threads)")
-    peak = common.run_child(child_argv(args, "peak"), args.threads, CHILD_TIMEOUT_S)
+    peak = measured("peak", child_argv(args, "peak"))
     rows = []
     for spec in (s for s in SPECS if s.library in libraries):
         if not installed(spec.library):
@@ -253,11 +278,37 @@ def run_all(args, libraries: list[str]) -> tuple[dict, list[Row]]:
         for precision in PRECISIONS:
             for fmt in spec.formats:
                 log(f"{spec.name} {precision} {fmt}")
-                result = common.run_child(child_argv(args, spec.name, precision, fmt), args.threads,
-                                          CHILD_TIMEOUT_S)
+                result = measured(f"{spec.name}|{precision}|{fmt}", child_argv(args, spec.name, precision, fmt))
                 rows.append(Row(spec, precision, fmt, result))
                 log("  " + (f"{result['img_s']:.1f} img/s" if "img_s" in result else str(result)))
     return peak.get("peak_gflops", {}), rows
+
+
+def plot(rows: list[Row], path: str) -> None:
+    """Bars: each model's best img/s in fp32 and in bf16 (any memory format)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    names = [s.name for s in SPECS if any(r.ok and r.spec.name == s.name for r in rows)]
+    if not names:
+        return
+    fig = Figure(figsize=(8, 4.2), dpi=80)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    width = 0.38
+    for k, precision in enumerate(PRECISIONS):
+        vals = [(best_row(rows, n, precision).result["img_s"] if best_row(rows, n, precision) else 0.0)
+                for n in names]
+        bars = ax.bar([i + (k - 0.5) * width for i in range(len(names))], vals, width, label=precision)
+        ax.bar_label(bars, fmt="%.0f", fontsize=8)
+    ax.set_xticks(range(len(names)), names, rotation=15, fontsize=8)
+    ax.set_ylabel("training throughput (images / s)")
+    ax.set_title(f"Training step, batch {rows[0].result.get('batch', BATCH)}, 1x32x32, "
+                 f"{os.cpu_count()} CPU threads (higher is better)")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
 
 
 def best_row(rows: list[Row], name: str, precision: str | None = None) -> Row | None:
@@ -367,6 +418,8 @@ def report(args, peak: dict, rows: list[Row]) -> str:
              "", "★ = the model's fastest precision / memory format. MFU = training FLOP/s / matmul peak "
              "at the row's precision. Sampling = one forward at the same batch under no_grad.", ""]
     lines += table(rows, peak)
+    lines += ["", f"![Training throughput, best memory format per precision]"
+                  f"({os.path.basename(args.plot or os.path.splitext(args.out)[0] + '.png')})"]
     match = matched_section(rows)
     if match:
         lines += ["", "## Matched configs", ""] + match
@@ -416,6 +469,8 @@ def parse_args(argv=None):
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads per measurement")
     ap.add_argument("--batch", type=int, default=BATCH, help=f"batch size (default {BATCH}; smaller only for "
                     "smoke tests)")
+    ap.add_argument("--fresh", action="store_true", help="ignore the measurements an interrupted run left")
+    ap.add_argument("--plot", default=None, help="bar chart PNG (default: --out with .png)")
     ap.add_argument("--search", action="store_true", help="print our configs closest to each peer and exit")
     # internal: measure one thing in this process and print a RESULT line
     ap.add_argument("--one", help=argparse.SUPPRESS)
@@ -443,6 +498,9 @@ def main(argv=None) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         f.write(text)
+    plot(rows, args.plot or os.path.splitext(args.out)[0] + ".png")
+    if os.path.exists(resume_path(args)):
+        os.remove(resume_path(args))  # the run is complete: the next one measures afresh
     print(text)
     log(f"wrote {args.out}")
 
