@@ -1,0 +1,85 @@
+"""Assemble bench/RESULTS.md from the stage reports that `make bench` (re)writes.
+
+    python bench/report.py            # -> bench/RESULTS.md
+
+Every stage writes its own markdown (with its date and command) and plots; this script only
+puts them together, in order, under one header, so RESULTS.md is always a regenerated file and
+never edited by hand. Stages that `make bench` does not run (the likelihood and trained-sampler
+reports, made by their own targets) are included when present, with their own dates. The
+hand-written interpretation of past runs lives in bench/NOTES.md.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import re
+import subprocess
+
+import common
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# (file, title, the command that regenerates it); `make bench` runs the first five
+STAGES = [
+    ("RESULTS_throughput.md", "Training throughput vs the peers (bench venv)", "make bench-throughput"),
+    ("RESULTS_throughput_project_venv.md", "Training throughput, ours in the project venv",
+     "make bench-throughput"),
+    ("RESULTS_samplers.md", "Sampler accuracy vs NFE on analytic mixtures", "make bench-samplers"),
+    ("RESULTS_metrics.md", "Metric equivalence with the reference implementations", "make bench-metrics"),
+    ("RESULTS_quality.md", "Quality at a fixed training budget vs the peers", "make bench-quality"),
+    ("RESULTS_trained_samplers.md", "Fast samplers on a trained MNIST model (not part of make bench)",
+     ".venv/bin/python bench/trained_samplers.py --ckpt runs/demo"),
+    ("RESULTS_likelihood.md", "Likelihood: VLB and ODE bits/dim (not part of make bench)", "make bench-likelihood"),
+]
+
+
+def demote(text: str) -> str:
+    """Headings one level down (the stage's title becomes a section of RESULTS.md)."""
+    return re.sub(r"^(#+) ", lambda m: "#" + m.group(1) + " ", text, flags=re.M)
+
+
+def git_rev() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=HERE, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def build(bench_dir: str = HERE) -> str:
+    now = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    out = ["# Benchmark results", "",
+           f"Generated {now} by `python bench/report.py` (the last step of `make bench`) at git {git_rev()}, on "
+           f"{common.cpu_model()} ({os.cpu_count()} logical CPUs), no GPU. Do not edit: every section below is "
+           "a stage's own report, with the date and command that made it; rerun the stage's command to renew "
+           "it. Interpretation of these runs: [NOTES.md](NOTES.md). Timing is never asserted in tests.", "",
+           "| section | regenerate with | made |", "|---|---|---|"]
+    body = []
+    for name, title, cmd in STAGES:
+        path = os.path.join(bench_dir, name)
+        if not os.path.exists(path):
+            out.append(f"| {title} | `{cmd}` | not run yet |")
+            continue
+        text = open(path).read()
+        date = re.search(r"date: (\S+)", text)
+        anchor = re.sub(r"[^a-z0-9 -]", "", title.lower()).replace(" ", "-")
+        out.append(f"| [{title}](#{anchor}) | `{cmd}` | {date.group(1)[:16] if date else 'see section'} |")
+        first, _, rest = text.partition("\n")
+        body += ["", f"## {title}", "", f"Source: [{name}]({name}).", "", demote(rest.strip()), ""]
+    return "\n".join(out + body) + "\n"
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default=os.path.join(HERE, "RESULTS.md"))
+    a = ap.parse_args(argv)
+    text = build(os.path.dirname(os.path.abspath(a.out)))
+    with open(a.out + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(a.out + ".tmp", a.out)
+    print(f"wrote {a.out} ({len(text.splitlines())} lines)")
+
+
+if __name__ == "__main__":
+    main()
