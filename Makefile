@@ -53,7 +53,7 @@ bench: $(STAMP) $(BENCH_VENV)/.installed bench-throughput bench-samplers bench-m
 # again in the project venv (torch 2.13.0+cpu)
 bench-throughput: $(STAMP) $(BENCH_VENV)/.installed
 	$(BENCH_VENV)/bin/python bench/train_throughput.py --out bench/RESULTS_throughput.md
-	$(BIN)/python bench/train_throughput.py --only ours --out bench/RESULTS_throughput_project_venv.md
+	$(BIN)/python bench/train_throughput.py --only ours --plot none --out bench/RESULTS_throughput_project_venv.md
 
 # sampler accuracy vs NFE against diffusers' schedulers; first the exact-match tests (pytest -m bench)
 bench-samplers: $(BENCH_VENV)/.installed

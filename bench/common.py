@@ -125,3 +125,12 @@ def run_child(argv: list[str], threads: int, timeout: float | None = None) -> di
             return json.loads(line[len(RESULT_TAG):])
     tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
     return {"error": f"exit {proc.returncode}: {tail[:200]}"}
+
+
+def git_rev(cwd: str | None = None) -> str:
+    """`git describe --always --dirty` of the tree the bench runs from, or "unknown"."""
+    try:
+        return subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
+                              cwd=cwd, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"

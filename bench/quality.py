@@ -208,10 +208,8 @@ def _fd(x) -> float:
     return digit_metrics(x)["fd"]
 
 
-def child(a) -> None:
-    torch.set_num_threads(a.threads)
-    out = Path(a.runs) / f"{a.one}-lr{a.lr:g}-b{a.budget:g}"
-    x, secs, steps, curve = RUNNERS[a.one](a.lr, a.budget, a.n, a.eval_every, out)
+def score(x) -> dict:
+    """The digit-classifier metrics and, on the same features, precision / recall and KID."""
     from diffusionlab.evaluation import digit_metrics
     from diffusionlab.evaluation.suite import get_extractor, image_metrics, reference_features
 
@@ -219,10 +217,17 @@ def child(a) -> None:
     ex = get_extractor("digits")
     pr = image_metrics(x, ex, reference_features(ex, "mnist", "heldout", 32, 1), metrics=("pr", "kid"),
                        kid_subset_size=min(1000, len(x)))
-    res = {"lib": a.one, "lr": a.lr, "budget": a.budget, "train_seconds": secs, "steps": steps, "n": len(x),
-           "params": param_count(a.one), "curve": curve, **{k: m[k] for k in ("fd", "fd_floor", "fd_ratio", "confident_fraction",
-                                                               "class_entropy", "floor_confident_fraction")},
-           **{k: pr[k] for k in ("precision", "recall", "kid")},
+    return {"n": len(x), **{k: m[k] for k in ("fd", "fd_floor", "fd_ratio", "confident_fraction", "class_entropy",
+                                              "floor_confident_fraction")},
+            **{k: pr[k] for k in ("precision", "recall", "kid")}}
+
+
+def child(a) -> None:
+    torch.set_num_threads(a.threads)
+    out = Path(a.runs) / f"{a.one}-lr{a.lr:g}-b{a.budget:g}"
+    x, secs, steps, curve = RUNNERS[a.one](a.lr, a.budget, a.n, a.eval_every, out)
+    res = {"lib": a.one, "lr": a.lr, "budget": a.budget, "train_seconds": secs, "steps": steps,
+           "params": param_count(a.one), "curve": curve, **score(x),
            "made": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
     print("RESULT " + json.dumps(res), flush=True)
 
@@ -296,17 +301,8 @@ def main(argv=None) -> int:
 def real_floor(n: int) -> dict:
     """Every metric for n real training digits (random subset, seed 0) against the held-out
     reference: what a perfect generator scores with the same n."""
-    from diffusionlab.evaluation import digit_metrics
-    from diffusionlab.evaluation.suite import get_extractor, image_metrics, reference_features
-
     x = digits()
-    x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:n]]
-    m = digit_metrics(x)
-    ex = get_extractor("digits")
-    pr = image_metrics(x, ex, reference_features(ex, "mnist", "heldout", 32, 1), metrics=("pr", "kid"),
-                       kid_subset_size=min(1000, n))
-    return {"n": n, "fd": m["fd"], "confident_fraction": m["confident_fraction"],
-            "class_entropy": m["class_entropy"], **{k: pr[k] for k in ("precision", "recall", "kid")}}
+    return score(x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:n]])
 
 
 TITLES = {"ours": "diffusionlab", "diffusers": "diffusers", "ddpm": "denoising-diffusion-pytorch"}

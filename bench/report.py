@@ -14,7 +14,6 @@ import argparse
 import datetime
 import os
 import re
-import subprocess
 
 import common
 
@@ -39,18 +38,10 @@ def demote(text: str) -> str:
     return re.sub(r"^(#+) ", lambda m: "#" + m.group(1) + " ", text, flags=re.M)
 
 
-def git_rev() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=HERE, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def build(bench_dir: str = HERE) -> str:
     now = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     out = ["# Benchmark results", "",
-           f"Generated {now} by `python bench/report.py` (the last step of `make bench`) at git {git_rev()}, on "
+           f"Generated {now} by `python bench/report.py` (the last step of `make bench`) at git {common.git_rev(HERE)}, on "
            f"{common.cpu_model()} ({os.cpu_count()} logical CPUs), no GPU. Do not edit: every section below is "
            "a stage's own report, with the date and command that made it; rerun the stage's command to renew "
            "it. Interpretation of these runs: [NOTES.md](NOTES.md). Timing is never asserted in tests.", "",

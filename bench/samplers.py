@@ -31,7 +31,6 @@ import math
 import os
 import re
 import shlex
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -270,14 +269,6 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def git_rev() -> str:
-    try:
-        return subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=None, help="samples per run (default 20000; --quick: 2000)")
@@ -308,7 +299,7 @@ def parse_args(argv=None):
 
 def run_all(args) -> dict:
     import diffusionlab
-    t0, git = time.perf_counter(), git_rev()  # the tree the samplers were imported from
+    t0, git = time.perf_counter(), common.git_rev()  # the tree the samplers were imported from
     have_diffusers = importlib.util.find_spec("diffusers") is not None
     if "diffusers" in args.libraries and not have_diffusers:
         log("diffusers is not installed: ours only (use .venv-bench, see bench/README.md)")

@@ -284,6 +284,10 @@ def run_all(args, libraries: list[str]) -> tuple[dict, list[Row]]:
     return peak.get("peak_gflops", {}), rows
 
 
+def plot_path(args) -> str | None:
+    return None if args.plot == "none" else args.plot or os.path.splitext(args.out)[0] + ".png"
+
+
 def plot(rows: list[Row], path: str) -> None:
     """Bars: each model's best img/s in fp32 and in bf16 (any memory format)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -418,8 +422,8 @@ def report(args, peak: dict, rows: list[Row]) -> str:
              "", "★ = the model's fastest precision / memory format. MFU = training FLOP/s / matmul peak "
              "at the row's precision. Sampling = one forward at the same batch under no_grad.", ""]
     lines += table(rows, peak)
-    lines += ["", f"![Training throughput, best memory format per precision]"
-                  f"({os.path.basename(args.plot or os.path.splitext(args.out)[0] + '.png')})"]
+    if plot_path(args):
+        lines += ["", f"![Training throughput, best memory format per precision]({os.path.basename(plot_path(args))})"]
     match = matched_section(rows)
     if match:
         lines += ["", "## Matched configs", ""] + match
@@ -470,7 +474,7 @@ def parse_args(argv=None):
     ap.add_argument("--batch", type=int, default=BATCH, help=f"batch size (default {BATCH}; smaller only for "
                     "smoke tests)")
     ap.add_argument("--fresh", action="store_true", help="ignore the measurements an interrupted run left")
-    ap.add_argument("--plot", default=None, help="bar chart PNG (default: --out with .png)")
+    ap.add_argument("--plot", default=None, help="bar chart PNG (default: --out with .png; 'none': no chart)")
     ap.add_argument("--search", action="store_true", help="print our configs closest to each peer and exit")
     # internal: measure one thing in this process and print a RESULT line
     ap.add_argument("--one", help=argparse.SUPPRESS)
@@ -498,7 +502,8 @@ def main(argv=None) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         f.write(text)
-    plot(rows, args.plot or os.path.splitext(args.out)[0] + ".png")
+    if plot_path(args):
+        plot(rows, plot_path(args))
     if os.path.exists(resume_path(args)):
         os.remove(resume_path(args))  # the run is complete: the next one measures afresh
     print(text)
