@@ -141,3 +141,11 @@ def test_train_learned_variance_hybrid_and_sample_with_it(tmp_path):
     assert main(["sample", "--ckpt", str(out), "--sampler", "ddpm", "--steps", "4", "--n", "2",
                  "--out", str(tmp_path / "s.png")]) == 0
     assert main(["eval", "--ckpt", str(out), "--nll", "vlb", "--n", "2", "--vlb-t", "4"]) == 0
+
+
+@pytest.mark.parametrize("kind", ["clip", "dynamic"])
+def test_sample_with_thresholding_stays_in_range(run_dir, tmp_path, kind):
+    npy = tmp_path / "x.npy"
+    assert main(["sample", "--ckpt", str(run_dir), "--n", "3", "--steps", "3", "--sampler", "ddpm",
+                 "--threshold", kind, "--out", str(tmp_path / "s.png"), "--npy", str(npy)]) == 0
+    assert np.abs(np.load(npy)).max() <= 1 + 1e-6

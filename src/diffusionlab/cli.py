@@ -175,6 +175,10 @@ def _add_sample(sub):
     p.add_argument("--gif", default=None, help="also write the reverse process as a GIF (first batch)")
     p.add_argument("--npy", default=None, help="also save the samples in [-1, 1] as .npy")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--threshold", choices=["none", "clip", "dynamic"], default="none",
+                   help="x0 thresholding at every step: clip to [-1, 1] (DDPM's clip_denoised) or Imagen's "
+                        "dynamic thresholding (--threshold-p); changes the sampled distribution")
+    p.add_argument("--threshold-p", type=float, default=0.995, help="dynamic thresholding percentile")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
 
 
@@ -235,7 +239,9 @@ def _load(a):
         a.sampler = own if own in SAMPLERS else "ddim"
     if a.steps is None:
         a.steps = getattr(den, "default_steps", None) or 50
-    return den
+    from .guidance import threshold
+
+    return threshold(den, getattr(a, "threshold", "none"), getattr(a, "threshold_p", 0.995))
 
 
 def cmd_sample(a) -> int:
@@ -340,6 +346,10 @@ def _add_eval(sub):
     p.add_argument("--steps", type=int, default=None, help="grid intervals (default: the model's own, else 50)")
     p.add_argument("--schedule", default="auto")
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE", help="sampler knob, repeatable")
+    p.add_argument("--threshold", choices=["none", "clip", "dynamic"], default="none",
+                   help="x0 thresholding at every step: clip to [-1, 1] (DDPM's clip_denoised) or Imagen's "
+                        "dynamic thresholding (--threshold-p); changes the sampled distribution")
+    p.add_argument("--threshold-p", type=float, default=0.995, help="dynamic thresholding percentile")
     p.add_argument("--eta", type=float, default=None)
     p.add_argument("--variance", choices=["auto", "small", "large", "learned"], default=None,
                    help="DDPM sampling variance; with --nll vlb: the model's p(x_{t-1} | x_t) variance")

@@ -1,0 +1,74 @@
+"""Guidance as wrappers: functions that take a denoiser and return a denoiser
+(``Denoiser -> Denoiser``), so every sampler uses them unchanged.
+
+Thresholding of the x0 prediction:
+
+- ``clip``: clamp x0_hat to the data range [-1, 1] at every step. This is DDPM's
+  ``clip_denoised`` (Ho et al. 2020's sampling code; denoising-diffusion-pytorch clips by
+  default). It moves every sampler's update towards the data range; with an undertrained model
+  it removes out-of-range values that would otherwise carry into later steps.
+- ``dynamic``: Imagen's dynamic thresholding (Saharia et al. 2022, Sec. 2.3): per sample,
+  s = max(1, quantile(|x0_hat|, p)); x0_hat <- clamp(x0_hat, -s, s) / s. With p -> 1 and an
+  in-range prediction it is the identity; it is meant for large guidance weights.
+
+Both change the sampled distribution: they are not part of the model's likelihood and the
+probability-flow ODE of a thresholded denoiser is not the model's. ``likelihood.py`` never
+applies them.
+"""
+from __future__ import annotations
+
+import torch
+
+from .denoiser import Denoiser
+
+THRESHOLDS = ("none", "clip", "dynamic")
+
+
+class _Wrapper:
+    def __getattr__(self, name):  # the wrapped denoiser's attributes (net, schedule, ...)
+        if name == "denoiser":
+            raise AttributeError(name)
+        return getattr(self.denoiser, name)
+
+
+class Clipped(_Wrapper):
+    """x0_hat clamped to [lo, hi] (static thresholding, DDPM's clip_denoised)."""
+
+    def __init__(self, denoiser: Denoiser, lo: float = -1.0, hi: float = 1.0):
+        if not lo < hi:
+            raise ValueError(f"clip range needs lo < hi, got [{lo}, {hi}]")
+        self.denoiser, self.lo, self.hi = denoiser, float(lo), float(hi)
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond=None) -> torch.Tensor:
+        return self.denoiser(x, sigma, cond).clamp(self.lo, self.hi)
+
+
+
+class DynamicThreshold(_Wrapper):
+    """Imagen's dynamic thresholding with percentile ``p`` of |x0_hat| per sample."""
+
+    def __init__(self, denoiser: Denoiser, p: float = 0.995, max_value: float = 1.0):
+        if not 0.0 < p <= 1.0:
+            raise ValueError(f"dynamic threshold percentile must be in (0, 1], got {p}")
+        if max_value <= 0:
+            raise ValueError(f"dynamic threshold max_value must be > 0, got {max_value}")
+        self.denoiser, self.p, self.max_value = denoiser, float(p), float(max_value)
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond=None) -> torch.Tensor:
+        x0 = self.denoiser(x, sigma, cond)
+        flat = x0.reshape(x0.shape[0], -1).abs().float()
+        s = torch.quantile(flat, self.p, dim=1).clamp_min(self.max_value).to(x0.dtype)
+        s = s.reshape(-1, *([1] * (x0.dim() - 1)))
+        return x0.clamp(-s, s) / s * self.max_value
+
+
+
+def threshold(denoiser: Denoiser, kind: str = "none", p: float = 0.995) -> Denoiser:
+    """``kind`` in THRESHOLDS; 'none' returns the denoiser itself."""
+    if kind == "none" or kind is None:
+        return denoiser
+    if kind == "clip":
+        return Clipped(denoiser)
+    if kind == "dynamic":
+        return DynamicThreshold(denoiser, p=p)
+    raise ValueError(f"unknown threshold {kind!r}; choose from {', '.join(THRESHOLDS)}")

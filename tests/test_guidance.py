@@ -1,0 +1,68 @@
+"""Thresholding wrappers (guidance.py): exact behaviour on closed-form denoisers."""
+import pytest
+import torch
+
+import diffusionlab as dl
+from diffusionlab.guidance import Clipped, DynamicThreshold, threshold
+
+from oracles import GaussianOracle, MixtureOracle
+
+
+def _wide_oracle():
+    # data N(0, 4): x0_hat leaves [-1, 1] often
+    return GaussianOracle(torch.zeros(1, 1, 4, 4, dtype=torch.float64), torch.full((1, 1, 4, 4), 4.0, dtype=torch.float64))
+
+
+def test_clip_equals_clamped_oracle():
+    oracle = _wide_oracle()
+    g = torch.Generator().manual_seed(0)
+    x = 5 * torch.randn(8, 1, 4, 4, generator=g, dtype=torch.float64)
+    sigma = torch.rand(8, generator=g, dtype=torch.float64) * 3
+    out = Clipped(oracle)(x, sigma)
+    assert torch.equal(out, oracle(x, sigma).clamp(-1, 1))
+    assert threshold(oracle, "none") is oracle
+
+
+def test_dynamic_threshold_formula_and_identity_in_range():
+    oracle = _wide_oracle()
+    g = torch.Generator().manual_seed(1)
+    x = 5 * torch.randn(6, 1, 4, 4, generator=g, dtype=torch.float64)
+    sigma = torch.full((6,), 0.5, dtype=torch.float64)
+    raw = oracle(x, sigma)
+    out = DynamicThreshold(oracle, p=0.9)(x, sigma)
+    for i in range(6):
+        s = max(1.0, float(torch.quantile(raw[i].abs().flatten().float(), 0.9)))
+        assert torch.allclose(out[i], raw[i].clamp(-s, s) / s)
+        assert out[i].abs().max() <= 1 + 1e-12
+    # a prediction already inside [-1, 1] is left alone
+    small = GaussianOracle(torch.zeros(1, 1, 4, 4, dtype=torch.float64), torch.full((1, 1, 4, 4), 0.01, dtype=torch.float64))
+    y = 0.1 * torch.randn(4, 1, 4, 4, generator=g, dtype=torch.float64)
+    s4 = torch.full((4,), 0.1, dtype=torch.float64)
+    assert torch.equal(DynamicThreshold(small, p=0.995)(y, s4), small(y, s4))
+
+
+@pytest.mark.parametrize("kind", ["clip", "dynamic"])
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm", "dpmpp_2m", "heun"])
+def test_thresholded_sampling_stays_in_range(kind, sampler):
+    # two-point data at +-1 with a little spread: the last x0_hat is clipped, so samples are in range
+    oracle = MixtureOracle(torch.tensor([[-1.0], [1.0]], dtype=torch.float64),
+                           torch.tensor([0.3, 0.3], dtype=torch.float64), torch.tensor([0.5, 0.5], dtype=torch.float64))
+    den = threshold(oracle, kind)
+
+    def run(d):
+        g = torch.Generator().manual_seed(0)
+        noise = torch.randn(512, 1, generator=g, dtype=torch.float64)
+        return dl.sample(d, (512, 1), sampler=sampler, steps=20, schedule="karras", sigma_min=0.002,
+                         sigma_max=80.0, noise=noise, generator=g)
+
+    assert run(den).abs().max() <= 1 + 1e-9
+    assert run(oracle).abs().max() > 1.2  # without the wrapper the spread leaves the range
+
+
+def test_bad_threshold_arguments():
+    with pytest.raises(ValueError, match="unknown threshold"):
+        threshold(lambda x, s, c=None: x, "soft")
+    with pytest.raises(ValueError, match="percentile"):
+        DynamicThreshold(lambda x, s, c=None: x, p=0.0)
+    with pytest.raises(ValueError, match="lo < hi"):
+        Clipped(lambda x, s, c=None: x, lo=1, hi=-1)
