@@ -152,6 +152,15 @@ def cmd_train(a) -> int:
     return 0
 
 
+def _add_threshold(p):
+    from .guidance import THRESHOLDS
+
+    p.add_argument("--threshold", choices=THRESHOLDS, default="none",
+                   help="x0 thresholding at every step: clip to [-1, 1] (DDPM's clip_denoised) or Imagen's "
+                        "dynamic thresholding (--threshold-p); changes the sampled distribution")
+    p.add_argument("--threshold-p", type=float, default=0.995, help="dynamic thresholding percentile")
+
+
 def _add_sample(sub):
     p = sub.add_parser("sample", help="sample images from a checkpoint")
     p.add_argument("--ckpt", required=True, help="run directory or checkpoint directory")
@@ -175,10 +184,7 @@ def _add_sample(sub):
     p.add_argument("--gif", default=None, help="also write the reverse process as a GIF (first batch)")
     p.add_argument("--npy", default=None, help="also save the samples in [-1, 1] as .npy")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
-    p.add_argument("--threshold", choices=["none", "clip", "dynamic"], default="none",
-                   help="x0 thresholding at every step: clip to [-1, 1] (DDPM's clip_denoised) or Imagen's "
-                        "dynamic thresholding (--threshold-p); changes the sampled distribution")
-    p.add_argument("--threshold-p", type=float, default=0.995, help="dynamic thresholding percentile")
+    _add_threshold(p)
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
 
 
@@ -346,10 +352,7 @@ def _add_eval(sub):
     p.add_argument("--steps", type=int, default=None, help="grid intervals (default: the model's own, else 50)")
     p.add_argument("--schedule", default="auto")
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE", help="sampler knob, repeatable")
-    p.add_argument("--threshold", choices=["none", "clip", "dynamic"], default="none",
-                   help="x0 thresholding at every step: clip to [-1, 1] (DDPM's clip_denoised) or Imagen's "
-                        "dynamic thresholding (--threshold-p); changes the sampled distribution")
-    p.add_argument("--threshold-p", type=float, default=0.995, help="dynamic thresholding percentile")
+    _add_threshold(p)
     p.add_argument("--eta", type=float, default=None)
     p.add_argument("--variance", choices=["auto", "small", "large", "learned"], default=None,
                    help="DDPM sampling variance; with --nll vlb: the model's p(x_{t-1} | x_t) variance")

@@ -43,7 +43,6 @@ class Clipped(_Wrapper):
         return self.denoiser(x, sigma, cond).clamp(self.lo, self.hi)
 
 
-
 class DynamicThreshold(_Wrapper):
     """Imagen's dynamic thresholding with percentile ``p`` of |x0_hat| per sample."""
 
@@ -60,7 +59,6 @@ class DynamicThreshold(_Wrapper):
         s = torch.quantile(flat, self.p, dim=1).clamp_min(self.max_value).to(x0.dtype)
         s = s.reshape(-1, *([1] * (x0.dim() - 1)))
         return x0.clamp(-s, s) / s * self.max_value
-
 
 
 def threshold(denoiser: Denoiser, kind: str = "none", p: float = 0.995) -> Denoiser:

@@ -127,8 +127,8 @@ def demo_config(**overrides) -> TrainConfig:
     at 16x16), v-prediction on a cosine schedule, bf16 autocast on CPU, 10 minutes.
     Measured on 2 cores (5-minute runs, 500 samples): min-SNR-5 weighting and batch 32 were
     worse; DDPM ancestral sampling beat DDIM (eta 0 and 0.5) at 50 steps. 10-minute runs,
-    1,000 samples (bench/NOTES.md): lr 5e-4 beat 1e-3 and 3e-3 (FD 2.7x the floor vs 3.2x and
-    3.1x, confident fraction 0.71 vs 0.72 and 0.70), though it saw fewer steps."""
+    1,000 samples (bench/NOTES.md): lr 5e-4 gave the best FD (2.7x the floor vs 3.2x at 1e-3 and
+    3.1x at 3e-3) at about the same confident fraction (0.71 vs 0.72 and 0.70), with fewer steps."""
     cfg = TrainConfig(data="mnist", image_size=32, time_budget=600.0, out_dir="runs/demo", log_every=10,
                       val_every=100, lr=5e-4)
     return dataclasses.replace(cfg, **overrides)
