@@ -101,6 +101,10 @@ def test_samplers_lists_registry(capsys):
     (["eval", "--ckpt", "RUN", "--n", "8", "--metrics", "fd,bogus"], "unknown metrics"),
     (["eval", "--ckpt", "RUN", "--nll", "vlb", "--variance", "learned"], "needs a learned-variance model"),
     (["eval", "--ckpt", "RUN", "--nll", "ode", "--probes", "0"], "--probes must be"),
+    (["sample", "--ckpt", "RUN", "--autoguidance", "2"], "no guide snapshot"),
+    (["sample", "--ckpt", "RUN", "--guide", "RUN"], "only used with --autoguidance"),
+    (["sample", "--ckpt", "RUN", "--autoguidance", "-1", "--guide", "RUN"], "finite number >= 0"),
+    (["train", "--preset", "tiny", "--guide-at", "0"], "guide_at"),
     (["train", "--preset", "tiny", "--process", "vp", "--learned-variance"], "applies to --process ddpm"),
     (["train", "--preset", "tiny", "--loss-kind", "hybrid"], "needs learned_variance"),
 ])
@@ -149,3 +153,14 @@ def test_sample_with_thresholding_stays_in_range(run_dir, tmp_path, kind):
     assert main(["sample", "--ckpt", str(run_dir), "--n", "3", "--steps", "3", "--sampler", "ddpm",
                  "--threshold", kind, "--out", str(tmp_path / "s.png"), "--npy", str(npy)]) == 0
     assert np.abs(np.load(npy)).max() <= 1 + 1e-6
+
+
+def test_train_with_guide_snapshot_and_sample_with_autoguidance(tmp_path, run_dir):
+    out = tmp_path / "ag"
+    assert main(["train", "--preset", "tiny", "--out", str(out), "--steps", "4", "--guide-at", "0.5",
+                 "--no-progress"]) == 0
+    for extra in ([], ["--guide", str(run_dir)]):  # its own snapshot, or another checkpoint as the guide
+        npy = tmp_path / "x.npy"
+        assert main(["sample", "--ckpt", str(out), "--n", "3", "--steps", "3", "--sampler", "ddpm",
+                     "--autoguidance", "2", "--out", str(tmp_path / "s.png"), "--npy", str(npy), *extra]) == 0
+        assert np.isfinite(np.load(npy)).all()

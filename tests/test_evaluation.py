@@ -187,6 +187,11 @@ def test_metrics_on_real_heldout(heldout_metrics):
         assert isinstance(v, (int, float, list)), (k, type(v))
     table = format_digit_metrics(m)
     assert table.startswith("| metric") and "FD" in table
+    two = format_digit_metrics(m, {"guided": m, "plain": {**m, "confident_fraction": 0.5}})
+    assert two.splitlines()[0] == "| metric | guided | plain | real held-out |"
+    row = next(l for l in two.splitlines() if l.startswith("| confident"))
+    assert row.endswith(f"| {m['confident_fraction']:.3f} | 0.500 | {m['floor_confident_fraction']:.3f} |")
+    assert "predicted classes 0-9 (plain)" in two
 
 
 def test_metrics_noise_vs_real(clf, heldout_metrics, train_images):

@@ -1,9 +1,9 @@
-"""Thresholding wrappers (guidance.py): exact behaviour on closed-form denoisers."""
+"""Guidance wrappers (guidance.py): thresholding and autoguidance, exact behaviour on closed-form denoisers."""
 import pytest
 import torch
 
 import diffusionlab as dl
-from diffusionlab.guidance import Clipped, DynamicThreshold, threshold
+from diffusionlab.guidance import Autoguided, Clipped, DynamicThreshold, autoguidance, threshold
 
 from oracles import GaussianOracle, MixtureOracle
 
@@ -66,3 +66,48 @@ def test_bad_threshold_arguments():
         DynamicThreshold(lambda x, s, c=None: x, p=0.0)
     with pytest.raises(ValueError, match="lo < hi"):
         Clipped(lambda x, s, c=None: x, lo=1, hi=-1)
+
+
+def _oracle(var):
+    return GaussianOracle(torch.zeros(1, dtype=torch.float64), torch.full((1,), var, dtype=torch.float64))
+
+
+def test_autoguidance_formula_and_limits():
+    main, guide = _oracle(1.3), _oracle(2.0)
+    g = torch.Generator().manual_seed(2)
+    x = 3 * torch.randn(16, 1, generator=g, dtype=torch.float64)
+    sigma = torch.rand(16, generator=g, dtype=torch.float64) * 5
+    for w in (0.0, 0.5, 2.0, 3.0):
+        out = Autoguided(main, guide, w)(x, sigma)
+        assert torch.allclose(out, guide(x, sigma) + w * (main(x, sigma) - guide(x, sigma)))
+    assert torch.allclose(Autoguided(main, guide, 0.0)(x, sigma), guide(x, sigma))
+    assert autoguidance(main, guide, 1.0) is main and autoguidance(main, None, 2.0) is main
+
+
+def test_autoguidance_removes_error_the_guide_exaggerates():
+    # data N(0, 1); the model learned N(0, 1.3), its weaker guide N(0, 2.0): the same error, larger.
+    # Extrapolating away from the guide moves the sampled variance back towards 1.
+    main, guide = _oracle(1.3), _oracle(2.0)
+
+    def var(den):
+        g = torch.Generator().manual_seed(0)
+        noise = torch.randn(20000, 1, generator=g, dtype=torch.float64)
+        x = dl.sample(den, (20000, 1), sampler="heun", steps=40, schedule="karras", sigma_min=0.002,
+                      sigma_max=80.0, noise=noise, generator=g)
+        return x.var().item()
+
+    plain, guided = var(main), var(Autoguided(main, guide, 1.5))
+    assert abs(plain - 1.3) < 0.1                   # the sampler reproduces the model's own variance
+    assert abs(guided - 1.0) < 0.5 * abs(plain - 1.0)
+
+
+def test_bad_autoguidance_arguments():
+    main = _oracle(1.0)
+    with pytest.raises(ValueError, match="finite number >= 0"):
+        Autoguided(main, main, -1.0)
+    with pytest.raises(ValueError, match="finite number >= 0"):
+        Autoguided(main, main, float("nan"))
+    a, b = _oracle(1.0), _oracle(1.0)
+    a.image_shape, b.image_shape = (1, 32, 32), (3, 32, 32)
+    with pytest.raises(ValueError, match="shape"):
+        Autoguided(a, b, 2.0)

@@ -149,3 +149,38 @@ def test_bad_data_is_reported_before_training(tmp_path):
         Trainer(config=tiny_config(out_dir=str(tmp_path / "o"), data=str(empty),
                                    model=tiny_config().model.__class__(dim=8, dim_mults=(1, 2), channels=3, groups=4)))
     assert not (tmp_path / "o").exists()
+
+
+def test_guide_snapshot_is_the_early_ema_and_survives_resume(tmp_path, one_thread):
+    from diffusionlab.loading import load_denoiser
+
+    cfg = dict(max_steps=6, guide_at=0.5, num_threads=1, checkpoint_every=0, sample_every=0, val_every=0)
+    early = Trainer(config=tiny_config(out_dir=str(tmp_path / "e"), **{**cfg, "guide_at": None, "max_steps": 3}))
+    early.train()
+    a = Trainer(config=tiny_config(out_dir=str(tmp_path / "a"), **cfg))
+    a.train()
+    assert a.guide_step == 3
+    for k, v in ema_params(early).items():      # the snapshot is the EMA at step 3, untouched later
+        assert torch.equal(a.guide_sd[k], v), k
+    ck = load_checkpoint(tmp_path / "a")
+    assert ck["config"]["guide_step"] == 3 and ck["guide"].keys() == ck["ema"].keys()
+    b = Trainer(config=tiny_config(out_dir=str(tmp_path / "b"), **cfg))
+    b.train(stop_after=4)
+    c = Trainer(config=tiny_config(out_dir=str(tmp_path / "b"), **cfg), resume=True)
+    c.train()
+    assert c.guide_step == 3 and all(torch.equal(c.guide_sd[k], v) for k, v in a.guide_sd.items())
+    den = load_denoiser(tmp_path / "a", weights="guide")
+    assert all(torch.equal(p, a.guide_sd[k]) for k, p in den.net.state_dict().items())
+
+
+def test_guide_errors(tmp_path):
+    from diffusionlab.loading import load_denoiser
+    from diffusionlab.training.checkpoint import CheckpointError
+
+    with pytest.raises(ValueError, match="guide_at"):
+        Trainer(config=tiny_config(out_dir=str(tmp_path / "x"), guide_at=1.5))
+    Trainer(config=tiny_config(out_dir=str(tmp_path / "n"), max_steps=2)).train()
+    with pytest.raises(CheckpointError, match="no guide snapshot"):
+        load_denoiser(tmp_path / "n", weights="guide")
+    with pytest.raises(ValueError, match="unknown weights"):
+        load_denoiser(tmp_path / "n", weights="best")

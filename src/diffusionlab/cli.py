@@ -69,6 +69,9 @@ def _add_train(sub):
     p.add_argument("--lr-schedule", choices=["cosine", "constant"])
     p.add_argument("--grad-clip", type=float)
     p.add_argument("--ema-decay", type=float)
+    p.add_argument("--guide-at", type=float,
+                   help="keep the EMA weights at this fraction of training (e.g. 0.3) as the autoguidance "
+                        "guide (sample --autoguidance W)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--device")
     p.add_argument("--threads", type=int, dest="num_threads")
@@ -89,7 +92,7 @@ def _train_config(a):
 
     cfg = PRESETS[a.preset]() if a.preset else TrainConfig()
     top = {k: getattr(a, k) for k in ("data", "image_size", "hflip", "max_steps", "time_budget", "batch_size",
-                                      "grad_accum", "lr", "warmup_steps", "lr_schedule", "grad_clip", "ema_decay",
+                                      "grad_accum", "lr", "warmup_steps", "lr_schedule", "grad_clip", "ema_decay", "guide_at",
                                       "precision", "device", "num_threads", "seed", "out_dir", "sample_every",
                                       "checkpoint_every", "val_every", "eval_every", "eval_n", "eval_steps")
            if getattr(a, k) is not None}
@@ -152,13 +155,19 @@ def cmd_train(a) -> int:
     return 0
 
 
-def _add_threshold(p):
+def _add_guidance(p):
     from .guidance import THRESHOLDS
 
     p.add_argument("--threshold", choices=THRESHOLDS, default="none",
                    help="x0 thresholding at every step: clip to [-1, 1] (DDPM's clip_denoised) or Imagen's "
                         "dynamic thresholding (--threshold-p); changes the sampled distribution")
     p.add_argument("--threshold-p", type=float, default=0.995, help="dynamic thresholding percentile")
+    p.add_argument("--autoguidance", type=float, default=1.0, metavar="W",
+                   help="autoguidance weight (Karras et al. 2024): guide + W (model - guide); 1 = off. Each step "
+                        "evaluates both networks")
+    p.add_argument("--guide", default=None, metavar="CKPT",
+                   help="the guide for --autoguidance: another checkpoint (default: the guide snapshot stored "
+                        "in --ckpt by train --guide-at)")
 
 
 def _add_sample(sub):
@@ -184,7 +193,7 @@ def _add_sample(sub):
     p.add_argument("--gif", default=None, help="also write the reverse process as a GIF (first batch)")
     p.add_argument("--npy", default=None, help="also save the samples in [-1, 1] as .npy")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
-    _add_threshold(p)
+    _add_guidance(p)
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
 
 
@@ -240,6 +249,15 @@ def _load(a):
         raise ValueError(f"unknown sampler {a.sampler!r}; run `diffusionlab samplers` for the list")
     dtype = pick_precision(a.precision, torch.device("cpu"))
     den = load_denoiser(a.ckpt, use_ema=not getattr(a, "no_ema", False), autocast_dtype=dtype)
+    w = getattr(a, "autoguidance", 1.0)
+    if getattr(a, "guide", None) is not None and w == 1.0:
+        raise ValueError("--guide is only used with --autoguidance W (W != 1)")
+    if w != 1.0:
+        from .guidance import autoguidance
+
+        guide = (load_denoiser(a.guide, autocast_dtype=dtype) if a.guide is not None
+                 else load_denoiser(a.ckpt, autocast_dtype=dtype, weights="guide"))
+        den = autoguidance(den, guide, w)
     if a.sampler == "auto":
         own = getattr(den, "default_sampler", None)
         a.sampler = own if own in SAMPLERS else "ddim"
@@ -352,7 +370,7 @@ def _add_eval(sub):
     p.add_argument("--steps", type=int, default=None, help="grid intervals (default: the model's own, else 50)")
     p.add_argument("--schedule", default="auto")
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE", help="sampler knob, repeatable")
-    _add_threshold(p)
+    _add_guidance(p)
     p.add_argument("--eta", type=float, default=None)
     p.add_argument("--variance", choices=["auto", "small", "large", "learned"], default=None,
                    help="DDPM sampling variance; with --nll vlb: the model's p(x_{t-1} | x_t) variance")
@@ -556,14 +574,19 @@ def _add_demo(sub):
     p.add_argument("--time-budget", type=float, default=600.0, help="training seconds (default 600)")
     p.add_argument("--n-eval", type=int, default=1000)
     p.add_argument("--sampler", default="ddpm")
-    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the demo's, 25)")
+    p.add_argument("--autoguidance", type=float, default=None, metavar="W",
+                   help="autoguidance weight with the run's early EMA snapshot as the guide (default: the demo's, "
+                        "see `diffusionlab.demo.DEMO_AUTOGUIDANCE`; 1 = off)")
     p.add_argument("--no-progress", action="store_true")
 
 
 def cmd_demo(a) -> int:
-    from .demo import run_demo
+    from .demo import DEMO_AUTOGUIDANCE, DEMO_STEPS, run_demo
 
-    res = run_demo(a.out, a.time_budget, a.n_eval, a.sampler, a.steps, progress=not a.no_progress)
+    w = DEMO_AUTOGUIDANCE if a.autoguidance is None else a.autoguidance
+    res = run_demo(a.out, a.time_budget, a.n_eval, a.sampler, a.steps or DEMO_STEPS, progress=not a.no_progress,
+                   autoguidance=w)
     print((Path(a.out) / "report.md").read_text())
     print(json.dumps(res["metrics"], indent=2))
     return 0

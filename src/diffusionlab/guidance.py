@@ -14,6 +14,18 @@ Thresholding of the x0 prediction:
 Both change the sampled distribution: they are not part of the model's likelihood and the
 probability-flow ODE of a thresholded denoiser is not the model's. ``likelihood.py`` never
 applies them.
+
+Autoguidance (Karras et al. 2024, "Guiding a diffusion model with a bad version of itself"):
+
+    D_w(x, sigma) = D_guide(x, sigma) + w (D(x, sigma) - D_guide(x, sigma))
+
+the classifier-free guidance formula with the unconditional model replaced by a weaker model
+of the same data, so it works for unconditional models. The guide's errors point the same way
+as the main model's, only further; extrapolating away from them (w > 1) removes part of the
+main model's error. The trainer's ``guide_at`` keeps an early EMA snapshot of the same run as
+the guide (free: no extra training); any other denoiser over the same images works too (a
+smaller or shorter-trained model, a different process: the interface is sigma-space). w = 1 is
+the main model alone; w = 0 the guide alone. Each step evaluates both networks.
 """
 from __future__ import annotations
 
@@ -59,6 +71,31 @@ class DynamicThreshold(_Wrapper):
         s = torch.quantile(flat, self.p, dim=1).clamp_min(self.max_value).to(x0.dtype)
         s = s.reshape(-1, *([1] * (x0.dim() - 1)))
         return x0.clamp(-s, s) / s * self.max_value
+
+
+class Autoguided(_Wrapper):
+    """``guide + weight (denoiser - guide)``; see the module docstring."""
+
+    def __init__(self, denoiser: Denoiser, guide: Denoiser, weight: float):
+        weight = float(weight)
+        if not (weight >= 0.0 and weight < float("inf")):
+            raise ValueError(f"autoguidance weight must be a finite number >= 0, got {weight}")
+        a, b = getattr(denoiser, "image_shape", None), getattr(guide, "image_shape", None)
+        if a is not None and b is not None and tuple(a) != tuple(b):
+            raise ValueError(f"the guide denoises images of shape {tuple(b)}, the model {tuple(a)}")
+        self.denoiser, self.guide, self.weight = denoiser, guide, weight
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond=None) -> torch.Tensor:
+        d = self.denoiser(x, sigma, cond)
+        g = self.guide(x, sigma, cond)
+        return torch.lerp(g.float(), d.float(), self.weight).to(d.dtype)
+
+
+def autoguidance(denoiser: Denoiser, guide: Denoiser | None, weight: float = 1.0) -> Denoiser:
+    """``Autoguided(denoiser, guide, weight)``; weight 1 (or no guide) returns the denoiser."""
+    if guide is None or float(weight) == 1.0:
+        return denoiser
+    return Autoguided(denoiser, guide, weight)
 
 
 def threshold(denoiser: Denoiser, kind: str = "none", p: float = 0.995) -> Denoiser:

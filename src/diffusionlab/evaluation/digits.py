@@ -532,9 +532,13 @@ def digit_metrics(samples: torch.Tensor, classifier: DigitClassifier | None = No
     }
 
 
-def format_digit_metrics(m: dict) -> str:
+def format_digit_metrics(m: dict, columns: dict | None = None) -> str:
     """A short markdown table of :func:`digit_metrics` output: samples next to the real
-    held-out reference ("floor"), plus the predicted-class histogram."""
+    held-out reference ("floor"), plus the predicted-class histogram. ``columns`` (label ->
+    metrics) puts several sample sets side by side; the floors come from the first."""
+    columns = columns or {"samples": m}
+    m = next(iter(columns.values()))
+
     def f(v, fmt="{:.3f}"):
         if v is None:
             return "-"
@@ -543,24 +547,25 @@ def format_digit_metrics(m: dict) -> str:
         return fmt.format(v)
 
     conf = m.get("confidence", 0.9)
-    rows = [
-        ("samples (n)", f(m.get("n"), "{:d}"), "-"),
-        (f"confident fraction (p > {conf:g})", f(m.get("confident_fraction")),
-         f(m.get("floor_confident_fraction"))),
-        ("class entropy (1 = uniform)", f(m.get("class_entropy")),
-         f(m.get("floor_class_entropy"))),
-        ("feature FD vs held-out (not Inception FID)", f(m.get("fd"), "{:.2f}"),
-         f(m.get("fd_floor"), "{:.2f}")),
-        ("FD ratio (fd / floor)", f(m.get("fd_ratio"), "{:.2f}"), "1.00"),
-        ("median NN pixel dist to train", f(m.get("nn_dist_samples_median"), "{:.2f}"),
+    rows = [  # (label, key, format, floor)
+        ("samples (n)", "n", "{:d}", "-"),
+        (f"confident fraction (p > {conf:g})", "confident_fraction", "{:.3f}", f(m.get("floor_confident_fraction"))),
+        ("class entropy (1 = uniform)", "class_entropy", "{:.3f}", f(m.get("floor_class_entropy"))),
+        ("feature FD vs held-out (not Inception FID)", "fd", "{:.2f}", f(m.get("fd_floor"), "{:.2f}")),
+        ("FD ratio (fd / floor)", "fd_ratio", "{:.2f}", "1.00"),
+        ("median NN pixel dist to train", "nn_dist_samples_median", "{:.2f}",
          f(m.get("nn_dist_heldout_median"), "{:.2f}")),
-        ("NN ratio (< 0.5 suggests copying)", f(m.get("nn_ratio"), "{:.2f}"), "1.00"),
-        ("copied fraction", f(m.get("copied_fraction")), "-"),
+        ("NN ratio (< 0.5 suggests copying)", "nn_ratio", "{:.2f}", "1.00"),
+        ("copied fraction", "copied_fraction", "{:.3f}", "-"),
     ]
-    lines = ["| metric | samples | real held-out |", "|---|---:|---:|"]
-    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
-    hist = m.get("class_histogram")
-    if hist is not None:
-        lines.append("")
-        lines.append("predicted classes 0-9: " + " ".join(str(int(c)) for c in hist))
+    lines = ["| metric | " + " | ".join(columns) + " | real held-out |",
+             "|---|" + "---:|" * (len(columns) + 1)]
+    lines += [f"| {label} | " + " | ".join(f(c.get(key), fmt) for c in columns.values()) + f" | {floor} |"
+              for label, key, fmt, floor in rows]
+    for name, c in columns.items():
+        hist = c.get("class_histogram")
+        if hist is not None:
+            lines.append("")
+            prefix = "predicted classes 0-9" + (f" ({name})" if len(columns) > 1 else "")
+            lines.append(prefix + ": " + " ".join(str(int(v)) for v in hist))
     return "\n".join(lines)

@@ -5,6 +5,7 @@ Layout of a run directory:
 
     run/checkpoints/step-00001000/   model.safetensors  ema.safetensors  config.json
                                      train_state.safetensors  train_state.json
+                                     [guide.safetensors]  (the autoguidance snapshot, if any)
     run/checkpoints/latest           name of the newest complete checkpoint
 
 A checkpoint directory is written under a temporary name, flushed, then renamed; only then is
@@ -74,8 +75,10 @@ def _join_optimizer(tensors: dict, meta: dict) -> dict:
 
 
 def save_checkpoint(run_dir, step: int, *, model, ema_model, config: dict, optimizer=None,
-                    train_state: dict | None = None, rng: dict | None = None, keep: int = 2) -> Path:
-    """Write checkpoint ``step`` atomically and point ``latest`` at it; keep the newest ``keep``."""
+                    train_state: dict | None = None, rng: dict | None = None, keep: int = 2,
+                    guide: dict | None = None) -> Path:
+    """Write checkpoint ``step`` atomically and point ``latest`` at it; keep the newest ``keep``.
+    ``guide``: a state dict stored as guide.safetensors (the trainer's autoguidance snapshot)."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:08d}"
@@ -85,6 +88,8 @@ def save_checkpoint(run_dir, step: int, *, model, ema_model, config: dict, optim
         try:
             save_file(_contiguous(model.state_dict()), tmp / "model.safetensors")
             save_file(_contiguous(ema_model.state_dict()), tmp / "ema.safetensors")
+            if guide is not None:
+                save_file(_contiguous(guide), tmp / "guide.safetensors")
             tensors, meta = ({}, None) if optimizer is None else _split_optimizer(optimizer.state_dict())
             for k, v in (rng or {}).items():
                 tensors[f"rng.{k}"] = v.contiguous().cpu()
@@ -150,16 +155,19 @@ def read_config(ckpt_dir) -> dict:
 
 
 def load_checkpoint(path) -> dict:
-    """Everything a resume needs: config, weights, EMA weights, optimizer state, RNG states."""
+    """Everything a resume needs: config, weights, EMA weights, optimizer state, RNG states, and
+    the guide snapshot (None when the checkpoint has none)."""
     ckpt = find_checkpoint(path)
     cfg = read_config(ckpt)
     try:
         model_sd = load_file(ckpt / "model.safetensors")
         ema_sd = load_file(ckpt / "ema.safetensors")
+        guide_sd = load_file(ckpt / "guide.safetensors") if (ckpt / "guide.safetensors").exists() else None
         tensors = load_file(ckpt / "train_state.safetensors") if (ckpt / "train_state.safetensors").exists() else {}
         state = json.loads((ckpt / "train_state.json").read_text()) if (ckpt / "train_state.json").exists() else {}
     except Exception as e:  # safetensors raises its own error types on truncation
         raise CheckpointError(f"checkpoint {ckpt} is damaged: {e}") from e
     opt = _join_optimizer(tensors, state["optimizer"]) if state.get("optimizer") else None
     rng = {k[4:]: v for k, v in tensors.items() if k.startswith("rng.")}
-    return dict(path=ckpt, config=cfg, model=model_sd, ema=ema_sd, optimizer=opt, train_state=state, rng=rng)
+    return dict(path=ckpt, config=cfg, model=model_sd, ema=ema_sd, guide=guide_sd, optimizer=opt,
+                train_state=state, rng=rng)

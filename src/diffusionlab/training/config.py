@@ -76,6 +76,8 @@ class TrainConfig:
     grad_clip: float | None = 1.0
     ema_decay: float = 0.9995
     ema_power: float = 2 / 3
+    guide_at: float | None = None    # fraction of training at which the EMA weights are copied into
+    #                                  guide.safetensors (autoguidance's weaker model); None: none
     precision: str = "auto"          # auto | fp32 | bf16 | fp16
     device: str = "auto"             # auto | cpu | cuda | mps
     num_threads: int | None = None
@@ -128,9 +130,13 @@ def demo_config(**overrides) -> TrainConfig:
     Measured on 2 cores (5-minute runs, 500 samples): min-SNR-5 weighting and batch 32 were
     worse; DDPM ancestral sampling beat DDIM (eta 0 and 0.5) at 50 steps. 10-minute runs,
     1,000 samples (bench/NOTES.md): lr 5e-4 gave the best FD (2.7x the floor vs 3.2x at 1e-3 and
-    3.1x at 3e-3) at about the same confident fraction (0.71 vs 0.72 and 0.70), with fewer steps."""
+    3.1x at 3e-3) at about the same confident fraction (0.71 vs 0.72 and 0.70), with fewer steps.
+    guide_at 0.25 keeps the EMA weights of the first quarter as the autoguidance guide the demo
+    samples with (demo.DEMO_AUTOGUIDANCE; bench/NOTES.md "Autoguidance"): a snapshot at 27% and
+    weight 2.5 took the confident fraction from 0.67 to 0.83 at 25 DDPM steps; 13% was too weak a
+    guide (FD 3.9x), 40% and later too close to the model (0.76 at weight 2)."""
     cfg = TrainConfig(data="mnist", image_size=32, time_budget=600.0, out_dir="runs/demo", log_every=10,
-                      val_every=100, lr=5e-4)
+                      val_every=100, lr=5e-4, guide_at=0.25)
     return dataclasses.replace(cfg, **overrides)
 
 

@@ -218,6 +218,9 @@ class Trainer:
                                      weight_decay=cfg.weight_decay)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 and self.device.type == "cuda" else None
         self.ema = EMA(self.model, cfg.ema_decay, cfg.ema_power)
+        if cfg.guide_at is not None and not 0.0 < cfg.guide_at < 1.0:
+            raise ValueError(f"guide_at is a fraction of the training, in (0, 1); got {cfg.guide_at}")
+        self.guide_sd, self.guide_step = None, None
         self.gen = torch.Generator(device="cpu").manual_seed(cfg.seed * 7919 + 17)
         self.step, self.elapsed, self.planned = 0, 0.0, cfg.max_steps
         self._extractor, self._floor_needed = None, True
@@ -338,12 +341,16 @@ class Trainer:
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         config = {"kind": getattr(self.diffusion, "kind", "discrete_diffusion"), "model": {"type": "unet", "config": self.model_config()},
                   "diffusion": self.diffusion.config, "train": self.cfg.to_dict()}
-        state = {"planned_steps": self.planned, "elapsed_train_seconds": self.elapsed, "ema_step": self.ema.step}
+        state = {"planned_steps": self.planned, "elapsed_train_seconds": self.elapsed, "ema_step": self.ema.step,
+                 "guide_step": self.guide_step}
+        if self.guide_step is not None:
+            config["guide_step"] = self.guide_step
         loss_state = getattr(self.diffusion.loss_fn, "state_dict", None)
         if callable(loss_state) and loss_state():
             state["loss_state"] = loss_state()  # e.g. the importance sampler's loss history
         return save_checkpoint(self.out, self.step, model=self.model, ema_model=self.ema.model, config=config,
-                               optimizer=self.opt, train_state=state, rng=rng, keep=self.cfg.keep_checkpoints)
+                               optimizer=self.opt, train_state=state, rng=rng, keep=self.cfg.keep_checkpoints,
+                               guide=self.guide_sd)
 
     def model_config(self) -> dict:
         return getattr(self.model, "config", {})
@@ -364,6 +371,7 @@ class Trainer:
         self.planned = st.get("planned_steps") if self.cfg.max_steps is None else self.cfg.max_steps
         self.elapsed = st.get("elapsed_train_seconds", 0.0)
         self.ema.step = st.get("ema_step", self.step)
+        self.guide_sd, self.guide_step = ck.get("guide"), st.get("guide_step")
         if "loss_state" in st:
             self.diffusion.loss_fn.load_state_dict(st["loss_state"])
         if "train" in ck["rng"]:
@@ -417,6 +425,19 @@ class Trainer:
             per_step = self.elapsed / self.step
             self.planned = self.step + int(max(0.0, cfg.time_budget - self.elapsed) / per_step)
 
+    def _snapshot_guide(self) -> None:
+        """Autoguidance (Karras et al. 2024) guides a model with a weaker version of itself; a
+        copy of the EMA weights from early in the same run is one (same architecture and data,
+        the same kinds of errors, only larger). Taken once, at guide_at x the planned steps
+        (re-estimated under a time budget), and written into every later checkpoint."""
+        cfg = self.cfg
+        if cfg.guide_at is None or self.guide_sd is not None or not self.planned:
+            return
+        if self.step >= math.ceil(cfg.guide_at * self.planned):
+            self.guide_sd = {k: v.detach().clone() for k, v in self.ema.model.state_dict().items()}
+            self.guide_step = self.step
+            self.log({"step": self.step, "guide_snapshot": self.step})
+
     def _on_sigint(self, signum, frame):
         if self._stop:
             raise KeyboardInterrupt
@@ -447,6 +468,7 @@ class Trainer:
                 self.elapsed += dt
                 window_t, window_n = window_t + dt, window_n + 1
                 self._replan()
+                self._snapshot_guide()
                 if self.step % cfg.log_every == 0 or self.step == 1:
                     ips = window_n * cfg.batch_size * cfg.grad_accum / max(window_t, 1e-9)
                     self.log({"step": self.step, "loss": loss, "lr": self.opt.param_groups[0]["lr"],
