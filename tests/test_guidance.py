@@ -79,7 +79,8 @@ def test_autoguidance_formula_and_limits():
     sigma = torch.rand(16, generator=g, dtype=torch.float64) * 5
     for w in (0.0, 0.5, 2.0, 3.0):
         out = Autoguided(main, guide, w)(x, sigma)
-        assert torch.allclose(out, guide(x, sigma) + w * (main(x, sigma) - guide(x, sigma)))
+        assert out.dtype == torch.float64   # no detour through float32
+        assert torch.allclose(out, guide(x, sigma) + w * (main(x, sigma) - guide(x, sigma)), rtol=1e-12, atol=1e-12)
     assert torch.allclose(Autoguided(main, guide, 0.0)(x, sigma), guide(x, sigma))
     assert autoguidance(main, guide, 1.0) is main and autoguidance(main, None, 2.0) is main
 

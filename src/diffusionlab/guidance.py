@@ -88,7 +88,8 @@ class Autoguided(_Wrapper):
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond=None) -> torch.Tensor:
         d = self.denoiser(x, sigma, cond)
         g = self.guide(x, sigma, cond)
-        return torch.lerp(g.float(), d.float(), self.weight).to(d.dtype)
+        dt = torch.promote_types(torch.promote_types(d.dtype, g.dtype), torch.float32)  # bf16 -> fp32, fp64 stays
+        return torch.lerp(g.to(dt), d.to(dt), self.weight).to(d.dtype)
 
 
 def autoguidance(denoiser: Denoiser, guide: Denoiser | None, weight: float = 1.0) -> Denoiser:
