@@ -1,6 +1,7 @@
 """Assemble bench/RESULTS.md from the stage reports that `make bench` (re)writes.
 
     python bench/report.py            # -> bench/RESULTS.md
+    python bench/report.py --demo runs/demo   # first take that run's report.md as RESULTS_demo.md
 
 Every stage writes its own markdown (with its date and command) and plots; this script only
 puts them together, in order, under one header, so RESULTS.md is always a regenerated file and
@@ -30,7 +31,27 @@ STAGES = [
     ("RESULTS_trained_samplers.md", "Fast samplers on a trained MNIST model (not part of make bench)",
      ".venv/bin/python bench/trained_samplers.py --ckpt runs/demo"),
     ("RESULTS_likelihood.md", "Likelihood: VLB and ODE bits/dim (not part of make bench)", "make bench-likelihood"),
+    ("RESULTS_demo.md", "The make demo run (not part of make bench)",
+     "make demo && python bench/report.py --demo runs/demo"),
 ]
+
+
+def take_demo(run_dir: str, bench_dir: str = HERE) -> str:
+    """RESULTS_demo.md from a demo run: its report.md under the date and git commit of the run."""
+    import json
+
+    report = open(os.path.join(run_dir, "report.md")).read()
+    info = json.load(open(os.path.join(run_dir, "run.json")))
+    date = datetime.datetime.fromtimestamp(os.path.getmtime(os.path.join(run_dir, "report.md"))).astimezone()
+    first, _, rest = report.partition("\n")
+    text = "\n".join([first, "", f"- date: {date.isoformat(timespec='seconds')}",
+                      f"- command: `make demo` (run directory {run_dir}, git {info.get('git_commit')})",
+                      rest.lstrip("\n")])
+    path = os.path.join(bench_dir, "RESULTS_demo.md")
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+    return path
 
 
 def demote(text: str) -> str:
@@ -64,7 +85,10 @@ def build(bench_dir: str = HERE) -> str:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=os.path.join(HERE, "RESULTS.md"))
+    ap.add_argument("--demo", default=None, metavar="RUN", help="first copy RUN/report.md to RESULTS_demo.md")
     a = ap.parse_args(argv)
+    if a.demo:
+        print(f"wrote {take_demo(a.demo, os.path.dirname(os.path.abspath(a.out)))}")
     text = build(os.path.dirname(os.path.abspath(a.out)))
     with open(a.out + ".tmp", "w") as f:
         f.write(text)

@@ -341,9 +341,8 @@ class Trainer:
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         config = {"kind": getattr(self.diffusion, "kind", "discrete_diffusion"), "model": {"type": "unet", "config": self.model_config()},
                   "diffusion": self.diffusion.config, "train": self.cfg.to_dict()}
-        state = {"planned_steps": self.planned, "elapsed_train_seconds": self.elapsed, "ema_step": self.ema.step,
-                 "guide_step": self.guide_step}
-        if self.guide_step is not None:
+        state = {"planned_steps": self.planned, "elapsed_train_seconds": self.elapsed, "ema_step": self.ema.step}
+        if self.guide_step is not None:  # in config.json: loaders read it there, and so does resume
             config["guide_step"] = self.guide_step
         loss_state = getattr(self.diffusion.loss_fn, "state_dict", None)
         if callable(loss_state) and loss_state():
@@ -371,7 +370,7 @@ class Trainer:
         self.planned = st.get("planned_steps") if self.cfg.max_steps is None else self.cfg.max_steps
         self.elapsed = st.get("elapsed_train_seconds", 0.0)
         self.ema.step = st.get("ema_step", self.step)
-        self.guide_sd, self.guide_step = ck.get("guide"), st.get("guide_step")
+        self.guide_sd, self.guide_step = ck["guide"], ck["config"].get("guide_step")
         if "loss_state" in st:
             self.diffusion.loss_fn.load_state_dict(st["loss_state"])
         if "train" in ck["rng"]:
