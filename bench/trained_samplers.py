@@ -25,7 +25,7 @@ from diffusionlab.demo import sample_many
 from diffusionlab.evaluation.digits import (_load_real, extract_features, feature_stats, frechet_distance,
                                             load_digit_classifier)
 from diffusionlab.loading import load_denoiser
-from diffusionlab.sampling import _CountingDenoiser as CallCounter  # counts calls in .nfe
+from diffusionlab.sampling import CountingDenoiser as CallCounter  # counts calls in .nfe
 
 REFERENCE = ("ddpm", 250, {}, "auto")
 CONFIGS = [

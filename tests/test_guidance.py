@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import diffusionlab as dl
+from diffusionlab.denoiser import DenoiserInfo
 from diffusionlab.guidance import Autoguided, Clipped, DynamicThreshold, autoguidance, threshold
 
 from oracles import GaussianOracle, MixtureOracle
@@ -109,6 +110,6 @@ def test_bad_autoguidance_arguments():
     with pytest.raises(ValueError, match="finite number >= 0"):
         Autoguided(main, main, float("nan"))
     a, b = _oracle(1.0), _oracle(1.0)
-    a.image_shape, b.image_shape = (1, 32, 32), (3, 32, 32)
+    a.info, b.info = DenoiserInfo(image_shape=(1, 32, 32)), DenoiserInfo(image_shape=(3, 32, 32))
     with pytest.raises(ValueError, match="shape"):
         Autoguided(a, b, 2.0)

@@ -10,7 +10,7 @@ import torch
 from scipy import integrate, stats
 
 import diffusionlab as dl
-from diffusionlab.denoiser import DiscreteDenoiser, SDEDenoiser
+from diffusionlab.denoiser import DenoiserInfo, DiscreteDenoiser, SDEDenoiser
 from diffusionlab.likelihood import (BPD_OFFSET_ODE, discretized_gaussian_log_likelihood, gaussian_log_likelihood,
                                      log_likelihood, normal_kl, ode_bits_per_dim, prior_log_prob, quantize_8bit,
                                      vlb, vlb_terms)
@@ -267,6 +267,10 @@ class FullCovGaussian:
 
     def prior_std(self, sigma):
         return math.sqrt(1 + sigma ** 2) if self.vp else sigma
+
+    @property
+    def info(self):  # the protocol: sigma range and prior declared in one record
+        return DenoiserInfo(sigma_min=self.sigma_min, sigma_max=self.sigma_max, prior="vp" if self.vp else "ve")
 
     def log_p(self, x, sigma):
         cov = self.S + sigma ** 2 * torch.eye(self.d, dtype=F64)

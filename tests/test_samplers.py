@@ -214,10 +214,12 @@ def test_tuned_grid_is_decreasing_within_range_and_ends_in_zero(steps):
 
 
 def test_ladder_grid_picks_levels_of_an_ncsn_ladder():
+    from diffusionlab.denoiser import DenoiserInfo
     from diffusionlab.sampling import resolve_sigmas
 
-    class Ladder:
+    class Ladder:  # a denoiser that declares a noise ladder (DenoiserInfo)
         ladder = torch.logspace(2, -2, 30, dtype=F64)
+        info = DenoiserInfo(ladder=ladder)
 
     full = resolve_sigmas(Ladder(), 100, schedule="ladder")
     assert torch.equal(full[:-1], Ladder.ladder) and full[-1] == 0

@@ -83,7 +83,14 @@ def _add_train(sub):
     p.add_argument("--eval-every", type=int, help="sample-quality evaluation every N steps (metrics.jsonl, eval.png)")
     p.add_argument("--eval-n", type=int, help="samples per evaluation (500)")
     p.add_argument("--eval-steps", type=int, help="sampler steps per evaluation (20)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its newest intact checkpoint (damaged newer ones are "
+                        "renamed aside as step-N.damaged, with a message)")
+    p.add_argument("--strict-resume", action="store_true",
+                   help="with --resume: stop at a damaged newest checkpoint instead of falling back")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a run already in --out (its checkpoints, metrics, samples); without it, "
+                        "training into a folder that holds checkpoints is refused")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -150,7 +157,9 @@ def cmd_train(a) -> int:
     from .training import Trainer
 
     cfg = _train_config(a)
-    summary = Trainer(config=cfg, resume=a.resume).train()
+    if a.strict_resume and not a.resume:
+        raise ValueError("--strict-resume applies to --resume")
+    summary = Trainer(config=cfg, resume=a.resume, overwrite=a.overwrite, strict_resume=a.strict_resume).train()
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -241,9 +250,10 @@ def _sampler_knobs(a) -> dict:
 def _load(a):
     import torch
 
+    from .denoiser import info_of
+    from .devices import pick_precision
     from .loading import load_denoiser
     from .samplers import SAMPLERS
-    from .training.trainer import pick_precision
 
     if a.sampler != "auto" and a.sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {a.sampler!r}; run `diffusionlab samplers` for the list")
@@ -258,11 +268,11 @@ def _load(a):
         guide = (load_denoiser(a.guide, autocast_dtype=dtype) if a.guide is not None
                  else load_denoiser(a.ckpt, autocast_dtype=dtype, weights="guide"))
         den = autoguidance(den, guide, w)
+    info = info_of(den)
     if a.sampler == "auto":
-        own = getattr(den, "default_sampler", None)
-        a.sampler = own if own in SAMPLERS else "ddim"
+        a.sampler = info.default_sampler if info.default_sampler in SAMPLERS else "ddim"
     if a.steps is None:
-        a.steps = getattr(den, "default_steps", None) or 50
+        a.steps = info.default_steps or 50
     from .guidance import threshold
 
     return threshold(den, getattr(a, "threshold", "none"), getattr(a, "threshold_p", 0.995))
@@ -274,18 +284,20 @@ def cmd_sample(a) -> int:
     import numpy as np
     import torch
 
+    from .denoiser import info_of
+    from .rng import per_sample_generators
     from .sampling import sample
     from .viz import save_gif, save_grid
 
     den = _load(a)
     knobs = _sampler_knobs(a)
-    shape = den.image_shape
+    shape = info_of(den).image_shape
     if a.n < 1:
         raise ValueError("--n must be at least 1")
     out, frames = [], []
     for start in range(0, a.n, a.batch_size):
         idx = range(start, min(a.n, start + a.batch_size))
-        gens = [torch.Generator().manual_seed(a.seed * 1_000_003 + i) for i in idx]
+        gens = per_sample_generators(a.seed, idx)
         cb = None
         if a.gif and start == 0:
             def cb(d):
@@ -299,10 +311,27 @@ def cmd_sample(a) -> int:
     if a.gif:
         save_gif(frames, a.gif, nrow=int(math.ceil(math.sqrt(len(frames[0])))))
     if a.npy:
-        Path(a.npy).parent.mkdir(parents=True, exist_ok=True)
-        np.save(a.npy, x.numpy())
+        write_npy(a.npy, x)
     print(f"wrote {a.out}" + (f", {a.gif}" if a.gif else "") + (f", {a.npy}" if a.npy else ""))
     return 0
+
+
+def write_npy(path, x) -> None:
+    """The one ``--npy`` format (what the pipelines read back): float32 [N, C, H, W] clamped to
+    [-1, 1], written atomically."""
+    import io
+
+    import numpy as np
+
+    from .checkpoint import atomic_write
+
+    arr = np.ascontiguousarray(x.detach().float().clamp(-1, 1).cpu().numpy(), dtype=np.float32)
+    if arr.ndim != 4:
+        raise ValueError(f"--npy writes [N, C, H, W] images, got shape {arr.shape}")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    atomic_write(path, buf.getvalue())
 
 
 def _add_noise(sub):
@@ -411,8 +440,9 @@ def cmd_eval(a) -> int:
     import numpy as np
     import torch
 
-    from .demo import sample_many
+    from .denoiser import info_of
     from .evaluation import digit_metrics, format_digit_metrics, load_digit_classifier
+    from .sampling import sample_many
 
     if bool(a.ckpt) == bool(a.images):
         raise ValueError("give exactly one of --ckpt or --images")
@@ -428,10 +458,10 @@ def cmd_eval(a) -> int:
         x = _read_images(a.images, a.image_size)
     else:
         den = _load(a)
-        x = sample_many(den, den.image_shape, a.n, a.sampler, a.steps, seed=a.seed, batch_size=a.batch_size,
+        x = sample_many(den, info_of(den).image_shape, a.n, a.sampler, a.steps, seed=a.seed, batch_size=a.batch_size,
                         schedule=a.schedule, **_sampler_knobs(a))
         if reference is None:
-            from .training.checkpoint import find_checkpoint, read_config
+            from .checkpoint import find_checkpoint, read_config
             reference = read_config(find_checkpoint(a.ckpt)).get("train", {}).get("data", "mnist")
     reference = reference or "mnist"
     channels, size = x.shape[1], x.shape[-1]
@@ -521,13 +551,13 @@ def _eval_nll(a) -> int:
     """``eval --nll vlb|ode``: bits/dim of held-out data (module likelihood.py)."""
     from .likelihood import ode_bits_per_dim, vlb
     from .loading import load_denoiser
-    from .training.checkpoint import find_checkpoint, read_config
+    from .checkpoint import find_checkpoint, read_config
 
     if a.images:
         raise ValueError("--nll measures a model on held-out data: give --ckpt, not --images")
     den = load_denoiser(a.ckpt, use_ema=True)  # fp32: likelihoods need the precision
     cfg = read_config(find_checkpoint(a.ckpt))
-    x, data = _heldout(a, cfg, den.image_shape)
+    x, data = _heldout(a, cfg, den.info.image_shape)
     if a.nll == "vlb":
         if a.vlb_t is not None and a.vlb_t < 1:
             raise ValueError("--vlb-t must be >= 1")
@@ -619,7 +649,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from .training.checkpoint import CheckpointError
+    from .checkpoint import CheckpointError
     from .training.trainer import TrainingDiverged
 
     try:
@@ -627,7 +657,7 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError, NotADirectoryError, CheckpointError, TrainingDiverged) as e:
         kind = type(e).__name__
         print(f"diffusionlab {args.command}: error: {e}", file=sys.stderr)
-        print(f"hint: {HINTS.get(kind, 'see --help')}", file=sys.stderr)
+        print(f"hint: {getattr(e, 'hint', None) or HINTS.get(kind, 'see --help')}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

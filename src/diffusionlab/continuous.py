@@ -122,12 +122,12 @@ class ContinuousDiffusion(nn.Module):
         """The model's own sampler (EDM: heun, NCSN: annealed_langevin) when registered, else DDIM."""
         from .samplers import SAMPLERS
 
-        name = getattr(self.denoiser, "default_sampler", None)
+        name = self.denoiser.info.default_sampler
         return name if name in SAMPLERS else "ddim"
 
     def sample(self, batch_size: int = 16, cond=None, generator=None, sampler: str | None = None,
                steps: int | None = None, return_all_timesteps: bool = False, autocast_dtype=None, **knobs):
         """Images in [0, 1] (see ``GaussianDiffusion.sample``)."""
-        steps = steps or getattr(self.denoiser, "default_steps", None) or self.sampling_steps
+        steps = steps or self.denoiser.info.default_steps or self.sampling_steps
         return sample_images(self, self.denoiser, batch_size, sampler or self.default_sampler(), steps, cond,
                              generator, return_all_timesteps, autocast_dtype, **knobs)

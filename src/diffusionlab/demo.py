@@ -15,16 +15,19 @@ from pathlib import Path
 
 import torch
 
+from .checkpoint import CheckpointError, write_json_atomic
+from .rng import per_sample_generators, randn
+from .sampling import sample_many  # noqa: F401 (lives in sampling.py; re-exported for older imports)
 from .training import Trainer, demo_config
-from .training.checkpoint import CheckpointError, write_json_atomic
 
 DEMO_AUTOGUIDANCE = 2.5
 DEMO_STEPS = 25  # DDPM ancestral steps; with autoguidance 50 network evaluations
 
 
 def write_visuals(run_dir: Path, denoiser, cfg, sampler: str, steps: int, seed: int = 0,
-                  n_grid: int = 64) -> dict:
-    """samples.png (8x8), denoising.gif (x_t from noise to digits), noising.png, loss.png."""
+                  n_grid: int = 64, schedule=None) -> dict:
+    """samples.png (8x8), denoising.gif (x_t from noise to digits), noising.png (the forward
+    process of ``schedule``, the model's DiscreteSchedule), loss.png."""
     from .data import load_mnist
     from .sampling import sample
     from .viz import plot_losses, read_jsonl, save_gif, save_grid, save_noising_strip
@@ -35,35 +38,19 @@ def write_visuals(run_dir: Path, denoiser, cfg, sampler: str, steps: int, seed: 
     def keep(d):  # x_t in VP coordinates so every frame is on the image scale
         frames.append((d["x"] / math.sqrt(1 + d["sigma_next"] ** 2)).float().cpu())
 
-    gens = [torch.Generator().manual_seed(seed * 1_000_003 + i) for i in range(n_grid)]
-    noise = torch.stack([torch.randn(shape[1:], generator=g) for g in gens])
+    gens = per_sample_generators(seed, range(n_grid))
+    noise = randn(shape, gens)
     x = sample(denoiser, shape, sampler=sampler, steps=steps, generator=gens, noise=noise, callback=keep)
     frames.insert(0, noise)
     save_grid(x.float().cpu(), run_dir / "samples.png", nrow=8, upscale=2)
     save_gif(frames, run_dir / "denoising.gif", nrow=8, upscale=2)
-    T = denoiser.schedule.T
+    T = schedule.T
     ts = [round(T * k / 7) for k in range(8)]
     digit = load_mnist("heldout", cfg.image_size)[0]
-    save_noising_strip(digit, denoiser.schedule.abar.float(), ts, run_dir / "noising.png",
+    save_noising_strip(digit, schedule.abar.float(), ts, run_dir / "noising.png",
                        generator=torch.Generator().manual_seed(seed))
     plot_losses(read_jsonl(run_dir / "metrics.jsonl"), run_dir / "loss.png")
     return {"noising_t": ts}
-
-
-def sample_many(denoiser, shape_one, n: int, sampler: str, steps: int, seed: int = 0,
-                batch_size: int = 250, progress: bool = True, **knobs) -> torch.Tensor:
-    """n samples with per-sample seeds (independent of batch size); ``knobs`` go to the sampler."""
-    from tqdm.auto import tqdm
-
-    from .sampling import sample
-
-    out = []
-    for start in tqdm(range(0, n, batch_size), disable=not progress, desc="sample", unit="batch"):
-        idx = range(start, min(n, start + batch_size))
-        gens = [torch.Generator().manual_seed(seed * 1_000_003 + 7 + i) for i in idx]
-        out.append(sample(denoiser, (len(idx), *shape_one), sampler=sampler, steps=steps, generator=gens,
-                          **knobs).float().cpu())
-    return torch.cat(out)
 
 
 def write_report(run_dir: Path, summary: dict, metrics: dict, sampling: dict, cfg,
@@ -108,7 +95,7 @@ def run_demo(out_dir: str = "runs/demo", time_budget: float = 600.0, n_eval: int
     run_dir = Path(out_dir)
     cfg = demo_config(out_dir=str(run_dir), time_budget=time_budget, progress=progress,
                       sample_sampler=sampler, sample_steps=steps, **overrides)
-    trainer = Trainer(config=cfg)
+    trainer = Trainer(config=cfg, overwrite=True)  # the demo replaces its own run folder
     summary = trainer.train()
     summary.update(parameters=sum(p.numel() for p in trainer.model.parameters()),
                    precision=str(trainer.amp_dtype or "fp32"), threads=trainer.threads)
@@ -124,7 +111,7 @@ def run_demo(out_dir: str = "runs/demo", time_budget: float = 600.0, n_eval: int
         else:
             guide.net.to(memory_format=torch.channels_last)
             den, guide_step = guided(plain, guide, autoguidance), trainer.guide_step
-    write_visuals(run_dir, den, cfg, sampler, steps)
+    write_visuals(run_dir, den, cfg, sampler, steps, schedule=plain.schedule)
     classifier = load_digit_classifier()  # trained once and cached; not part of the budget
     shape = (cfg.model.channels, cfg.image_size, cfg.image_size)
     t0 = time.perf_counter()

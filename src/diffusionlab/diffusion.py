@@ -17,6 +17,7 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
+from . import rng
 from .denoiser import DiscreteDenoiser, canonical_objective
 from .losses import DiscreteLoss
 from .sampling import sample as dl_sample
@@ -91,7 +92,7 @@ class GaussianDiffusion(nn.Module):
         """Images in [0, 1], [B, C, H, W] (or [B, steps + 1, C, H, W] with return_all_timesteps)."""
         steps = steps or self.sampling_timesteps
         if sampler is None:  # a learned-variance model samples ancestrally on the respaced chain
-            learned = getattr(self.denoiser, "learned_variance", False)
+            learned = self.denoiser.learned_variance
             sampler = "ddpm" if steps == self.num_timesteps or learned else "ddim"
             if sampler == "ddim":
                 knobs.setdefault("eta", self.ddim_sampling_eta)
@@ -127,9 +128,10 @@ def sample_images(diffusion: nn.Module, denoiser, batch_size: int, sampler: str,
 # The seeds' from-scratch helpers, importable under their tutorial names.
 def p_losses(denoise_model, x_start, t, noise=None, loss_type="l1", schedule: DiscreteSchedule | None = None,
              generator=None):
-    """The seeds' eps-prediction training loss at given timesteps t (0-based LongTensor)."""
+    """The seeds' eps-prediction training loss at given timesteps t (0-based LongTensor).
+    ``noise`` None: drawn from ``generator`` (None: torch's global RNG, see rng.py) on x_start's device."""
     schedule = schedule or DiscreteSchedule.from_name("linear", 1000)
     if noise is None:
-        noise = torch.randn(x_start.shape, generator=generator, dtype=x_start.dtype)
+        noise = rng.randn(x_start.shape, generator, x_start.device, x_start.dtype)
     fn = DiscreteLoss(schedule, "eps", loss_type)
     return fn(denoise_model, x_start, t=t, eps=noise).mean()

@@ -31,31 +31,25 @@ from __future__ import annotations
 
 import torch
 
-from .denoiser import Denoiser
+from .denoiser import Denoiser, DenoiserWrapper, info_of
 
 THRESHOLDS = ("none", "clip", "dynamic")
 
 
-class _Wrapper:
-    def __getattr__(self, name):  # the wrapped denoiser's attributes (net, schedule, ...)
-        if name == "denoiser":
-            raise AttributeError(name)
-        return getattr(self.denoiser, name)
-
-
-class Clipped(_Wrapper):
+class Clipped(DenoiserWrapper):
     """x0_hat clamped to [lo, hi] (static thresholding, DDPM's clip_denoised)."""
 
     def __init__(self, denoiser: Denoiser, lo: float = -1.0, hi: float = 1.0):
         if not lo < hi:
             raise ValueError(f"clip range needs lo < hi, got [{lo}, {hi}]")
-        self.denoiser, self.lo, self.hi = denoiser, float(lo), float(hi)
+        super().__init__(denoiser)
+        self.lo, self.hi = float(lo), float(hi)
 
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond=None) -> torch.Tensor:
-        return self.denoiser(x, sigma, cond).clamp(self.lo, self.hi)
+    def denoise(self, x, sigma, cond, inner):
+        return inner(x, sigma, cond).clamp(self.lo, self.hi)
 
 
-class DynamicThreshold(_Wrapper):
+class DynamicThreshold(DenoiserWrapper):
     """Imagen's dynamic thresholding with percentile ``p`` of |x0_hat| per sample."""
 
     def __init__(self, denoiser: Denoiser, p: float = 0.995, max_value: float = 1.0):
@@ -63,30 +57,33 @@ class DynamicThreshold(_Wrapper):
             raise ValueError(f"dynamic threshold percentile must be in (0, 1], got {p}")
         if max_value <= 0:
             raise ValueError(f"dynamic threshold max_value must be > 0, got {max_value}")
-        self.denoiser, self.p, self.max_value = denoiser, float(p), float(max_value)
+        super().__init__(denoiser)
+        self.p, self.max_value = float(p), float(max_value)
 
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond=None) -> torch.Tensor:
-        x0 = self.denoiser(x, sigma, cond)
+    def denoise(self, x, sigma, cond, inner):
+        x0 = inner(x, sigma, cond)
         flat = x0.reshape(x0.shape[0], -1).abs().float()
         s = torch.quantile(flat, self.p, dim=1).clamp_min(self.max_value).to(x0.dtype)
         s = s.reshape(-1, *([1] * (x0.dim() - 1)))
         return x0.clamp(-s, s) / s * self.max_value
 
 
-class Autoguided(_Wrapper):
-    """``guide + weight (denoiser - guide)``; see the module docstring."""
+class Autoguided(DenoiserWrapper):
+    """``guide + weight (denoiser - guide)``; see the module docstring. A learned-variance model
+    keeps its own variance (the guide changes the mean only)."""
 
     def __init__(self, denoiser: Denoiser, guide: Denoiser, weight: float):
         weight = float(weight)
         if not (weight >= 0.0 and weight < float("inf")):
             raise ValueError(f"autoguidance weight must be a finite number >= 0, got {weight}")
-        a, b = getattr(denoiser, "image_shape", None), getattr(guide, "image_shape", None)
+        a, b = info_of(denoiser).image_shape, info_of(guide).image_shape
         if a is not None and b is not None and tuple(a) != tuple(b):
             raise ValueError(f"the guide denoises images of shape {tuple(b)}, the model {tuple(a)}")
-        self.denoiser, self.guide, self.weight = denoiser, guide, weight
+        super().__init__(denoiser)
+        self.guide, self.weight = guide, weight
 
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond=None) -> torch.Tensor:
-        d = self.denoiser(x, sigma, cond)
+    def denoise(self, x, sigma, cond, inner):
+        d = inner(x, sigma, cond)
         g = self.guide(x, sigma, cond)
         dt = torch.promote_types(torch.promote_types(d.dtype, g.dtype), torch.float32)  # bf16 -> fp32, fp64 stays
         return torch.lerp(g.to(dt), d.to(dt), self.weight).to(d.dtype)

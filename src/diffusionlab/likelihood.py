@@ -58,59 +58,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-LOG2 = math.log(2.0)
-BUCKET_HALF_WIDTH = 1.0 / 255.0        # half-width of an 8-bit bucket in [-1, 1] space
+from .process import (BUCKET_HALF_WIDTH, LOG2, discretized_gaussian_log_likelihood,  # noqa: F401 (re-exported)
+                      gaussian_log_likelihood, learned_log_variance, log_normal_cdf_diff, normal_kl,
+                      step_variances)
+from . import rng
+from .denoiser import info_of
+
 BPD_OFFSET_ODE = math.log2(127.5)      # added to E[-ln p(y + u)] / (D ln 2) on the ODE path
-
-
-# ------------------------------------------------------------------ closed forms
-def normal_kl(mean1, logvar1, mean2, logvar2, mean_diff=None) -> torch.Tensor:
-    """KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)), element-wise, in nats. ``mean_diff``
-    (= mean1 - mean2) may be given instead of the means, to avoid subtracting large numbers."""
-    logvar1, logvar2 = (v if torch.is_tensor(v) else torch.tensor(v, dtype=torch.float64) for v in (logvar1, logvar2))
-    d = mean1 - mean2 if mean_diff is None else mean_diff
-    return 0.5 * (logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + d ** 2 * torch.exp(-logvar2) - 1.0)
-
-
-def _log1mexp(a: torch.Tensor) -> torch.Tensor:
-    """log(1 - e^a) for a <= 0, accurate everywhere (Maechler 2012)."""
-    return torch.where(a > -LOG2, torch.log(-torch.expm1(a)), torch.log1p(-torch.exp(a)))
-
-
-def log_normal_cdf_diff(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """log(Phi(b) - Phi(a)) for a < b, without cancellation: in the upper tail use
-    Phi(b) - Phi(a) = Phi(-a) - Phi(-b); then log Phi(hi) + log(1 - Phi(lo) / Phi(hi))
-    with log_ndtr."""
-    flip = a > 0
-    lo = torch.where(flip, -b, a)
-    hi = torch.where(flip, -a, b)
-    lhi = torch.special.log_ndtr(hi)
-    return lhi + _log1mexp(torch.special.log_ndtr(lo) - lhi)
-
-
-def discretized_gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor,
-                                        half_width: float = BUCKET_HALF_WIDTH, lo: float = -1.0,
-                                        hi: float = 1.0) -> torch.Tensor:
-    """log P(bucket of x) under N(mean, e^(2 log_scale)), element-wise, in nats (float64 inside).
-
-    x holds 8-bit values in [-1, 1] (k / 127.5 - 1); the bucket is [x - 1/255, x + 1/255],
-    and the lowest / highest buckets extend to -inf / +inf, so the 256 probabilities sum to 1.
-    Exact: Phi differences through log_ndtr (no tanh approximation, no clamping)."""
-    x, mean, log_scale = (torch.as_tensor(v).to(torch.float64) for v in (x, mean, log_scale))
-    inv = torch.exp(-log_scale)
-    z_lo = (x - half_width - mean) * inv
-    z_hi = (x + half_width - mean) * inv
-    at_lo = x <= lo + half_width * 1e-3
-    at_hi = x >= hi - half_width * 1e-3
-    inner = log_normal_cdf_diff(z_lo, z_hi)
-    out = torch.where(at_lo, torch.special.log_ndtr(z_hi), inner)
-    return torch.where(at_hi, torch.special.log_ndtr(-z_lo), out)
-
-
-def gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
-    """log N(x; mean, e^(2 log_scale)), element-wise, in nats: the continuous decoder."""
-    z = (x - mean) * torch.exp(-log_scale)
-    return -0.5 * z ** 2 - log_scale - 0.5 * math.log(2 * math.pi)
 
 
 def quantize_8bit(x: torch.Tensor) -> torch.Tensor:
@@ -120,28 +74,6 @@ def quantize_8bit(x: torch.Tensor) -> torch.Tensor:
 
 def nats_to_bpd(nats: torch.Tensor, dims: int) -> torch.Tensor:
     return nats / (dims * LOG2)
-
-
-# ------------------------------------------------------------------ sigma-space step variances
-def step_variances(sigma: float, sigma_next: float) -> tuple[float, float]:
-    """(small, large) variance of p(x_s | x_t) in sigma-space for the step sigma -> sigma_next:
-    small = the posterior's sigma_s^2 (1 - sigma_s^2 / sigma_t^2) (DDPM's beta_tilde);
-    large = DDPM's beta (strided: 1 - abar_t / abar_s) mapped to sigma-space,
-    (sigma_t^2 - sigma_s^2) (1 + sigma_s^2) / (1 + sigma_t^2). sigma = inf is allowed."""
-    if math.isinf(sigma):
-        return sigma_next ** 2, 1.0 + sigma_next ** 2
-    small = sigma_next ** 2 * (sigma ** 2 - sigma_next ** 2) / sigma ** 2
-    large = (sigma ** 2 - sigma_next ** 2) * (1 + sigma_next ** 2) / (1 + sigma ** 2)
-    return small, large
-
-
-def learned_log_variance(frac: torch.Tensor, sigma: float, sigma_next: float) -> torch.Tensor:
-    """Improved DDPM's learned variance for the step sigma -> sigma_next (any strided grid):
-    exp(v log large + (1 - v) log small) with the model's interpolation weight v (its extra
-    output channel, (raw + 1) / 2, not clamped, as Nichol & Dhariwal). For sigma_next = 0 the
-    small variance is 0; the caller uses ``decoder_log_variance`` there."""
-    small, large = step_variances(sigma, sigma_next)
-    return frac * math.log(large) + (1 - frac) * math.log(small)
 
 
 def decoder_log_variance(sigma_1: float, sigma_2: float, variance: str, frac=None):
@@ -170,25 +102,25 @@ def vlb_grid(denoiser, T: int | None = None) -> torch.Tensor:
     model's own table (T must be None or its length); an SDE model: uniform in t on
     [eps_t, 1] (score_sde's discretization, default T = 1000); otherwise log-uniform between
     sigma_min and sigma_max."""
-    table = getattr(denoiser, "table_sigmas", None)
+    info = info_of(denoiser)
+    table = info.table_sigmas
     if table is not None:
         if T not in (None, len(table)):
             raise ValueError(f"a discrete model's VLB runs over its own {len(table)} steps, not {T}")
         return table.detach().cpu().to(torch.float64)
     T = T or 1000
-    sde = getattr(denoiser, "sde", None)
+    sde = info.sde
     if sde is not None:
         t = torch.linspace(sde.eps_t if sde.eps_t > 0 else 1.0 / T, sde.T, T, dtype=torch.float64)
         return sde.sigma(t)
-    lo, hi = float(denoiser.sigma_min), float(denoiser.sigma_max)
+    lo, hi = float(info.sigma_min), float(info.sigma_max)
     return torch.linspace(math.log(lo), math.log(hi), T, dtype=torch.float64).exp()
 
 
 def prior_log_prob(denoiser, x: torch.Tensor, sigma: float) -> torch.Tensor:
     """log density of the model's prior at noise level sigma, summed per sample (sigma-space):
     N(0, prior_std(sigma)^2 I); a bare function uses prior_std = sigma (VE)."""
-    fn = getattr(denoiser, "prior_std", None)
-    std = fn(sigma) if callable(fn) else sigma
+    std = info_of(denoiser).prior_std(sigma)
     ls = torch.full_like(x, math.log(std))
     return gaussian_log_likelihood(x, torch.zeros_like(x), ls).flatten(1).sum(1)
 
@@ -198,8 +130,7 @@ def _prior_kl(denoiser, x0: torch.Tensor, sigma_T: float) -> torch.Tensor:
     x_T is the unit noise whatever x0)."""
     if math.isinf(sigma_T):
         return torch.zeros(x0.shape[0], dtype=torch.float64, device=x0.device)
-    fn = getattr(denoiser, "prior_std", None)
-    std = fn(sigma_T) if callable(fn) else sigma_T
+    std = info_of(denoiser).prior_std(sigma_T)
     x0 = x0.to(torch.float64)
     kl = normal_kl(x0, 2 * math.log(sigma_T), torch.zeros_like(x0), 2 * math.log(std))
     return kl.flatten(1).sum(1)
@@ -208,7 +139,7 @@ def _prior_kl(denoiser, x0: torch.Tensor, sigma_T: float) -> torch.Tensor:
 def _resolve_variance(denoiser, variance: str) -> str:
     if variance not in VLB_VARIANCES:
         raise ValueError(f"variance must be one of {VLB_VARIANCES}, got {variance!r}")
-    learned = bool(getattr(denoiser, "learned_variance", False))
+    learned = info_of(denoiser).learned_variance
     if variance == "auto":
         return "learned" if learned else "small"
     if variance == "learned" and not learned:
@@ -237,8 +168,7 @@ def vlb_terms(denoiser, x0: torch.Tensor, idx: torch.Tensor, grid: torch.Tensor,
     if len(grid) < 2:
         raise ValueError("the VLB needs a grid of at least 2 noise levels")
     if noise is None:
-        dev = generator.device if generator is not None else x0.device
-        noise = torch.randn(x0.shape, generator=generator, device=dev, dtype=x0.dtype).to(x0.device)
+        noise = rng.randn(x0.shape, generator, x0.device, x0.dtype)
     idx = torch.as_tensor(idx).cpu().long()
     sig_t = grid[idx]
     finite = torch.isfinite(sig_t)
@@ -361,8 +291,8 @@ def vlb(denoiser, x0: torch.Tensor, *, cond=None, T: int | None = None, grid=Non
     for k in it:
         a, b = int(bounds[k]), int(bounds[k + 1])
         size = b - a
-        idx = torch.tensor([a + int(torch.randint(size, (1,), generator=g)) if size > 1 else a for g in gens])
-        noise = torch.stack([torch.randn(x0.shape[1:], generator=g, dtype=x0.dtype) for g in gens]).to(x0.device)
+        idx = torch.tensor([a + int(rng.randint(size, (1,), g)) if size > 1 else a for g in gens])
+        noise = rng.randn(x0.shape, gens, x0.device, x0.dtype)
         vals = torch.cat([vlb_terms(denoiser, x0[i:i + batch_size], idx[i:i + batch_size], grid, cond=_sl(cond, i, batch_size),
                                     variance=variance, decoder=decoder, noise=noise[i:i + batch_size],
                                     clip_denoised=clip_denoised).cpu()
@@ -407,8 +337,8 @@ def _probes(shape, kind: str, n: int, generator, dtype, device):
 
     def draw(shp, g):
         if kind == "rademacher":
-            return torch.randint(0, 2, shp, generator=g, dtype=torch.int64).to(dtype) * 2 - 1
-        return torch.randn(shp, generator=g, dtype=dtype)
+            return rng.randint(2, shp, g).to(dtype) * 2 - 1
+        return rng.randn(shp, g, dtype=dtype)
     out = []
     for _ in range(n):
         if isinstance(generator, (list, tuple)):
@@ -435,14 +365,11 @@ def log_likelihood(denoiser, x: torch.Tensor, sigma_min: float | None = None, si
     torch.Generator or a list with one per sample (then sample i's probes are its own)."""
     from scipy.integrate import solve_ivp
 
-    smin = float(sigma_min if sigma_min is not None else getattr(denoiser, "sigma_min", 0.002))
-    smax = sigma_max if sigma_max is not None else getattr(denoiser, "sigma_max", 80.0)
-    smax = float(smax)
+    info = info_of(denoiser)
+    smin = float(sigma_min if sigma_min is not None else info.sigma_min)
+    smax = float(sigma_max if sigma_max is not None else info.finite_sigma_max())
     if not math.isfinite(smax):
-        table = getattr(denoiser, "table_sigmas", None)
-        if table is None:
-            raise ValueError("sigma_max is infinite: give a finite sigma_max")
-        smax = float(table[torch.isfinite(table)].max())
+        raise ValueError("sigma_max is infinite: give a finite sigma_max")
     if not 0 < smin < smax:
         raise ValueError(f"need 0 < sigma_min < sigma_max, got {smin}, {smax}")
     if n_probes < 1:

@@ -6,7 +6,7 @@ import torch
 from .continuous import ContinuousDiffusion
 from .diffusion import GaussianDiffusion
 from .nn.unet import Unet
-from .training.checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint
 
 MODEL_TYPES = {"unet": Unet}
 

@@ -33,13 +33,39 @@ it sits outside the process the samplers and likelihoods assume. Off by default.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 
-from .denoiser import EDMPrecond, NCSNPrecond, SDEPrecond, append_dims, noise_label
+from . import rng
+from .cond import Batch
+from .denoiser import EDMPrecond, NCSNPrecond, SDEPrecond, append_dims, call_net, noise_label
 from .process import extract
 from .schedules import DiscreteSchedule
+
+class TrainingLoss(Protocol):
+    """The one call signature the trainer uses: ``loss(net, batch)`` with a ``cond.Batch`` (images,
+    their ``Cond``, extras) and keywords ``generator``, ``autocast``, ``train`` (False: the
+    validation loss, uniform draws, no state updates); returns the per-sample loss [B].
+    ``state_dict`` / ``load_state_dict`` hold what must survive a resume (may be empty). Every
+    loss class here is one; DPO, latent and conditional losses plug in the same way."""
+
+    def __call__(self, net, batch: Batch, *, generator=None, autocast=None, train: bool = True) -> torch.Tensor: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, d: dict) -> None: ...
+
+
+def unpack(batch_or_x0, cond=None):
+    """(x0, cond) from a ``Batch`` or from images plus an optional condition."""
+    if isinstance(batch_or_x0, Batch):
+        if cond is not None:
+            raise ValueError("a Batch carries its own cond: do not pass cond as well")
+        return batch_or_x0.x, batch_or_x0.cond
+    return batch_or_x0, cond
+
 
 LOSS_TYPES = {
     "l1": lambda p, t: F.l1_loss(p, t, reduction="none"),
@@ -182,17 +208,17 @@ class DiscreteLoss:
     def _draw(self, x0: torch.Tensor, generator=None, train: bool = True):
         """Timesteps (importance-sampled when training with ``t_sampling='importance'``), noise,
         and per-sample weights 1 / (T p_t) (None for uniform t)."""
-        dev = generator.device if generator is not None else x0.device
         weights = None
         if self.sampler is not None and train:
+            dev = generator.device if generator is not None else x0.device
             t, weights = self.sampler.sample(x0.shape[0], generator, dev)
             t, weights = t.to(x0.device), weights.to(x0.device)
         else:
-            t = torch.randint(0, self.schedule.T, (x0.shape[0],), generator=generator, device=dev).to(x0.device)
-        eps = torch.randn(x0.shape, generator=generator, device=dev, dtype=x0.dtype).to(x0.device)
+            t = rng.randint(self.schedule.T, (x0.shape[0],), generator, x0.device)
+        eps = rng.randn(x0.shape, generator, x0.device, x0.dtype)
         if self.offset_noise:
-            off = torch.randn(*x0.shape[:2], *([1] * (x0.dim() - 2)), generator=generator, device=dev)
-            eps = eps + self.offset_noise * off.to(x0.device, x0.dtype)
+            off = rng.randn((*x0.shape[:2], *([1] * (x0.dim() - 2))), generator, x0.device)
+            eps = eps + self.offset_noise * off.to(x0.dtype)
         return t, eps, weights
 
     def vb_bits(self, pred: torch.Tensor, raw_var, x0, x_t, t, abar_t) -> torch.Tensor:
@@ -210,13 +236,15 @@ class DiscreteLoss:
         return vb_term_bits(self.schedule, x0, x_t, t, x0_pred, log_var)
 
     def __call__(self, net, x0, cond=None, generator=None, t=None, eps=None, autocast=None, train: bool = True):
+        """Per-sample loss [B]; ``x0`` is a ``Batch`` (the trainer) or images in [-1, 1]."""
+        x0, cond = unpack(x0, cond)
         weights = None
         if t is None or eps is None:
             t, eps, weights = self._draw(x0, generator, train)
         abar_t = extract(self.abar, t, x0.shape)
         x_t = abar_t.sqrt() * x0 + (1 - abar_t).sqrt() * eps
         with autocast if autocast is not None else torch.autocast(x0.device.type, enabled=False):
-            out = net(x_t, t.float(), cond) if cond is not None else net(x_t, t.float())
+            out = call_net(net, x_t, t.float(), cond)
         C = x0.shape[1]
         pred = out[:, :C]
         raw_var = out[:, C:2 * C].float() if self.learned_variance else None
@@ -247,9 +275,8 @@ class DiscreteLoss:
 
 # ------------------------------------------------------------------ continuous-time losses
 def _rand(kind: str, n: int, generator, device) -> torch.Tensor:
-    dev = generator.device if generator is not None else device
-    fn = torch.rand if kind == "uniform" else torch.randn
-    return fn(n, generator=generator, device=dev, dtype=torch.float64).to(device)
+    fn = rng.rand if kind == "uniform" else rng.randn
+    return fn((n,), generator, device, torch.float64)
 
 
 class PrecondLoss(ABC):
@@ -262,6 +289,12 @@ class PrecondLoss(ABC):
             raise ValueError(f"unknown loss_type {loss_type!r}; choose from {sorted(LOSS_TYPES)}")
         self.precond, self.loss_type = precond, loss_type
 
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, d: dict) -> None:
+        pass
+
     @abstractmethod
     def draw_sigma(self, n: int, generator, device) -> torch.Tensor:
         """Noise levels [B] (float64) for a batch of n."""
@@ -273,11 +306,11 @@ class PrecondLoss(ABC):
     def draw(self, x0: torch.Tensor, generator=None):
         """Random noise levels (float64 [B]) and noise (from ``generator`` only)."""
         sigma = self.draw_sigma(x0.shape[0], generator, x0.device)
-        dev = generator.device if generator is not None else x0.device
-        eps = torch.randn(x0.shape, generator=generator, device=dev, dtype=x0.dtype).to(x0.device)
-        return sigma, eps
+        return sigma, rng.randn(x0.shape, generator, x0.device, x0.dtype)
 
     def __call__(self, net, x0, cond=None, generator=None, sigma=None, eps=None, autocast=None, train: bool = True):
+        """Per-sample loss [B]; ``x0`` is a ``Batch`` (the trainer) or images in [-1, 1]."""
+        x0, cond = unpack(x0, cond)
         if sigma is None or eps is None:
             sigma, eps = self.draw(x0, generator)
         sigma = torch.as_tensor(sigma, dtype=torch.float64, device=x0.device)
@@ -286,8 +319,7 @@ class PrecondLoss(ABC):
         x = x0 + s * eps
         target = (append_dims(1 - c_skip, x0.dim()).to(x0.dtype) * x0 - k_skip * s * eps) / k_out
         with autocast if autocast is not None else torch.autocast(x0.device.type, enabled=False):
-            args = (k_in * x, noise_label(c_noise, x)) + ((cond,) if cond is not None else ())
-            pred = net(*args)
+            pred = call_net(net, k_in * x, noise_label(c_noise, x), cond)
         loss = per_sample_loss(pred[:, : x0.shape[1]], target, self.loss_type)
         return loss * (self.x0_weight(sigma) * c_out ** 2).to(loss.dtype)
 
@@ -339,8 +371,7 @@ class NCSNLoss(PrecondLoss):
         self.ladder = ladder
 
     def draw_sigma(self, n, generator, device):
-        dev = generator.device if generator is not None else device
-        idx = torch.randint(0, len(self.ladder), (n,), generator=generator, device=dev)
+        idx = rng.randint(len(self.ladder), (n,), generator, device)
         return self.ladder[idx.cpu()].to(device)
 
     def x0_weight(self, sigma):

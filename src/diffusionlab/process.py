@@ -11,8 +11,11 @@ The sigma-space view used by samplers is x_t / sqrt(abar_t) = x0 + sigma_t eps.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
+from . import rng
 from .schedules import DiscreteSchedule
 
 
@@ -26,7 +29,7 @@ def q_sample(schedule: DiscreteSchedule, x0: torch.Tensor, t: torch.Tensor,
              noise: torch.Tensor | None = None, generator: torch.Generator | None = None):
     """Sample x_t ~ q(x_t | x0) in one shot: sqrt(abar_t) x0 + sqrt(1 - abar_t) eps."""
     if noise is None:
-        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        noise = rng.randn(x0.shape, generator, x0.device, x0.dtype)  # generator None: global RNG (rng.py)
     abar = extract(schedule.abar, t, x0.shape, x0.dtype)
     return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
 
@@ -131,7 +134,7 @@ def p_sample(model_eps, schedule: DiscreteSchedule, x_t: torch.Tensor, t_index: 
     if t_index == 0:
         return mean
     if noise is None:
-        noise = torch.randn(x_t.shape, generator=generator, dtype=x_t.dtype, device=x_t.device)
+        noise = rng.randn(x_t.shape, generator, x_t.device, x_t.dtype)
     var = posterior_variance(schedule) if variance == "small" else schedule.betas
     return mean + extract(var, t, x_t.shape, x_t.dtype).sqrt() * noise
 
@@ -160,8 +163,6 @@ def vb_term_bits(schedule: DiscreteSchedule, x0: torch.Tensor, x_t: torch.Tensor
     """One VLB term per sample in bits per dimension (mean over dimensions):
     t > 0 (index): KL(q(x_{t-1} | x_t, x0) || N(mu_theta, Sigma_theta)) with mu_theta the
     posterior mean at x0_pred; t = 0: -log p(x0 | x1), the discretized Gaussian decoder."""
-    from .likelihood import LOG2, discretized_gaussian_log_likelihood, normal_kl
-
     dt = torch.float64
     true_mean, _, true_log_var = q_posterior(schedule, x0.to(dt), x_t.to(dt), t)
     model_mean, _, _ = q_posterior(schedule, x0_pred.to(dt), x_t.to(dt), t)
@@ -169,3 +170,79 @@ def vb_term_bits(schedule: DiscreteSchedule, x0: torch.Tensor, x_t: torch.Tensor
     kl = normal_kl(true_mean, true_log_var, model_mean, log_var).flatten(1).mean(1) / LOG2
     nll = -discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * log_var).flatten(1).mean(1) / LOG2
     return torch.where(t == 0, nll, kl)
+
+
+LOG2 = math.log(2.0)
+BUCKET_HALF_WIDTH = 1.0 / 255.0        # half-width of an 8-bit bucket in [-1, 1] space
+
+
+# ------------------------------------------------------------------ closed forms
+def normal_kl(mean1, logvar1, mean2, logvar2, mean_diff=None) -> torch.Tensor:
+    """KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)), element-wise, in nats. ``mean_diff``
+    (= mean1 - mean2) may be given instead of the means, to avoid subtracting large numbers."""
+    logvar1, logvar2 = (v if torch.is_tensor(v) else torch.tensor(v, dtype=torch.float64) for v in (logvar1, logvar2))
+    d = mean1 - mean2 if mean_diff is None else mean_diff
+    return 0.5 * (logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + d ** 2 * torch.exp(-logvar2) - 1.0)
+
+
+def _log1mexp(a: torch.Tensor) -> torch.Tensor:
+    """log(1 - e^a) for a <= 0, accurate everywhere (Maechler 2012)."""
+    return torch.where(a > -LOG2, torch.log(-torch.expm1(a)), torch.log1p(-torch.exp(a)))
+
+
+def log_normal_cdf_diff(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """log(Phi(b) - Phi(a)) for a < b, without cancellation: in the upper tail use
+    Phi(b) - Phi(a) = Phi(-a) - Phi(-b); then log Phi(hi) + log(1 - Phi(lo) / Phi(hi))
+    with log_ndtr."""
+    flip = a > 0
+    lo = torch.where(flip, -b, a)
+    hi = torch.where(flip, -a, b)
+    lhi = torch.special.log_ndtr(hi)
+    return lhi + _log1mexp(torch.special.log_ndtr(lo) - lhi)
+
+
+def discretized_gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor,
+                                        half_width: float = BUCKET_HALF_WIDTH, lo: float = -1.0,
+                                        hi: float = 1.0) -> torch.Tensor:
+    """log P(bucket of x) under N(mean, e^(2 log_scale)), element-wise, in nats (float64 inside).
+
+    x holds 8-bit values in [-1, 1] (k / 127.5 - 1); the bucket is [x - 1/255, x + 1/255],
+    and the lowest / highest buckets extend to -inf / +inf, so the 256 probabilities sum to 1.
+    Exact: Phi differences through log_ndtr (no tanh approximation, no clamping)."""
+    x, mean, log_scale = (torch.as_tensor(v).to(torch.float64) for v in (x, mean, log_scale))
+    inv = torch.exp(-log_scale)
+    z_lo = (x - half_width - mean) * inv
+    z_hi = (x + half_width - mean) * inv
+    at_lo = x <= lo + half_width * 1e-3
+    at_hi = x >= hi - half_width * 1e-3
+    inner = log_normal_cdf_diff(z_lo, z_hi)
+    out = torch.where(at_lo, torch.special.log_ndtr(z_hi), inner)
+    return torch.where(at_hi, torch.special.log_ndtr(-z_lo), out)
+
+
+def gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+    """log N(x; mean, e^(2 log_scale)), element-wise, in nats: the continuous decoder."""
+    z = (x - mean) * torch.exp(-log_scale)
+    return -0.5 * z ** 2 - log_scale - 0.5 * math.log(2 * math.pi)
+
+
+# ------------------------------------------------------------------ sigma-space step variances
+def step_variances(sigma: float, sigma_next: float) -> tuple[float, float]:
+    """(small, large) variance of p(x_s | x_t) in sigma-space for the step sigma -> sigma_next:
+    small = the posterior's sigma_s^2 (1 - sigma_s^2 / sigma_t^2) (DDPM's beta_tilde);
+    large = DDPM's beta (strided: 1 - abar_t / abar_s) mapped to sigma-space,
+    (sigma_t^2 - sigma_s^2) (1 + sigma_s^2) / (1 + sigma_t^2). sigma = inf is allowed."""
+    if math.isinf(sigma):
+        return sigma_next ** 2, 1.0 + sigma_next ** 2
+    small = sigma_next ** 2 * (sigma ** 2 - sigma_next ** 2) / sigma ** 2
+    large = (sigma ** 2 - sigma_next ** 2) * (1 + sigma_next ** 2) / (1 + sigma ** 2)
+    return small, large
+
+
+def learned_log_variance(frac: torch.Tensor, sigma: float, sigma_next: float) -> torch.Tensor:
+    """Improved DDPM's learned variance for the step sigma -> sigma_next (any strided grid):
+    exp(v log large + (1 - v) log small) with the model's interpolation weight v (its extra
+    output channel, (raw + 1) / 2, not clamped, as Nichol & Dhariwal). For sigma_next = 0 the
+    small variance is 0; the caller uses ``decoder_log_variance`` there."""
+    small, large = step_variances(sigma, sigma_next)
+    return frac * math.log(large) + (1 - frac) * math.log(small)

@@ -5,36 +5,22 @@ import math
 
 import torch
 
+from .denoiser import DenoiserWrapper, info_of
+from .rng import per_sample_generators, randn
 from .samplers import SAMPLERS
-from .samplers._common import randn_like
 from .schedules import get_sigmas
 
-FALLBACK_SIGMA_MIN, FALLBACK_SIGMA_MAX = 0.002, 80.0
 
-
-class _CountingDenoiser:
-    """Counts network evaluations (one per call) and forwards optional methods."""
+class CountingDenoiser(DenoiserWrapper):
+    """Counts network evaluations: one per call, whichever method of the protocol is called."""
 
     def __init__(self, denoiser):
-        self.inner, self.nfe = denoiser, 0
+        super().__init__(denoiser)
+        self.nfe = 0
 
-    def __call__(self, x, sigma, cond=None):
+    def denoise(self, x, sigma, cond, inner):
         self.nfe += 1
-        return self.inner(x, sigma, cond)
-
-    def denoise_with_variance(self, x, sigma, cond=None):
-        self.nfe += 1
-        return self.inner.denoise_with_variance(x, sigma, cond)
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-
-def _device_of(denoiser) -> torch.device:
-    try:
-        return next(denoiser.parameters()).device
-    except (AttributeError, StopIteration, TypeError):
-        return torch.device("cpu")
+        return inner(x, sigma, cond)
 
 
 def ladder_grid(ladder: torch.Tensor, steps: int) -> torch.Tensor:
@@ -50,54 +36,57 @@ def resolve_sigmas(denoiser, steps: int, sigmas=None, sigma_min=None, sigma_max=
     the denoiser's own range (a discrete model carries its sigma table) or 0.002 / 80."""
     if sigmas is not None:
         return get_sigmas(sigmas, steps)
-    table = getattr(denoiser, "table_sigmas", None)
+    info = info_of(denoiser)
+    table = info.table_sigmas
     if schedule == "auto":
-        schedule = getattr(denoiser, "default_schedule", "karras")
+        schedule = info.default_schedule
     if schedule == "ladder":
-        ladder = getattr(denoiser, "ladder", None)
-        if ladder is None:
+        if info.ladder is None:
             raise ValueError("schedule 'ladder' needs an NCSN model (a denoiser with a noise ladder)")
-        return get_sigmas(ladder_grid(ladder.cpu(), steps), steps)
+        return get_sigmas(ladder_grid(info.ladder.cpu(), steps), steps)
     if schedule in ("trailing", "leading", "linspace") and table is not None:
         if sigma_min is not None or sigma_max is not None:
             raise ValueError(f"schedule {schedule!r} picks sigmas from the model's table; "
                              "sigma_min / sigma_max apply to 'karras' and 'exponential'")
         return get_sigmas(schedule, steps, table_sigmas=table.cpu())
-    smin = sigma_min if sigma_min is not None else getattr(denoiser, "sigma_min", FALLBACK_SIGMA_MIN)
-    smax = sigma_max if sigma_max is not None else getattr(denoiser, "sigma_max", FALLBACK_SIGMA_MAX)
-    if not math.isfinite(smax) and table is not None:
-        smax = float(table[torch.isfinite(table)].max())
+    smin = sigma_min if sigma_min is not None else info.sigma_min
+    smax = sigma_max if sigma_max is not None else info.finite_sigma_max()
     return get_sigmas(schedule, steps, smin, smax)
 
 
 def prior_std(denoiser, sigma: float) -> float:
     """Std of the prior at the grid's first sigma: the model's own (VP: sqrt(1 + sigma^2)),
     sigma itself for a bare function (VE)."""
-    fn = getattr(denoiser, "prior_std", None)
-    return fn(sigma) if callable(fn) else sigma
+    return info_of(denoiser).prior_std(sigma)
 
 
 @torch.no_grad()
 def sample(denoiser, shape, sampler: str = "ddim", steps: int = 50, sigmas=None,
            sigma_min: float | None = None, sigma_max: float | None = None, schedule: str = "auto",
            cond=None, generator=None, callback=None, noise: torch.Tensor | None = None,
-           device=None, return_info: bool = False, **knobs):
+           device=None, return_info: bool = False, seed: int | None = None, **knobs):
     """Sample from ``denoiser`` (x = x0 + sigma n interface). Returns x0 in model space
     ([-1, 1] for images), or ``(x0, info)`` with ``return_info=True`` (info: nfe, sigmas).
 
     ``generator``: a torch.Generator or a list with one per sample; the initial noise and all
     later noise of sample i then come from generator i only (batch-size independent).
+    ``seed``: shorthand for ``generator=per_sample_generators(seed, range(batch))``, the
+    generators the CLI, the demo and evaluation use (rng.py). None of both: torch's global RNG.
     ``callback(dict(i, x, sigma, sigma_next, denoised, nfe))`` is called after every step.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose from {sorted(SAMPLERS)}")
+    if seed is not None:
+        if generator is not None:
+            raise ValueError("give seed or generator, not both")
+        generator = per_sample_generators(seed, range(tuple(shape)[0]))
     grid = resolve_sigmas(denoiser, steps, sigmas, sigma_min, sigma_max, schedule)
-    device = torch.device(device) if device is not None else _device_of(denoiser)
+    device = torch.device(device) if device is not None else (info_of(denoiser).device or torch.device("cpu"))
     if noise is None:
-        noise = randn_like(torch.empty(tuple(shape), device=device), generator)
+        noise = randn(tuple(shape), generator, device)
     s0 = float(grid[0])
     x = noise.to(device) * prior_std(denoiser, s0) if math.isfinite(s0) else noise.to(device)
-    counted = _CountingDenoiser(denoiser)
+    counted = CountingDenoiser(denoiser)
     cb = None
     if callback is not None:
         def cb(d):
@@ -117,3 +106,23 @@ def sample(denoiser, shape, sampler: str = "ddim", steps: int = 50, sigmas=None,
                 first_cb(d)
     out = info.fn(counted, x, grid, cond=cond, generator=generator, callback=cb, **knobs) if len(grid) > 1 else x
     return (out, dict(nfe=counted.nfe, sigmas=full_grid)) if return_info else out
+
+
+def sample_many(denoiser, shape_one, n: int, sampler: str, steps: int, seed: int = 0,
+                batch_size: int = 250, progress: bool = True, **kwargs) -> torch.Tensor:
+    """n samples of shape ``shape_one`` in batches, float32 on the CPU; sample i uses
+    ``per_sample_generators(seed, [i])``, so it is the same whatever the batch size and equals
+    ``sample(..., seed=seed)``'s sample i. ``kwargs`` go to ``sample`` (sampler knobs, cond
+    sliced per batch when it has a batch size, schedule, ...)."""
+    from tqdm.auto import tqdm
+
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    cond = kwargs.pop("cond", None)
+    out = []
+    for start in tqdm(range(0, n, batch_size), disable=not progress, desc="sample", unit="batch"):
+        idx = range(start, min(n, start + batch_size))
+        c = cond[start:idx.stop] if cond is not None and len(cond) == n else cond
+        out.append(sample(denoiser, (len(idx), *shape_one), sampler=sampler, steps=steps, cond=c,
+                          generator=per_sample_generators(seed, idx), **kwargs).float().cpu())
+    return torch.cat(out)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from ..viz import to_uint8
+from .images import to_uint8
 
 __all__ = ["ImageFolderDataset", "random_hflip", "export_pngs", "IMAGE_EXTENSIONS"]
 
@@ -223,6 +223,19 @@ class ImageFolderDataset(torch.utils.data.Dataset):
                         f"({type(e).__name__}: {e}); using the next image instead "
                         f"({len(self.runtime_failures)} such file(s) so far)", stacklevel=2)
         raise RuntimeError(f"no image in {str(self.root)!r} could be read")
+
+    def class_labels(self) -> tuple[torch.Tensor, list[str]] | tuple[None, None]:
+        """(labels [N] long, class names) when the folder has the ImageFolder layout - every image
+        in a first-level sub-folder, at least two of them; class k is the k-th name in sorted
+        order. (None, None) otherwise."""
+        parts = [p.relative_to(self.root).parts for p in self.files]
+        if not parts or any(len(q) < 2 for q in parts):
+            return None, None
+        names = sorted({q[0] for q in parts})
+        if len(names) < 2:
+            return None, None
+        index = {n: k for k, n in enumerate(names)}
+        return torch.tensor([index[q[0]] for q in parts], dtype=torch.long), names
 
     def load_all(self) -> torch.Tensor:
         """Every image, in order, as one tensor ``[N, C, S, S]`` (for small folders)."""

@@ -40,6 +40,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .metrics import feature_stats, frechet_distance  # noqa: F401 (moved; re-exported)
+
 __all__ = [
     "DigitClassifier",
     "train_digit_classifier",
@@ -315,48 +317,6 @@ def load_digit_classifier(cache_dir: str | os.PathLike | None = None,
 
 
 # --------------------------------------------------------------------------- statistics
-def feature_stats(feats) -> tuple[np.ndarray, np.ndarray]:
-    """Mean [D] and covariance [D, D] (rows = samples, unbiased) as float64 numpy."""
-    f = np.asarray(feats.detach().cpu() if torch.is_tensor(feats) else feats, dtype=np.float64)
-    if f.ndim != 2:
-        raise ValueError(f"features must be [N, D], got shape {f.shape}")
-    mu = f.mean(axis=0)
-    sigma = np.cov(f, rowvar=False) if len(f) > 1 else np.zeros((f.shape[1], f.shape[1]))
-    return mu, np.atleast_2d(sigma)
-
-
-def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
-    """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2), in float64:
-    ``|mu1 - mu2|^2 + tr(sigma1 + sigma2 - 2 sqrtm(sigma1 sigma2))``.
-
-    As in pytorch-fid: ``scipy.linalg.sqrtm`` of the product; if that is not finite
-    (near-singular covariances) ``eps * I`` is added to both covariances; tiny imaginary
-    parts from numerical error are discarded (a large one raises ``ValueError``). The
-    result is clamped at 0 (round-off can make identical statistics give -1e-12).
-    """
-    from scipy import linalg
-
-    mu1 = np.atleast_1d(np.asarray(mu1, np.float64))
-    mu2 = np.atleast_1d(np.asarray(mu2, np.float64))
-    s1 = np.atleast_2d(np.asarray(sigma1, np.float64))
-    s2 = np.atleast_2d(np.asarray(sigma2, np.float64))
-    if mu1.shape != mu2.shape or s1.shape != s2.shape:
-        raise ValueError("mean vectors / covariances have different shapes")
-    diff = mu1 - mu2
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        covmean = linalg.sqrtm(s1.dot(s2))
-        if not np.isfinite(covmean).all():
-            offset = np.eye(s1.shape[0]) * eps
-            covmean = linalg.sqrtm((s1 + offset).dot(s2 + offset))
-    if np.iscomplexobj(covmean):
-        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
-            raise ValueError(f"imaginary component {np.max(np.abs(covmean.imag))}")
-        covmean = covmean.real
-    fd = diff.dot(diff) + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(covmean)
-    return float(max(fd, 0.0))
-
-
 @torch.no_grad()
 def extract_features(classifier: DigitClassifier, images: torch.Tensor,
                      batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:

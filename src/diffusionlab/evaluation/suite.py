@@ -30,7 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .digits import default_cache_dir, feature_stats, frechet_distance
+from .digits import default_cache_dir
+from .metrics import feature_stats, frechet_distance
 from .metrics import density_coverage, kid, precision_recall
 
 FID_CAVEAT = ("n-sample FID/FD is biased upwards: compare only at equal n with the same extractor and "

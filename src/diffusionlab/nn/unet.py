@@ -5,10 +5,11 @@ time conditioning, optional attention, and a downsample; a middle (block, full a
 block); the mirrored up path with skip connections; a final block and a 1x1 conv. Input and
 output have the same spatial shape; the image side must be divisible by 2^(levels-1).
 
-Conditioning hook: ``forward(x, t, cond)``. With ``num_classes`` set, ``cond`` is a LongTensor
-of labels (``num_classes`` itself is the "null" label for classifier-free guidance); with
-``cond_dim`` set, ``cond`` is a float vector [B, cond_dim]. Either is embedded and added to
-the time embedding that every block receives.
+Conditioning: ``forward(x, t, cond)`` with a ``diffusionlab.Cond`` (always given by the
+library; None or a tensor are coerced by ``cond.as_cond``). With ``num_classes`` set,
+``cond.labels`` are embedded (the extra row ``num_classes`` is the learned null label, used
+where ``cond.null`` is set); with ``cond_dim`` set, ``cond.pooled`` [B, cond_dim] is projected
+(zero where null). Either is added to the time embedding that every block receives.
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..cond import as_cond
 
 from .layers import (Attention, ConvNextBlock, Downsample, LearnedSinusoidalPosEmb, LinearAttention,
                      ResnetBlock, SinusoidalPosEmb, Upsample, group_norm)
@@ -32,6 +35,7 @@ def _per_level(value, n: int, name: str) -> tuple:
 
 
 class Unet(nn.Module):
+    accepts_cond = True  # denoiser.call_net always passes a Cond
     def __init__(self, dim: int = 64, dim_mults: Sequence[int] = (1, 2, 4, 8), channels: int = 3,
                  out_channels: int | None = None, num_res_blocks: int = 2, block: str = "resnet",
                  full_attn: Sequence[bool] | bool | None = None, linear_attn: Sequence[bool] | bool = True,
@@ -117,13 +121,19 @@ class Unet(nn.Module):
         if t.dim() == 0:
             t = t.expand(batch)
         emb = self.time_mlp(t)
-        if cond is not None:
-            if self.class_emb is not None:
-                emb = emb + self.class_emb(cond.long())
-            elif self.cond_proj is not None:
-                emb = emb + self.cond_proj(cond.to(emb.dtype))
-            else:
-                raise ValueError("this Unet was built without conditioning (num_classes / cond_dim)")
+        cond = as_cond(cond)
+        if cond.text is not None or cond.image is not None:
+            raise ValueError("this Unet takes class labels or a pooled vector, not text or image conditioning")
+        null = cond.null_mask(batch, device)
+        if cond.labels is not None:
+            if self.class_emb is None:
+                raise ValueError("this Unet was built without class conditioning (num_classes)")
+            null_label = self.class_emb.num_embeddings - 1
+            emb = emb + self.class_emb(torch.where(null, null_label, cond.labels.long().to(device)))
+        if cond.pooled is not None:
+            if self.cond_proj is None:
+                raise ValueError("this Unet was built without vector conditioning (cond_dim)")
+            emb = emb + self.cond_proj(cond.pooled.to(device, emb.dtype)) * (~null).to(emb.dtype)[:, None]
         return emb
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:

@@ -7,19 +7,7 @@ from typing import Callable, Sequence
 
 import torch
 
-
-def randn_like(x: torch.Tensor, generator=None) -> torch.Tensor:
-    """Standard normal noise shaped like x. ``generator`` is None, one torch.Generator, or a
-    list with one generator per sample (sample i then draws only from generator i, so it is the
-    same whatever the batch size)."""
-    if isinstance(generator, (list, tuple)):
-        if len(generator) != x.shape[0]:
-            raise ValueError(f"got {len(generator)} generators for a batch of {x.shape[0]}")
-        return torch.stack([torch.randn(x.shape[1:], generator=g, dtype=x.dtype,
-                                        device=g.device if g is not None else "cpu").to(x.device)
-                            for g in generator])
-    dev = generator.device if generator is not None else x.device
-    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=dev).to(x.device)
+from ..rng import randn_like  # noqa: F401 (the samplers' noise; re-exported)
 
 
 def to_eps(x: torch.Tensor, denoised: torch.Tensor, sigma: float) -> torch.Tensor:

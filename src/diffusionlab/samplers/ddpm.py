@@ -7,6 +7,8 @@ import math
 
 import torch
 
+from ..denoiser import info_of
+from ..process import learned_log_variance, step_variances
 from ._common import ancestral_step, as_floats, batch_sigma, randn_like, to_eps
 
 
@@ -19,11 +21,9 @@ def sample_ddpm(denoiser, x, sigmas, *, cond=None, generator=None, callback=None
     exp(v log beta + (1 - v) log beta_tilde) from a learned-variance model (Nichol & Dhariwal
     2021), with beta and beta_tilde recomputed for each step of the (possibly strided) grid;
     'auto' is 'learned' for such a model, else 'small'. No noise at the final step."""
-    from ..likelihood import learned_log_variance, step_variances
-
     if variance not in ("auto", "small", "large", "learned"):
         raise ValueError("variance must be 'auto', 'small' (beta_tilde), 'large' (beta) or 'learned'")
-    has_learned = bool(getattr(denoiser, "learned_variance", False))
+    has_learned = info_of(denoiser).learned_variance
     if variance == "auto":
         variance = "learned" if has_learned else "small"
     if variance == "learned" and not has_learned:

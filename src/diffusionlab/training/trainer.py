@@ -24,59 +24,24 @@ from pathlib import Path
 
 import torch
 
+from ..checkpoint import (CheckpointError, find_checkpoint, load_checkpoint, read_config, resume_checkpoint,
+                          run_has_checkpoints, save_checkpoint, write_json_atomic)
+from ..cond import Batch, Cond
 from ..data.folder import random_hflip
+from ..devices import cpu_has_fast_bf16, pick_device, pick_precision, set_threads  # noqa: F401 (re-exported)
 from ..diffusion import GaussianDiffusion
 from ..nn.unet import Unet
-from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint, write_json_atomic
+from ..rng import per_sample_generators
 from .config import DiffusionConfig, TrainConfig, UnetConfig
 from .ema import EMA
 
 
+class RunExistsError(CheckpointError):
+    """The output folder already holds a run and neither resume nor overwrite was asked for."""
+
+
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-# ------------------------------------------------------------------ environment decisions
-def pick_device(name: str = "auto") -> torch.device:
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def cpu_has_fast_bf16() -> bool:
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except Exception:
-        return False
-
-
-def pick_precision(name: str, device: torch.device) -> torch.dtype | None:
-    """None means fp32. 'auto': bf16 on CPUs with native bf16 (AVX512-BF16/AMX) and on CUDA
-    GPUs that support it, fp16 on other CUDA GPUs, fp32 elsewhere."""
-    if name == "fp32":
-        return None
-    if name == "bf16":
-        return torch.bfloat16
-    if name == "fp16":
-        return torch.float16
-    if name != "auto":
-        raise ValueError(f"unknown precision {name!r}: auto, fp32, bf16 or fp16")
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and cpu_has_fast_bf16():
-        return torch.bfloat16
-    return None
-
-
-def set_threads(n: int | None) -> int:
-    """Use all cores for torch's intra-op pool (data is in memory: no loader workers compete)."""
-    n = n or len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (n or os.cpu_count() or 1)
-    torch.set_num_threads(max(1, n))
-    return torch.get_num_threads()
 
 
 def lr_at(step: int, cfg: TrainConfig, planned: int | None) -> float:
@@ -169,7 +134,8 @@ class Trainer:
                  config: TrainConfig | None = None, *, train_batch_size=None, train_lr=None,
                  train_num_steps=None, gradient_accumulate_every=None, ema_decay=None, amp=None,
                  results_folder=None, save_and_sample_every=None, num_samples=None,
-                 augment_horizontal_flip=None, calculate_fid=False, resume: bool = False, **overrides):
+                 augment_horizontal_flip=None, calculate_fid=False, resume: bool = False,
+                 overwrite: bool = False, strict_resume: bool = False, loss=None, clock=None, **overrides):
         seed_kw = {k: v for k, v in dict(batch_size=train_batch_size, lr=train_lr, max_steps=train_num_steps,
                                            grad_accum=gradient_accumulate_every, ema_decay=ema_decay,
                                            out_dir=results_folder, sample_every=save_and_sample_every,
@@ -186,25 +152,36 @@ class Trainer:
             import dataclasses
             config = dataclasses.replace(config, **seed_kw)
         self.resume_from = None
-        if resume:
-            try:
-                self.resume_from = find_checkpoint(config.out_dir)
-            except Exception:
-                self.resume_from = None
+        if resume and overwrite:
+            raise ValueError("resume continues the run in the output folder, overwrite replaces it: choose one")
+        if resume:  # the newest intact checkpoint; damaged newer ones are renamed aside (checkpoint.py)
+            self.resume_from = resume_checkpoint(config.out_dir, strict=strict_resume)
             if self.resume_from is not None:  # the checkpoint's config wins, but budgets may grow
-                stored = TrainConfig.from_dict(json.loads((self.resume_from / "config.json").read_text())["train"])
+                stored = TrainConfig.from_dict(read_config(self.resume_from)["train"])
                 import dataclasses
                 config = dataclasses.replace(stored, max_steps=config.max_steps, time_budget=config.time_budget,
                                              out_dir=config.out_dir, progress=config.progress)
+        elif run_has_checkpoints(config.out_dir) and not overwrite:  # checked before anything is written
+            raise RunExistsError(
+                f"{config.out_dir} already holds a training run ({find_checkpoint(config.out_dir).name}); "
+                "nothing was written", hint="pass --resume to continue that run, or --overwrite to replace it")
+        self.overwrite = overwrite and not resume
+        self.clock = clock or time.perf_counter  # injectable: tests run the time budget on a fake clock
         self.cfg = cfg = config
         self.out = Path(cfg.out_dir)
         self.threads = set_threads(cfg.num_threads)
         self.device = pick_device(cfg.device)
         self.amp_dtype = pick_precision(cfg.precision, self.device)
-        from ..data.datasets import load_dataset
+        from ..data.datasets import load_image_sets
 
-        self.train_data, self.val_data = load_dataset(cfg.data, cfg.image_size, cfg.model.channels,
-                                                      cfg.val_fraction, cfg.seed)
+        train_set, val_set = load_image_sets(cfg.data, cfg.image_size, cfg.model.channels, cfg.val_fraction, cfg.seed)
+        self.train_data, self.val_data = train_set.images, val_set.images
+        self.use_labels = bool(cfg.model.num_classes)  # a class-conditional network trains on the labels
+        if self.use_labels and train_set.labels is None:
+            raise ValueError(f"the model is class-conditional but data {cfg.data!r} has no labels "
+                             "(a folder needs one sub-folder per class)")
+        self.train_labels = train_set.labels.to(self.device) if self.use_labels else None
+        self.val_labels = val_set.labels[: cfg.n_val].to(self.device) if self.use_labels else None
         if len(self.train_data) < cfg.batch_size:
             raise ValueError(f"only {len(self.train_data)} training images for batch size {cfg.batch_size}")
         self.diffusion = diffusion if diffusion is not None else build_diffusion(cfg)
@@ -218,11 +195,12 @@ class Trainer:
                                      weight_decay=cfg.weight_decay)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 and self.device.type == "cuda" else None
         self.ema = EMA(self.model, cfg.ema_decay, cfg.ema_power)
+        self.loss_fn = loss if loss is not None else self.diffusion.loss_fn  # a losses.TrainingLoss
         if cfg.guide_at is not None and not 0.0 < cfg.guide_at < 1.0:
             raise ValueError(f"guide_at is a fraction of the training, in (0, 1); got {cfg.guide_at}")
         self.guide_sd, self.guide_step = None, None
         self.gen = torch.Generator(device="cpu").manual_seed(cfg.seed * 7919 + 17)
-        self.step, self.elapsed, self.planned = 0, 0.0, cfg.max_steps
+        self.step, self.elapsed, self.planned, self._saved_step = 0, 0.0, cfg.max_steps, None
         self._extractor, self._floor_needed = None, True
         self._stop = False
         if self.resume_from is not None:
@@ -234,17 +212,19 @@ class Trainer:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def batch(self, micro: int) -> torch.Tensor:
+    def batch(self, micro: int) -> Batch:
         """Micro-batch number ``micro``: a pure function of (seed, micro) - epochs are fixed-seed
-        permutations, the last partial batch of an epoch is dropped."""
+        permutations, the last partial batch of an epoch is dropped; labels follow their images."""
         n, b = len(self.train_data), self.cfg.batch_size
         per_epoch = n // b
         epoch, pos = divmod(micro, per_epoch)
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch))
-        x = self.train_data[perm[pos * b:(pos + 1) * b].to(self.device)]
+        idx = perm[pos * b:(pos + 1) * b].to(self.device)
+        x = self.train_data[idx]
         if self.cfg.hflip:
             x = random_hflip(x, self.gen)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        x = x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        return Batch(x, Cond(labels=self.train_labels[idx]) if self.use_labels else Cond())
 
     def train_step(self) -> tuple[float, float]:
         cfg = self.cfg
@@ -252,8 +232,8 @@ class Trainer:
             g["lr"] = lr_at(self.step, cfg, self.planned)
         total = 0.0
         for k in range(cfg.grad_accum):
-            loss = self.diffusion.loss(self.batch(self.step * cfg.grad_accum + k), generator=self.gen,
-                                       autocast=self.autocast()) / cfg.grad_accum
+            batch = self.batch(self.step * cfg.grad_accum + k)
+            loss = self.loss_fn(self.model, batch, generator=self.gen, autocast=self.autocast()).mean() / cfg.grad_accum
             (self.scaler.scale(loss) if self.scaler else loss).backward()
             total += loss.item()
         if not math.isfinite(total):
@@ -280,9 +260,11 @@ class Trainer:
         was = model.training
         model.eval()
         losses = []
-        for chunk in self.val_data.split(128):
+        for start in range(0, len(self.val_data), 128):
+            chunk = self.val_data[start:start + 128]
             x = chunk.contiguous(memory_format=torch.channels_last) if self.channels_last else chunk
-            losses.append(self.diffusion.loss_fn(model, x, generator=gen, autocast=self.autocast(), train=False))
+            cond = Cond(labels=self.val_labels[start:start + 128]) if self.use_labels else Cond()
+            losses.append(self.loss_fn(model, Batch(x, cond), generator=gen, autocast=self.autocast(), train=False))
         model.train(was)
         return torch.cat(losses).mean().item()
 
@@ -294,7 +276,7 @@ class Trainer:
         from ..viz import save_grid
 
         cfg = self.cfg
-        gens = [torch.Generator().manual_seed(cfg.seed * 100_003 + i) for i in range(cfg.n_grid)]
+        gens = per_sample_generators(cfg.seed, range(cfg.n_grid))
         steps = cfg.sample_steps if cfg.diffusion.process != "ddpm" else min(cfg.sample_steps, cfg.diffusion.timesteps)
         x = sample(self.ema_denoiser(), (cfg.n_grid, cfg.model.channels, cfg.image_size, cfg.image_size),
                    sampler=cfg.sample_sampler, steps=steps, generator=gens, device=self.device)
@@ -307,7 +289,6 @@ class Trainer:
         against the held-out split (evaluation.suite): digit-classifier features for greyscale
         data, the FID Inception for RGB when its weights are configured (otherwise skipped, once,
         with a warning). Returns the record written to metrics.jsonl."""
-        from ..demo import sample_many
         from ..evaluation.suite import get_extractor, image_metrics, reference_features
 
         cfg = self.cfg
@@ -321,6 +302,8 @@ class Trainer:
             return None
         shape = (cfg.model.channels, cfg.image_size, cfg.image_size)
         steps = cfg.eval_steps if cfg.diffusion.process != "ddpm" else min(cfg.eval_steps, cfg.diffusion.timesteps)
+        from ..sampling import sample_many
+
         t0 = time.perf_counter()
         x = sample_many(self.ema_denoiser(), shape, cfg.eval_n, cfg.sample_sampler, steps, seed=cfg.seed + 1,
                         batch_size=250, progress=False)
@@ -344,9 +327,10 @@ class Trainer:
         state = {"planned_steps": self.planned, "elapsed_train_seconds": self.elapsed, "ema_step": self.ema.step}
         if self.guide_step is not None:  # in config.json: loaders read it there, and so does resume
             config["guide_step"] = self.guide_step
-        loss_state = getattr(self.diffusion.loss_fn, "state_dict", None)
-        if callable(loss_state) and loss_state():
-            state["loss_state"] = loss_state()  # e.g. the importance sampler's loss history
+        loss_state = self.loss_fn.state_dict()
+        if loss_state:
+            state["loss_state"] = loss_state  # e.g. the importance sampler's loss history
+        self._saved_step = self.step
         return save_checkpoint(self.out, self.step, model=self.model, ema_model=self.ema.model, config=config,
                                optimizer=self.opt, train_state=state, rng=rng, keep=self.cfg.keep_checkpoints,
                                guide=self.guide_sd)
@@ -357,7 +341,7 @@ class Trainer:
     def _latest_name(self) -> str:
         try:
             return str(find_checkpoint(self.out))
-        except Exception:
+        except CheckpointError:
             return "(none written yet)"
 
     def _restore(self, ck: dict) -> None:
@@ -372,7 +356,7 @@ class Trainer:
         self.ema.step = st.get("ema_step", self.step)
         self.guide_sd, self.guide_step = ck["guide"], ck["config"].get("guide_step")
         if "loss_state" in st:
-            self.diffusion.loss_fn.load_state_dict(st["loss_state"])
+            self.loss_fn.load_state_dict(st["loss_state"])
         if "train" in ck["rng"]:
             self.gen.set_state(ck["rng"]["train"])
         if "torch" in ck["rng"]:
@@ -449,6 +433,8 @@ class Trainer:
         from tqdm.auto import tqdm
 
         cfg = self.cfg
+        if self.overwrite:
+            self._clear_run()
         self.out.mkdir(parents=True, exist_ok=True)
         self.write_run_json()
         self.model.train()
@@ -461,9 +447,9 @@ class Trainer:
         wall0, window_t, window_n, status = time.perf_counter(), 0.0, 0, "completed"
         try:
             while not self._done():
-                t0 = time.perf_counter()
+                t0 = self.clock()
                 loss, gnorm = self.train_step()
-                dt = time.perf_counter() - t0
+                dt = self.clock() - t0
                 self.elapsed += dt
                 window_t, window_n = window_t + dt, window_n + 1
                 self._replan()
@@ -499,7 +485,7 @@ class Trainer:
                       "val_loss_ema": self.validation_loss(self.ema.model)})
         if cfg.eval_every and self.step % cfg.eval_every != 0:
             self.evaluate()
-        ck = self.checkpoint()
+        ck = self.checkpoint() if self._saved_step != self.step else find_checkpoint(self.out)
         if cfg.eval_every:
             from ..viz import plot_eval, read_jsonl
             plot_eval(read_jsonl(self.out / "metrics.jsonl"), self.out / "eval.png")
@@ -507,6 +493,20 @@ class Trainer:
                    "wall_seconds": round(time.perf_counter() - wall0, 2), "checkpoint": str(ck)}
         self.write_run_json({"summary": summary})
         return summary
+
+    RUN_FILES = ("checkpoints", "samples", "metrics.jsonl", "run.json", "eval.png")
+
+    def _clear_run(self) -> None:
+        """``overwrite``: remove what an earlier run wrote here (only the trainer's own files)."""
+        import shutil
+
+        for name in self.RUN_FILES:
+            p = self.out / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+        self.overwrite = False
 
     def _eta(self) -> str:
         cfg = self.cfg

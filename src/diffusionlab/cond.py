@@ -1,0 +1,143 @@
+"""The typed condition a denoiser receives, and the training batch that carries it.
+
+``Cond`` holds what a network may be conditioned on: class ``labels`` [B] (long), a ``pooled``
+vector [B, D] (today's vector hook; next a sentence embedding), token embeddings ``text``
+[B, L, D] with their ``mask`` [B, L] (True = a real token), and a conditioning ``image``
+[B, C, H, W]. ``null`` [B] (bool) marks the samples whose condition is the *null* condition:
+the network replaces their condition by its learned null embedding (classifier-free guidance's
+unconditional branch, conditioning dropout in training). An empty ``Cond()`` is "no condition";
+it has no batch size of its own and broadcasts to any batch.
+
+Samplers pass a ``Cond`` through untouched; guidance batches it (``Cond.cat``); the training
+step drops it (``Cond.drop``). Networks always receive one: ``denoiser.call_net`` coerces
+``None`` and the older tensor hook (a LongTensor of labels or a float vector) with ``as_cond``.
+
+``Batch`` is what the trainer's data source yields and its loss takes: images, their ``Cond``,
+and ``extras`` for losses that need more (preference pairs, cached latents, ...).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+
+from . import rng
+
+FIELDS = ("labels", "pooled", "text", "mask", "image", "null")
+
+
+@dataclass(frozen=True)
+class Cond:
+    labels: torch.Tensor | None = None
+    pooled: torch.Tensor | None = None
+    text: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+    image: torch.Tensor | None = None
+    null: torch.Tensor | None = None
+
+    def __post_init__(self):
+        sizes = {f: v.shape[0] for f, v in self._items()}
+        if len(set(sizes.values())) > 1:
+            raise ValueError(f"Cond fields disagree on the batch size: {sizes}")
+        if self.mask is not None and self.text is None:
+            raise ValueError("Cond.mask belongs to Cond.text (token embeddings)")
+
+    def _items(self):
+        return [(f, getattr(self, f)) for f in FIELDS if getattr(self, f) is not None]
+
+    @property
+    def is_empty(self) -> bool:
+        """True when nothing conditions the batch (``null`` alone does not count)."""
+        return all(getattr(self, f) is None for f in FIELDS if f != "null")
+
+    @property
+    def batch_size(self) -> int | None:
+        items = self._items()
+        return items[0][1].shape[0] if items else None
+
+    def __len__(self) -> int:
+        return self.batch_size or 0
+
+    def __getitem__(self, idx) -> "Cond":
+        return Cond(**{f: v[idx] for f, v in self._items()})
+
+    def to(self, device) -> "Cond":
+        return Cond(**{f: v.to(device) for f, v in self._items()})
+
+    def null_mask(self, batch: int, device=None) -> torch.Tensor:
+        """``null`` as a [batch] bool tensor (all False when unset)."""
+        if self.null is not None:
+            return self.null.to(device) if device is not None else self.null
+        return torch.zeros(batch, dtype=torch.bool, device=device)
+
+    def as_null(self, batch: int | None = None) -> "Cond":
+        """The same fields with every sample marked null (the unconditional branch)."""
+        n = self.batch_size or batch
+        if n is None:
+            return self
+        dev = self._items()[0][1].device if self._items() else None
+        return dataclasses.replace(self, null=torch.ones(n, dtype=torch.bool, device=dev))
+
+    def drop(self, p: float, generator=None) -> "Cond":
+        """Conditioning dropout: each sample's condition becomes null with probability ``p``
+        (drawn from ``generator``); an empty Cond is returned as is."""
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1], got {p}")
+        n = self.batch_size
+        if self.is_empty or n is None or p == 0.0:
+            return self
+        dev = self._items()[0][1].device
+        hit = rng.rand((n,), generator, dev) < p
+        return dataclasses.replace(self, null=self.null_mask(n, dev) | hit)
+
+    @staticmethod
+    def cat(conds: "list[Cond]") -> "Cond":
+        """Concatenate along the batch: every part must carry the same fields (``null`` is
+        filled with False where a part has none)."""
+        conds = list(conds)
+        if not conds:
+            raise ValueError("Cond.cat of nothing")
+        kinds = {tuple(f for f, _ in c._items() if f != "null") for c in conds}
+        if len(kinds) > 1:
+            raise ValueError(f"Cond.cat: parts carry different fields {sorted(kinds)}")
+        if conds[0].is_empty:
+            if any(c.null is not None for c in conds):
+                raise ValueError("Cond.cat: an empty Cond has no batch size to mark null")
+            return Cond()
+        out = {f: torch.cat([getattr(c, f) for c in conds]) for f, _ in conds[0]._items() if f != "null"}
+        if any(c.null is not None for c in conds):
+            out["null"] = torch.cat([c.null_mask(c.batch_size, c._items()[0][1].device) for c in conds])
+        return Cond(**out)
+
+
+def as_cond(cond) -> Cond:
+    """``None`` -> ``Cond()``; a ``Cond`` as is; a tensor through the older hook: an integer
+    tensor [B] is class labels, a float tensor [B, D] a pooled vector."""
+    if cond is None:
+        return Cond()
+    if isinstance(cond, Cond):
+        return cond
+    if torch.is_tensor(cond):
+        if not cond.is_floating_point():
+            return Cond(labels=cond.reshape(-1).long())
+        return Cond(pooled=cond if cond.dim() > 1 else cond.reshape(-1, 1))
+    raise TypeError(f"a condition is a diffusionlab.Cond (or None, or a tensor), got {type(cond).__name__}")
+
+
+@dataclass
+class Batch:
+    """One training batch: images ``x`` [B, C, H, W] in model space, their ``cond``, and
+    ``extras`` for losses that need more than images (e.g. preference pairs)."""
+
+    x: torch.Tensor
+    cond: Cond = field(default_factory=Cond)
+    extras: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        n = self.cond.batch_size
+        if n is not None and n != self.x.shape[0]:
+            raise ValueError(f"Batch: {self.x.shape[0]} images but a condition for {n}")
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
