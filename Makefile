@@ -27,7 +27,7 @@ test-slow: $(STAMP)
 
 # Peer libraries need torchvision, which does not import beside torch 2.13.0+cpu: a separate
 # venv with torch 2.14.1 + torchvision 0.29.1 (both on local disk) runs all three libraries.
-# Our package goes in with --no-deps (its pyproject pins torch 2.13.0); its other
+# Our package goes in with --no-deps (constraints.txt pins torch 2.13.0 for the project venv); its other
 # dependencies are listed here. See bench/README.md.
 BENCH_VENV := .venv-bench
 BPIP := $(BENCH_VENV)/bin/pip install -c bench/constraints-bench.txt

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from diffusionlab.data.embedded import load_mnist
-from diffusionlab.demo import sample_many
+from diffusionlab.sampling import sample_many
 from diffusionlab.evaluation import digit_metrics, load_digit_classifier
 from diffusionlab.likelihood import ode_bits_per_dim, quantize_8bit, vlb
 from diffusionlab.loading import load_denoiser

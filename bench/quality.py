@@ -77,7 +77,7 @@ def _batches(x, seed=0):
 
 
 def run_ours(lr, budget, n, eval_every_s, out):
-    from diffusionlab.demo import sample_many
+    from diffusionlab.sampling import sample_many
     from diffusionlab.loading import load_denoiser
     from diffusionlab.training import Trainer
     from diffusionlab.training.config import demo_config

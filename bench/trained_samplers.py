@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffusionlab.demo import sample_many
+from diffusionlab.sampling import sample_many
 from diffusionlab.evaluation.digits import (_load_real, extract_features, feature_stats, frechet_distance,
                                             load_digit_classifier)
 from diffusionlab.loading import load_denoiser

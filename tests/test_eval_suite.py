@@ -67,7 +67,7 @@ def test_evaluation_sampling_does_not_depend_on_batch_size():
     sampling loop changes nothing (so metrics are comparable across machines and settings)."""
     from oracles import AnalyticNet, GaussianOracle
 
-    from diffusionlab.demo import sample_many
+    from diffusionlab.sampling import sample_many
     from diffusionlab.denoiser import DiscreteDenoiser
     from diffusionlab.schedules import DiscreteSchedule
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from diffusionlab.demo import sample_many
+from diffusionlab.sampling import sample_many
 from diffusionlab.evaluation import digit_metrics, load_digit_classifier
 from diffusionlab.loading import load_denoiser
 from diffusionlab.training import Trainer, demo_config

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from diffusionlab.training import Trainer, tiny_config
-from diffusionlab.training import checkpoint as ckpt_mod
-from diffusionlab.training.checkpoint import find_checkpoint, load_checkpoint
+from diffusionlab import checkpoint as ckpt_mod
+from diffusionlab.checkpoint import find_checkpoint, load_checkpoint
 from diffusionlab.training.trainer import TrainingDiverged, lr_at
 
 
@@ -101,13 +101,13 @@ def test_crash_while_writing_a_checkpoint_keeps_the_last_good_one(tmp_path, monk
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path):
     t = Trainer(config=tiny_config(out_dir=str(tmp_path), max_steps=4, checkpoint_every=2))
-    real = t.diffusion.loss
+    real = t.loss_fn
 
-    def loss(x, *a, **k):
-        out = real(x, *a, **k)
+    def loss(net, batch, **k):  # the trainer's one loss interface (losses.TrainingLoss)
+        out = real(net, batch, **k)
         return out * float("nan") if t.step == 2 else out
 
-    t.diffusion.loss = loss
+    t.loss_fn = loss
     with pytest.raises(TrainingDiverged, match="loss became nan at step 2"):
         t.train()
     assert find_checkpoint(tmp_path).name == "step-00000002"
@@ -132,12 +132,32 @@ def test_lr_schedule_warmup_then_cosine():
     assert lr_at(100, cfg, 100) == pytest.approx(0.1)
 
 
+class FakeClock:
+    """Each reading advances by ``tick`` seconds: a training step "takes" tick / 2 ... tick."""
+
+    def __init__(self, tick):
+        self.now, self.tick = 0.0, tick
+
+    def __call__(self):
+        self.now += self.tick
+        return self.now
+
+
 def test_time_budget_stops_training(tmp_path):
+    # two clock readings per step, 0.25 s apart: every step takes 0.25 s of the 3 s budget
     cfg = tiny_config(out_dir=str(tmp_path), max_steps=None, time_budget=3.0, checkpoint_every=0, val_every=0)
-    t = Trainer(config=cfg)
+    t = Trainer(config=cfg, clock=FakeClock(0.25))
     s = t.train()
-    assert 0.7 * 3.0 <= s["train_seconds"] < 30   # stops at the budget or at the steps planned for it
-    assert t.step > 1
+    assert t.step == 12 and s["train_seconds"] == pytest.approx(3.0)
+
+
+def test_time_budget_replans_steps_from_the_measured_speed(tmp_path):
+    # from step 30 on the planned steps follow from the measured speed: 0.25 s per step of 20 s -> 80
+    cfg = tiny_config(out_dir=str(tmp_path), max_steps=None, time_budget=20.0, checkpoint_every=0, val_every=0,
+                      log_every=1000)
+    t = Trainer(config=cfg, clock=FakeClock(0.25))
+    t.train()
+    assert t.planned == 80 and t.step == 80
 
 
 def test_bad_data_is_reported_before_training(tmp_path):

@@ -48,8 +48,9 @@ class TrainingLoss(Protocol):
     """The one call signature the trainer uses: ``loss(net, batch)`` with a ``cond.Batch`` (images,
     their ``Cond``, extras) and keywords ``generator``, ``autocast``, ``train`` (False: the
     validation loss, uniform draws, no state updates); returns the per-sample loss [B].
-    ``state_dict`` / ``load_state_dict`` hold what must survive a resume (may be empty). Every
-    loss class here is one; DPO, latent and conditional losses plug in the same way."""
+    ``state_dict`` / ``load_state_dict`` hold what must survive a resume (may be empty; a plain
+    function without them is a stateless loss). Every loss class here is one; DPO, latent and
+    conditional losses plug in the same way (``Trainer(..., loss=...)``)."""
 
     def __call__(self, net, batch: Batch, *, generator=None, autocast=None, train: bool = True) -> torch.Tensor: ...
 

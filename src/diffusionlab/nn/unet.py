@@ -127,12 +127,12 @@ class Unet(nn.Module):
         null = cond.null_mask(batch, device)
         if cond.labels is not None:
             if self.class_emb is None:
-                raise ValueError("this Unet was built without class conditioning (num_classes)")
+                raise ValueError("this Unet was built without conditioning on class labels (num_classes)")
             null_label = self.class_emb.num_embeddings - 1
             emb = emb + self.class_emb(torch.where(null, null_label, cond.labels.long().to(device)))
         if cond.pooled is not None:
             if self.cond_proj is None:
-                raise ValueError("this Unet was built without vector conditioning (cond_dim)")
+                raise ValueError("this Unet was built without conditioning on a vector (cond_dim)")
             emb = emb + self.cond_proj(cond.pooled.to(device, emb.dtype)) * (~null).to(emb.dtype)[:, None]
         return emb
 

@@ -327,7 +327,8 @@ class Trainer:
         state = {"planned_steps": self.planned, "elapsed_train_seconds": self.elapsed, "ema_step": self.ema.step}
         if self.guide_step is not None:  # in config.json: loaders read it there, and so does resume
             config["guide_step"] = self.guide_step
-        loss_state = self.loss_fn.state_dict()
+        get_state = getattr(self.loss_fn, "state_dict", None)  # a plain function loss is stateless
+        loss_state = get_state() if callable(get_state) else None
         if loss_state:
             state["loss_state"] = loss_state  # e.g. the importance sampler's loss history
         self._saved_step = self.step

@@ -1,0 +1,232 @@
+"""The declared protocol (DenoiserInfo), the typed condition (Cond), and the batch-and-loss
+interface of the trainer."""
+import math
+
+import pytest
+import torch
+
+import diffusionlab as dl
+from diffusionlab.cond import Batch, Cond, as_cond
+from diffusionlab.denoiser import (DenoiserInfo, DiscreteDenoiser, EDMDenoiser, NCSNDenoiser, SDEDenoiser,
+                                   info_of)
+from diffusionlab.guidance import Autoguided, Clipped
+from diffusionlab.schedules import DiscreteSchedule
+from diffusionlab.sde import SDES
+
+from oracles import GaussianOracle
+
+
+def _oracle():
+    return GaussianOracle(torch.zeros(1, dtype=torch.float64), torch.ones(1, dtype=torch.float64))
+
+
+# ------------------------------------------------------------------ DenoiserInfo
+def test_a_bare_function_gets_the_defaults():
+    info = info_of(lambda x, s, c=None: x)
+    assert (info.sigma_min, info.sigma_max, info.default_schedule) == (0.002, 80.0, "karras")
+    assert info.prior_std(7.0) == 7.0 and not info.learned_variance and info.conditioning == ()
+
+
+DENOISERS = {
+    "ddpm": lambda net: DiscreteDenoiser(net, DiscreteSchedule.from_name("linear", 100), "eps"),
+    "vp": lambda net: SDEDenoiser(net, SDES["vp"]()),
+    "subvp": lambda net: SDEDenoiser(net, SDES["subvp"]()),
+    "ve": lambda net: SDEDenoiser(net, SDES["ve"]()),
+    "edm": lambda net: EDMDenoiser(net),
+    "ncsn": lambda net: NCSNDenoiser(net, levels=20),
+}
+
+
+@pytest.mark.parametrize("process", list(DENOISERS))
+def test_every_denoiser_declares_its_info(process):
+    net = dl.Unet(dim=8, dim_mults=(1,), channels=1, num_res_blocks=1, groups=4, num_classes=3)
+    den = DENOISERS[process](net)
+    den.image_shape = (1, 8, 8)
+    info = den.info
+    assert info.process == process and info.image_shape == (1, 8, 8)
+    assert info.conditioning == ("labels",) and info.num_classes == 3
+    assert 0 < info.sigma_min < info.sigma_max and info.device == torch.device("cpu")
+    s = 3.0
+    expect = {"ddpm": math.sqrt(1 + s * s), "vp": math.sqrt(1 + s * s)}.get(process, den.prior_std(s))
+    assert info.prior_std(s) == pytest.approx(expect) == pytest.approx(den.prior_std(s))
+    assert (info.table_sigmas is not None) == (process == "ddpm")
+    assert (info.ladder is not None) == (process == "ncsn")
+    assert (info.sde is not None) == (process in ("vp", "subvp", "ve"))
+    # wrappers forward the record unchanged
+    wrapped = Clipped(Autoguided(den, den, 2.0))
+    w = wrapped.info
+    assert (w.process, w.sigma_max, w.image_shape, w.table_sigmas is info.table_sigmas) == \
+        (info.process, info.sigma_max, info.image_shape, True)
+
+
+def test_zero_terminal_snr_gives_the_largest_finite_sigma():
+    sched = DiscreteSchedule.from_name("cosine", 50, zero_terminal_snr=True)
+    info = DiscreteDenoiser(torch.nn.Identity(), sched, "v").info
+    assert math.isinf(info.sigma_max) and math.isfinite(info.finite_sigma_max())
+    assert info.prior_std(math.inf) == 1.0
+
+
+def test_samplers_read_the_declared_range():
+    class Declared:
+        info = DenoiserInfo(sigma_min=0.05, sigma_max=3.0, default_schedule="exponential")
+
+        def __call__(self, x, sigma, cond=None):
+            return x * 0
+
+    seen = []
+    dl.sample(Declared(), (2, 1), sampler="euler", steps=4, seed=0, callback=lambda d: seen.append(d["sigma"]))
+    assert seen[0] == pytest.approx(3.0) and min(seen) == pytest.approx(0.05)
+
+
+def test_no_attribute_probes_of_denoisers_outside_the_accessor():
+    import re
+    from pathlib import Path
+
+    src = Path(dl.__file__).parent
+    hits = [f"{p.relative_to(src)}:{i}" for p in src.rglob("*.py") for i, line in enumerate(p.read_text().splitlines(), 1)
+            if re.search(r"getattr\((den|denoiser)\b", line)]
+    assert hits == ["denoiser.py:" + hits[0].split(":")[1]] and len(hits) == 1
+
+
+# ------------------------------------------------------------------ Cond
+def _cond(n=4):
+    return Cond(labels=torch.arange(n), pooled=torch.randn(n, 3))
+
+
+def test_cond_batch_index_cat_and_to():
+    c = _cond()
+    assert len(c) == 4 and c.batch_size == 4 and not c.is_empty
+    part = c[1:3]
+    assert torch.equal(part.labels, torch.tensor([1, 2])) and part.pooled.shape == (2, 3)
+    both = Cond.cat([c, c.as_null()])
+    assert len(both) == 8 and both.null.tolist() == [False] * 4 + [True] * 4
+    assert Cond.cat([Cond(), Cond()]).is_empty
+    with pytest.raises(ValueError, match="different fields"):
+        Cond.cat([c, Cond(labels=torch.arange(2))])
+    with pytest.raises(ValueError, match="batch size"):
+        Cond(labels=torch.arange(3), pooled=torch.zeros(2, 1))
+
+
+def test_cond_drop_is_seeded_and_has_the_asked_rate():
+    c = Cond(labels=torch.zeros(20000, dtype=torch.long))
+    a = c.drop(0.1, torch.Generator().manual_seed(0))
+    b = c.drop(0.1, torch.Generator().manual_seed(0))
+    assert torch.equal(a.null, b.null) and abs(a.null.float().mean().item() - 0.1) < 0.01
+    assert c.drop(0.0).null is None and Cond().drop(0.5).is_empty
+    assert c.drop(1.0, torch.Generator()).null.all()
+
+
+def test_as_cond_keeps_the_older_tensor_hook():
+    assert torch.equal(as_cond(torch.tensor([1, 2])).labels, torch.tensor([1, 2]))
+    assert as_cond(torch.zeros(2, 5)).pooled.shape == (2, 5)
+    assert as_cond(None).is_empty
+    with pytest.raises(TypeError, match="Cond"):
+        as_cond("seven")
+
+
+def test_unet_null_label_is_the_learned_extra_row():
+    net = dl.Unet(dim=8, dim_mults=(1,), channels=1, num_res_blocks=1, groups=4, num_classes=3)
+    torch.nn.init.normal_(net.class_emb.weight)
+    torch.nn.init.normal_(net.final_conv.weight)
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([10.0, 10.0])
+    dropped = net(x, t, Cond(labels=torch.tensor([0, 1]), null=torch.tensor([True, True])))
+    explicit = net(x, t, Cond(labels=torch.tensor([3, 3])))
+    other = net(x, t, Cond(labels=torch.tensor([0, 1])))
+    assert torch.allclose(dropped, explicit) and not torch.allclose(dropped, other)
+    with pytest.raises(ValueError, match="text"):
+        net(x, t, Cond(text=torch.zeros(2, 4, 8)))
+
+
+def test_a_denoiser_passes_cond_through_to_the_network():
+    seen = []
+
+    class Net(torch.nn.Module):
+        accepts_cond = True
+
+        def forward(self, x, t, cond):
+            seen.append(cond)
+            return torch.zeros_like(x)
+
+    den = EDMDenoiser(Net())
+    c = Cond(labels=torch.tensor([1, 2]))
+    dl.sample(den, (2, 1, 2, 2), sampler="euler", steps=2, cond=c, seed=0)
+    assert all(s is c for s in seen) and len(seen) == 2
+    den(torch.zeros(2, 1, 2, 2), torch.ones(2))
+    assert isinstance(seen[-1], Cond) and seen[-1].is_empty  # always a Cond, never None
+
+
+# ------------------------------------------------------------------ Batch + loss
+def test_losses_take_a_batch_and_equal_the_tensor_call():
+    sched = DiscreteSchedule.from_name("linear", 50)
+    loss = dl.GaussianDiffusion(dl.Unet(dim=8, dim_mults=(1,), channels=1, num_res_blocks=1, groups=4),
+                                image_size=8, timesteps=50).loss_fn
+    net = dl.Unet(dim=8, dim_mults=(1,), channels=1, num_res_blocks=1, groups=4)
+    x = torch.rand(3, 1, 8, 8) * 2 - 1
+    a = loss(net, Batch(x), generator=torch.Generator().manual_seed(1))
+    b = loss(net, x, generator=torch.Generator().manual_seed(1))
+    assert a.shape == (3,) and torch.equal(a, b)
+    with pytest.raises(ValueError, match="own cond"):
+        loss(net, Batch(x), Cond(labels=torch.zeros(3, dtype=torch.long)))
+    del sched
+
+
+def test_trainer_takes_any_loss_object(tmp_path):
+    from diffusionlab.training import Trainer, tiny_config
+
+    calls = []
+
+    class MeanLoss:  # a loss with state that must survive a resume
+        def __init__(self):
+            self.n = 0
+
+        def __call__(self, net, batch, *, generator=None, autocast=None, train=True):
+            calls.append((type(batch).__name__, len(batch)))
+            self.n += int(train)
+            out = net(batch.x, torch.zeros(len(batch)), batch.cond)
+            return (out - batch.x).pow(2).flatten(1).mean(1)
+
+        def state_dict(self):
+            return {"n": self.n}
+
+        def load_state_dict(self, d):
+            self.n = d["n"]
+
+    t = Trainer(config=tiny_config(out_dir=str(tmp_path), max_steps=3, checkpoint_every=3), loss=MeanLoss())
+    t.train()
+    assert calls[0] == ("Batch", 8) and t.loss_fn.n == 3
+    r = Trainer(config=tiny_config(out_dir=str(tmp_path), max_steps=4), loss=MeanLoss(), resume=True)
+    assert r.loss_fn.n == 3
+
+
+def test_class_conditional_training_batches_carry_the_labels(tmp_path):
+    from diffusionlab.data import load_mnist
+    from diffusionlab.training import Trainer, tiny_config
+
+    cfg = tiny_config(out_dir=str(tmp_path), max_steps=1)
+    cfg.model.num_classes = 10
+    t = Trainer(config=cfg)
+    images, labels = load_mnist("train", 32, return_labels=True)
+    b = t.batch(5)
+    for i in range(len(b)):  # every label belongs to its image (same fixed-seed order)
+        k = int(((images - b.x[i].cpu()).abs().flatten(1).max(1).values < 1e-6).nonzero()[0])
+        assert labels[k] == b.cond.labels[i]
+    t.train()
+
+
+def test_labelled_folders_yield_class_names(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from diffusionlab.data import load_image_sets
+
+    for cls, value in (("cat", 30), ("dog", 200)):
+        (tmp_path / cls).mkdir()
+        for i in range(12):
+            Image.fromarray(np.full((8, 8), value + i, np.uint8)).save(tmp_path / cls / f"{i}.png")
+    train, val = load_image_sets(str(tmp_path), 8, 1, val_fraction=0.25)
+    assert train.class_names == ["cat", "dog"] and len(train) + len(val) == 24
+    for s in (train, val):
+        bright = s.images.flatten(1).mean(1) > 0
+        assert torch.equal(bright, s.labels == 1)
+    flat = tmp_path / "cat"
+    assert load_image_sets(str(flat), 8, 1)[0].labels is None  # no class sub-folders: no labels
