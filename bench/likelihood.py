@@ -83,7 +83,7 @@ def main(argv=None) -> int:
         cfg = config(name, runs, a.budget, steps)
         cfg = dataclasses.replace(cfg, progress=False)
         print(f"training {name} ({'budget %.0f s' % a.budget if steps is None else f'{steps} steps'})", flush=True)
-        s = Trainer(config=cfg).train()
+        s = Trainer(config=cfg, overwrite=True).train()  # a result not cached yet: replace any partial run
         res[f"train_{name}"] = {"steps": s["steps"], "train_seconds": s["train_seconds"]}
         save_results(rpath, res)
 

@@ -88,7 +88,7 @@ def run_ours(lr, budget, n, eval_every_s, out):
     cfg = demo_config(lr=lr, time_budget=budget, out_dir=str(out), progress=False, sample_every=0,
                       checkpoint_every=0, val_every=0, eval_every=every, eval_n=250, eval_steps=20,
                       eval_metrics="fd", sample_sampler="dpmpp_2m_sde")
-    tr = Trainer(config=cfg)
+    tr = Trainer(config=cfg, overwrite=True)  # not cached: replace any partial run of this setting
     tr.train()
     curve = [(r["train_seconds"], r["eval_fd"]) for r in read_jsonl(out / "metrics.jsonl")
              if "eval_fd" in r and r["train_seconds"] < tr.elapsed - 1e-6]
