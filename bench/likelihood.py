@@ -31,7 +31,7 @@ from diffusionlab.evaluation import digit_metrics, load_digit_classifier
 from diffusionlab.likelihood import ode_bits_per_dim, quantize_8bit, vlb
 from diffusionlab.loading import load_denoiser
 from diffusionlab.training import Trainer
-from diffusionlab.training.config import DiffusionConfig, TrainConfig, UnetConfig
+from diffusionlab.training.config import DiffusionConfig, TrainConfig, default_model
 
 MODELS = {
     "fixed": dict(learned_variance=False, loss_kind="simple"),
@@ -45,7 +45,7 @@ def config(name: str, out: Path, budget: float | None, steps: int | None) -> Tra
         data="mnist", image_size=28, lr=3e-3, batch_size=64, time_budget=budget if steps is None else None,
         max_steps=steps, out_dir=str(out / name), log_every=10, val_every=200, sample_every=0,
         checkpoint_every=0,
-        model=UnetConfig(dim=64, dim_mults=(1, 2), patch_size=2, learned_variance=spec["learned_variance"]),
+        model=default_model(dim=64, dim_mults=(1, 2), patch_size=2, learned_variance=spec["learned_variance"]),
         diffusion=DiffusionConfig(objective="v", beta_schedule="cosine", timesteps=1000, loss_kind=spec["loss_kind"]))
 
 

@@ -2,9 +2,9 @@
 import json
 
 from diffusionlab.demo import DEMO_AUTOGUIDANCE, run_demo
-from diffusionlab.training.config import DiffusionConfig, UnetConfig
+from diffusionlab.training.config import DiffusionConfig, default_model
 
-TINY = dict(model=UnetConfig(dim=8, dim_mults=(1, 2), mid_attn=False, groups=4), diffusion=DiffusionConfig(timesteps=100),
+TINY = dict(model=default_model(dim=8, dim_mults=(1, 2), mid_attn=False, groups=4), diffusion=DiffusionConfig(timesteps=100),
             batch_size=8, max_steps=4, warmup_steps=2, n_val=16, val_every=2, log_every=1, sample_every=0,
             checkpoint_every=0, precision="fp32", guide_at=0.5)
 

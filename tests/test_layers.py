@@ -11,13 +11,13 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "diffusionlab"
 # top-level module or package -> layer (lower numbers never import higher ones)
 LAYERS = {
     # L0 foundations: randomness, the condition type, schedules, the process and its closed forms, SDEs, devices
-    "rng": 0, "cond": 0, "schedules": 0, "process": 0, "sde": 0, "devices": 0,
+    "rng": 0, "files": 0, "cond": 0, "schedules": 0, "process": 0, "sde": 0, "devices": 0,
     # L1 the math core over the sigma-space denoiser
-    "denoiser": 1, "losses": 1, "guidance": 1, "samplers": 1, "sampling": 1, "likelihood": 1,
+    "protocol": 1, "denoiser": 1, "losses": 1, "guidance": 1, "samplers": 1, "sampling": 1, "likelihood": 1,
     # L2 networks
     "nn": 2,
     # L3 front-ends and storage
-    "diffusion": 3, "continuous": 3, "checkpoint": 3, "loading": 3, "data": 3,
+    "processes": 3, "diffusion": 3, "continuous": 3, "checkpoint": 3, "loading": 3, "data": 3,
     # L4 procedures
     "training": 4, "evaluation": 4, "viz": 4,
     # L5 applications

@@ -199,10 +199,10 @@ def test_importance_sampled_hybrid_run_resumes_exactly(tmp_path, one_thread):
                                                                  t_sampling="importance"))
     a = Trainer(config=cfg(tmp_path / "a"))
     a.train()
-    assert a.diffusion.loss_fn.sampler.warm
+    assert a.diffusion.loss_fn.timestep_sampler.warm
     Trainer(config=cfg(tmp_path / "b")).train(stop_after=7)  # 224 draws of 10 timesteps: warm by then
     c = Trainer(config=cfg(tmp_path / "b"), resume=True)
-    assert c.diffusion.loss_fn.sampler.warm
+    assert c.diffusion.loss_fn.timestep_sampler.warm
     c.train()
     for (k, v), w in zip(a.model.state_dict().items(), c.model.state_dict().values()):
         assert torch.equal(v, w), k

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from diffusionlab.losses import DiscreteLoss, edm_weight, min_snr_weight, per_sample_loss
+from diffusionlab.denoiser import PRECONDITIONING
+from diffusionlab.losses import DiscreteLoss, EDMWeighting, MinSNR, per_sample_loss
 from diffusionlab.schedules import DiscreteSchedule
 
 
@@ -11,19 +12,24 @@ def x0_space_factor(snr, objective):
     return {"eps": 1 / snr, "v": 1 / (snr + 1), "x0": torch.ones_like(snr)}[objective]
 
 
+def _output_weight(weighting, snr, objective):
+    sigma = 1 / snr.sqrt()
+    return weighting.output_weight(sigma, PRECONDITIONING[objective](sigma)[1])
+
+
 @pytest.mark.parametrize("objective", ["eps", "v", "x0"])
 def test_weightings_agree_in_x0_space(objective):
     snr = torch.logspace(-3, 3, 13, dtype=torch.float64)
     # w * target_loss = w / factor * x0_loss: the x0-space weight is w / factor
-    edm = edm_weight(snr, 0.5, objective) / x0_space_factor(snr, objective)
+    edm = _output_weight(EDMWeighting(0.5), snr, objective) / x0_space_factor(snr, objective)
     assert torch.allclose(edm, snr + 4.0)
-    ms = min_snr_weight(snr, 5.0, objective) / x0_space_factor(snr, objective)
+    ms = _output_weight(MinSNR(5.0), snr, objective) / x0_space_factor(snr, objective)
     assert torch.allclose(ms, snr.clamp(max=5.0))
 
 
 def test_edm_weight_with_unit_sigma_data_is_plain_v():
-    snr = torch.logspace(-3, 3, 7)
-    assert torch.allclose(edm_weight(snr, 1.0, "v"), torch.ones_like(snr))
+    snr = torch.logspace(-3, 3, 7, dtype=torch.float64)
+    assert torch.allclose(_output_weight(EDMWeighting(1.0), snr, "v"), torch.ones_like(snr))
 
 
 def test_loss_types_and_errors():
@@ -44,7 +50,7 @@ def test_perfect_prediction_has_zero_loss_for_every_objective():
     for objective in ("eps", "v", "x0"):
         fn = DiscreteLoss(sched, objective, sigma_data=0.5)
         t, eps = fn.draw(x0, g)
-        abar = fn.abar[t].view(-1, 1, 1, 1)
+        abar = sched.abar[t].view(-1, 1, 1, 1).float()
         target = {"eps": eps, "x0": x0, "v": abar.sqrt() * eps - (1 - abar).sqrt() * x0}[objective]
         loss = fn(lambda x, tt: target, x0, t=t, eps=eps)
         assert torch.allclose(loss, torch.zeros(4), atol=1e-10)

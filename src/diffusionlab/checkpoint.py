@@ -36,7 +36,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-FORMAT_VERSION = 1
+from .files import atomic_write, write_json_atomic  # noqa: F401 (re-exported)
+
+FORMAT_VERSION = 2          # config.json layout (loading.py); format 1 is migrated on read
+READABLE_FORMATS = (1, 2)
 MANIFEST = "manifest.json"
 STEP_DIR = re.compile(r"^step-(\d{8})$")
 
@@ -55,27 +58,6 @@ def _fsync_dir(path: Path) -> None:
         fd = os.open(path, os.O_RDONLY)
         os.fsync(fd)
         os.close(fd)
-
-
-def atomic_write(path, data: bytes | str) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder, fsync, rename:
-    readers see the old file or the new one, never a part."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def write_json_atomic(path, obj) -> None:
-    atomic_write(path, json.dumps(obj, indent=2, default=str))
 
 
 def _contiguous(sd: dict) -> dict:
@@ -300,15 +282,52 @@ def resume_checkpoint(run_dir, strict: bool = False, log=None) -> Path | None:
 
 def _check_format(cfg: dict, ckpt: Path) -> None:
     v = cfg.get("format_version")
-    if v != FORMAT_VERSION:
-        raise CheckpointError(f"{ckpt / 'config.json'}: checkpoint format {v}, this diffusionlab reads {FORMAT_VERSION}")
+    if v not in READABLE_FORMATS:
+        raise CheckpointError(f"{ckpt / 'config.json'}: checkpoint format {v}, this diffusionlab reads "
+                              f"{', '.join(map(str, READABLE_FORMATS))}")
+
+
+# format 1's GaussianDiffusion config -> DiffusionConfig field names
+_FORMAT1_DDPM_RENAMES = {"offset_noise_strength": "offset_noise", "ddim_sampling_eta": "ddim_eta",
+                         "sampling_timesteps": "sampling_steps"}
+
+
+def migrate_config(cfg: dict) -> dict:
+    """A format-1 config.json body (``model: {type, config}``, the front-end's own ``diffusion``
+    dict with ``image_size`` inside) as format 2 (``network``, a ``DiffusionConfig`` dict,
+    ``image_size``); format 2 is returned as is. Checkpoints from before processes existed
+    (no ``process``) are ddpm."""
+    from .processes import DiffusionConfig
+
+    if cfg.get("format_version") == 2:
+        return cfg
+    names = set(DiffusionConfig.__dataclass_fields__)
+    d = dict(cfg["diffusion"])
+    image_size = d.pop("image_size")
+    d.setdefault("process", "ddpm")
+    if d["process"] == "ddpm":
+        d = {_FORMAT1_DDPM_RENAMES.get(k, k): v for k, v in d.items()}
+        d["schedule_kwargs"] = d.get("schedule_kwargs") or None
+    diffusion = {k: v for k, v in d.items() if k in names and v is not None}
+    train = dict(cfg.get("train") or {})
+    if train:
+        train["diffusion"] = {"process": "ddpm", **train.get("diffusion", {})}
+    out = {k: v for k, v in cfg.items() if k not in ("model", "diffusion", "train")}
+    out.update(format_version=2, migrated_from=1, network={"arch": cfg["model"]["type"], "config": cfg["model"]["config"]},
+               diffusion=diffusion, image_size=list(image_size), train=train)
+    return out
 
 
 def read_config(ckpt_dir) -> dict:
+    """A checkpoint's config.json, as format 2 (older formats migrated)."""
     ckpt_dir = find_checkpoint(ckpt_dir)
     cfg = _read_json(ckpt_dir / "config.json")
     _check_format(cfg, ckpt_dir)
-    return cfg
+    try:
+        return migrate_config(cfg)
+    except (KeyError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{ckpt_dir / 'config.json'} is damaged: format {cfg.get('format_version')} "
+                              f"without {e}") from e
 
 
 def load_checkpoint(path) -> dict:

@@ -23,7 +23,8 @@ def _ints(s: str) -> tuple:
 def _add_train(sub):
     p = sub.add_parser("train", help="train a diffusion model",
                        description="Train a U-Net diffusion model on MNIST-5k, the 8x8 digits or a folder of images.")
-    p.add_argument("--preset", choices=["demo", "tiny"], default=None, help="start from a preset config")
+    p.add_argument("--preset", choices=["default", "demo", "tiny"], default=None,
+                   help="start from a preset config (default: `default`, training.config.default_config)")
     p.add_argument("--data", help="mnist | digits | path/to/image/folder (default mnist)")
     p.add_argument("--image-size", type=int)
     p.add_argument("--channels", type=int, choices=[1, 3], help="1 (greyscale) or 3 (RGB)")
@@ -95,9 +96,9 @@ def _add_train(sub):
 
 
 def _train_config(a):
-    from .training import PRESETS, TrainConfig
+    from .training import PRESETS
 
-    cfg = PRESETS[a.preset]() if a.preset else TrainConfig()
+    cfg = PRESETS[a.preset or "default"]()  # no --preset: the explicit default preset
     top = {k: getattr(a, k) for k in ("data", "image_size", "hflip", "max_steps", "time_budget", "batch_size",
                                       "grad_accum", "lr", "warmup_steps", "lr_schedule", "grad_clip", "ema_decay", "guide_at",
                                       "precision", "device", "num_threads", "seed", "out_dir", "sample_every",
@@ -119,29 +120,28 @@ def _train_config(a):
         diff["loss_kind"] = "hybrid"
     if top.get("data") not in (None, "mnist", "digits") and "channels" not in model:
         model["channels"] = 3
+    from .processes import for_process
+
+    base = for_process(cfg.diffusion, a.process) if a.process and a.process != cfg.diffusion.process else cfg.diffusion
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **model),
-                              diffusion=dataclasses.replace(cfg.diffusion, **diff), **top)
+                              diffusion=dataclasses.replace(base, **diff), **top)
     if a.no_progress:
         cfg = dataclasses.replace(cfg, progress=False)
     return cfg
 
 
-# flag -> the processes it applies to (a flag given for another process is an error)
-PROCESS_FLAGS = {
-    "objective": ("ddpm", "vp", "subvp", "ve"), "schedule": ("ddpm",), "timesteps": ("ddpm",),
-    "min_snr_gamma": ("ddpm",), "offset_noise": ("ddpm",), "zero_terminal_snr": ("ddpm",),
-    "sigma_data": ("ddpm", "edm"), "beta_min": ("vp", "subvp"), "beta_max": ("vp", "subvp"),
-    "eps_t": ("vp", "subvp", "ve"), "sigma_min": ("ve", "edm", "ncsn"), "sigma_max": ("ve", "edm", "ncsn"),
-    "likelihood_weighting": ("vp", "subvp", "ve"), "p_mean": ("edm",), "p_std": ("edm",),
-    "ncsn_levels": ("ncsn",), "learned_variance": ("ddpm",), "loss_kind": ("ddpm",), "vlb_weight": ("ddpm",),
-    "t_sampling": ("ddpm",),
-}
+# CLI flags named differently from their DiffusionConfig field (processes.PROCESS_FIELDS says which
+# process reads which field; --learned-variance is the network's, for ddpm only)
+FLAG_OF_FIELD = {"beta_schedule": "schedule"}
 
 
 def _process_flags(a, process: str) -> dict:
     """The process and its own settings; a setting of another process is a user error."""
-    for flag, procs in PROCESS_FLAGS.items():
-        if getattr(a, flag) is not None and process not in procs:
+    from .processes import PROCESS_FIELDS
+
+    checks = [(FLAG_OF_FIELD.get(f, f), procs) for f, procs in PROCESS_FIELDS.items()] + [("learned_variance", ("ddpm",))]
+    for flag, procs in checks:
+        if getattr(a, flag, None) is not None and process not in procs:
             raise ValueError(f"--{flag.replace('_', '-')} applies to --process {' / '.join(procs)}, not {process}")
     if a.objective == "score" and process == "ddpm":
         raise ValueError("--objective score applies to --process vp / subvp / ve")
@@ -323,7 +323,7 @@ def write_npy(path, x) -> None:
 
     import numpy as np
 
-    from .checkpoint import atomic_write
+    from .files import atomic_write
 
     arr = np.ascontiguousarray(x.detach().float().clamp(-1, 1).cpu().numpy(), dtype=np.float32)
     if arr.ndim != 4:

@@ -1,162 +1,42 @@
-"""The one interface: every model is a denoiser in sigma-space.
+"""Every model as a denoiser in sigma-space: ONE preconditioning table and ONE forward path.
 
     denoiser(x, sigma, cond=None) -> x0_hat,   x = x0 + sigma * n,   sigma: tensor [B]
+    x0_hat = c_skip(sigma) x + c_out(sigma) F(c_in(sigma) x, c_noise(sigma), cond)     (Karras et al. 2022, Eq. 7)
 
-A network trained in VP coordinates (x_vp = sqrt(abar) x0 + sqrt(1 - abar) eps) sees
-``c_in(sigma) * x`` with c_in = 1 / sqrt(1 + sigma^2) (since abar = 1 / (1 + sigma^2)),
-and its output F becomes ``x0_hat = c_skip * x + c_out * F``. The objectives differ only in
-the coefficients (Karras et al. 2022, Table 1; Salimans & Ho 2022 for v):
+A preconditioner maps float64 sigma [B] to (c_skip, c_out, c_in, c_noise); each model family
+is one small class (``DiscretePrecond``, ``SDEPrecond``, ``EDMPrecond``, ``NCSNPrecond``) and
+``PreconditionedDenoiser.forward`` is the only place they are applied. The training loss
+(losses.py) uses the same objects.
 
-    eps: c_skip = 1,              c_out = -sigma
-    x0 : c_skip = 0,              c_out = 1
+What the network predicts (its parameterization) is one row of ``PRECONDITIONING``,
+shared by the discrete and the SDE models (Karras et al. 2022, Table 1; Salimans & Ho 2022 for v):
+
+    eps: c_skip = 1,               c_out = -sigma
+    x0 : c_skip = 0,               c_out = 1
     v  : c_skip = 1 / (1+sigma^2), c_out = -sigma / sqrt(1+sigma^2)
 
-Zero terminal SNR (sigma = inf): x then holds the unit-variance VP noise itself (the limit
-of x / sqrt(1 + sigma^2)); only x0 and v objectives are defined there (x0_hat = F or -F).
+A discrete model (``DiscretePrecond``) was trained in VP coordinates,
+x_vp = sqrt(abar) x0 + sqrt(1 - abar) eps = x / sqrt(1 + sigma^2): c_in = 1 / sqrt(1 + sigma^2)
+and c_noise = the fractional timestep (linear interpolation of the index in log sigma).
+Zero terminal SNR (sigma = inf): x then holds the unit-variance VP noise itself (c_in = 1);
+only x0 and v are defined there (x0_hat = F or -F).
 
-Continuous-time models use the general form (Karras et al. 2022, Eq. 7)
-
-    x0_hat = c_skip(sigma) x + c_out(sigma) net(c_in(sigma) x, c_noise(sigma))
-
-with one preconditioner object per family (``SDEPrecond``, ``EDMPrecond``, ``NCSNPrecond``)
-shared by the denoiser (``PreconditionedDenoiser``) and its training loss (losses.py).
-
-**The protocol.** A denoiser is any callable ``denoiser(x, sigma, cond=None) -> x0_hat``. What it
-carries beyond that is declared in one record, ``denoiser.info`` (a ``DenoiserInfo``: sigma
-range, prior, sigma table / ladder / SDE, default grid, sampler, steps and guidance, image shape,
-the conditioning it accepts, learned variance, device). ``info_of(denoiser)`` is the one accessor:
-it gives a bare function the defaults (sigma 0.002 .. 80, prior std = sigma), so samplers,
-likelihoods, guidance and the CLI read ``info_of(den).field`` and never probe attributes.
-The one optional method is ``denoise_with_variance(x, sigma, cond) -> (x0_hat, frac)`` for
-learned-variance models (``info.learned_variance``). Wrappers derive from ``DenoiserWrapper``,
-which implements both methods from one ``denoise`` and forwards ``info``, so no path can
-bypass a wrapper.
+The protocol (``DenoiserInfo``, ``info_of``, ``call_net``, ``DenoiserWrapper``) lives in
+protocol.py and is re-exported here.
 """
 from __future__ import annotations
 
 import math
 from contextlib import nullcontext
-from dataclasses import dataclass
-from typing import Any, Callable, Protocol, Union
+from typing import Callable
 
 import torch
 from torch import nn
 
-from .cond import Cond, as_cond
 from .process import learned_log_variance
+from .protocol import (FALLBACK_SIGMA_MAX, FALLBACK_SIGMA_MIN, Denoiser, DenoiserInfo,  # noqa: F401 (re-exported)
+                       DenoiserWrapper, _param_device, call_net, info_of, net_conditioning)
 from .schedules import DiscreteSchedule
-
-FALLBACK_SIGMA_MIN, FALLBACK_SIGMA_MAX = 0.002, 80.0
-
-
-@dataclass(frozen=True)
-class DenoiserInfo:
-    """What a denoiser declares besides its call (module docstring). The defaults are a bare
-    function's: sigma 0.002 .. 80, prior N(0, sigma^2 I) (VE), Karras grid."""
-
-    process: str = ""                    # ddpm | vp | subvp | ve | edm | ncsn | "" (a bare function)
-    sigma_min: float = FALLBACK_SIGMA_MIN
-    sigma_max: float = FALLBACK_SIGMA_MAX  # inf for zero terminal SNR
-    prior: Union[str, Callable[[float], float]] = "ve"  # "ve": std sigma; "vp": sqrt(1 + sigma^2); or std(sigma)
-    table_sigmas: torch.Tensor | None = None  # a discrete model's increasing sigma table
-    ladder: torch.Tensor | None = None   # NCSN's decreasing noise ladder
-    sde: Any = None                      # a continuous SDE (sde.py) where the model has one
-    default_schedule: str = "karras"
-    default_sampler: str | None = None   # None: the caller's default (ddim)
-    default_steps: int | None = None
-    default_guidance: float | None = None
-    image_shape: tuple | None = None     # (C, H, W) where known (checkpoints)
-    conditioning: tuple = ()             # the Cond fields the network uses: "labels", "pooled", ...
-    num_classes: int | None = None
-    learned_variance: bool = False       # has denoise_with_variance
-    device: torch.device | None = None
-
-    def prior_std(self, sigma: float) -> float:
-        """Std of x at noise level sigma when x0 is negligible: the prior's scale."""
-        if callable(self.prior):
-            return float(self.prior(sigma))
-        if self.prior == "vp":
-            return math.sqrt(1 + sigma ** 2) if math.isfinite(sigma) else 1.0
-        return float(sigma)
-
-    def finite_sigma_max(self) -> float:
-        """sigma_max, or for zero terminal SNR the largest finite sigma of the table."""
-        if math.isfinite(self.sigma_max) or self.table_sigmas is None:
-            return float(self.sigma_max)
-        t = self.table_sigmas
-        return float(t[torch.isfinite(t)].max())
-
-
-class Denoiser(Protocol):
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond=None) -> torch.Tensor: ...
-
-
-_BARE = DenoiserInfo()
-
-
-def info_of(denoiser) -> DenoiserInfo:
-    """The one accessor of the protocol: ``denoiser.info``, or the defaults for a bare function."""
-    info = getattr(denoiser, "info", None)
-    return info if isinstance(info, DenoiserInfo) else _BARE
-
-
-def call_net(net, x: torch.Tensor, c_noise: torch.Tensor, cond) -> torch.Tensor:
-    """The one place a network is called. A network that declares ``accepts_cond = True`` (the
-    library's) always receives a ``Cond``; any other ``net(x, t)`` is called without one, or with
-    the caller's own condition object when one is given (the older hook)."""
-    if getattr(net, "accepts_cond", False):
-        return net(x, c_noise, as_cond(cond))
-    if cond is None or (isinstance(cond, Cond) and cond.is_empty):
-        return net(x, c_noise)
-    return net(x, c_noise, cond)
-
-
-def net_conditioning(net) -> tuple[tuple, int | None]:
-    """(Cond fields, number of classes) a library network was built for (from its config)."""
-    cfg = getattr(net, "config", None) or {}
-    kinds = tuple(k for k, on in (("labels", cfg.get("num_classes")), ("pooled", cfg.get("cond_dim"))) if on)
-    return kinds, cfg.get("num_classes")
-
-
-def _param_device(module: nn.Module) -> torch.device | None:
-    p = next(module.parameters(), None)
-    return p.device if p is not None else None
-
-
-class DenoiserWrapper:
-    """Base of every ``Denoiser -> Denoiser`` wrapper (guidance, thresholding, counting).
-
-    A subclass implements ``denoise(x, sigma, cond, inner)`` where ``inner(x, sigma, cond)`` is
-    the wrapped denoiser's x0 prediction. The base turns it into ``__call__`` and
-    ``denoise_with_variance`` (the variance is the one of ``inner``'s first call: the main
-    model's), and forwards ``info``; nothing else is forwarded, so no method of the wrapped
-    denoiser can be reached around the wrapper."""
-
-    def __init__(self, inner):
-        self.inner = inner
-
-    @property
-    def info(self) -> DenoiserInfo:
-        return info_of(self.inner)
-
-    def denoise(self, x, sigma, cond, inner):
-        raise NotImplementedError
-
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond=None) -> torch.Tensor:
-        return self.denoise(x, sigma, cond, self.inner)
-
-    def denoise_with_variance(self, x: torch.Tensor, sigma: torch.Tensor, cond=None):
-        if not self.info.learned_variance:
-            raise ValueError("this model has no learned variance (its network outputs C channels)")
-        fracs = []
-
-        def inner(x_, sigma_, cond_=None):
-            x0, frac = self.inner.denoise_with_variance(x_, sigma_, cond_)
-            fracs.append(frac)
-            return x0
-
-        x0 = self.denoise(x, sigma, cond, inner)
-        return x0, fracs[0]
 
 
 def append_dims(v: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -193,59 +73,28 @@ def canonical_objective(objective: str) -> str:
     return OBJECTIVE_ALIASES[objective]
 
 
-def vp_input(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """x / sqrt(1 + sigma^2): the VP-coordinate input; at sigma = inf x already is that."""
-    s = append_dims(sigma, x.dim()).to(x.dtype)
-    finite = torch.isfinite(s)
-    return torch.where(finite, x / (1 + torch.where(finite, s, 0) ** 2).sqrt(), x)
+class DiscretePrecond:
+    """A network ``net(x_vp, t, cond)`` trained on a T-step discrete schedule (module docstring):
+    c_in = 1 / sqrt(1 + sigma^2) (1 at sigma = inf), c_noise = the fractional 0-based timestep,
+    c_skip / c_out from the objective's row of ``PRECONDITIONING``."""
 
-
-class DiscreteDenoiser(nn.Module):
-    """Wraps ``net(x_vp, t, cond) -> F`` trained on a T-step discrete schedule with objective
-    eps / x0 / v into a sigma-space denoiser. Any sigma between the table's values maps to a
-    fractional timestep by linear interpolation in log sigma."""
-
-    process = "ddpm"
-    default_schedule = "trailing"
-
-    def __init__(self, net: nn.Module, schedule: DiscreteSchedule, objective: str = "eps",
-                 autocast_dtype: torch.dtype | None = None):
-        super().__init__()
-        self.net = net
-        self.schedule = schedule
-        self.objective = canonical_objective(objective)
+    def __init__(self, schedule: DiscreteSchedule, objective: str = "eps"):
+        self.schedule, self.objective = schedule, canonical_objective(objective)
         if schedule.zero_terminal_snr and self.objective == "eps":
             raise ValueError("zero terminal SNR needs objective 'v' (or 'x0'), not 'eps'")
-        self.autocast_dtype = autocast_dtype
-        sig = schedule.sigmas
-        self.register_buffer("table_sigmas", sig, persistent=False)
-        finite = sig[torch.isfinite(sig)]
-        self.register_buffer("_log_sigmas", finite.log(), persistent=False)
-        self.image_shape = None
+        sig = schedule.sigmas.to(torch.float64)
+        self.log_sigmas = sig[torch.isfinite(sig)].log()
+        self._on_device = {}
 
-    @property
-    def info(self) -> DenoiserInfo:
-        kinds, n_classes = net_conditioning(self.net)
-        return DenoiserInfo(process="ddpm", sigma_min=self.sigma_min, sigma_max=self.sigma_max, prior="vp",
-                            table_sigmas=self.table_sigmas, default_schedule=self.default_schedule,
-                            image_shape=self.image_shape, conditioning=kinds, num_classes=n_classes,
-                            learned_variance=self.learned_variance, device=_param_device(self))
-
-    @property
-    def sigma_min(self) -> float:
-        return float(self.table_sigmas[0])
-
-    @property
-    def sigma_max(self) -> float:
-        return float(self.table_sigmas[-1])
-
-    def prior_std(self, sigma: float) -> float:
-        """Std of x at noise level sigma when x0 is negligible: sqrt(1 + sigma^2) in VP."""
-        return math.sqrt(1 + sigma ** 2) if math.isfinite(sigma) else 1.0
+    def _ls(self, device) -> torch.Tensor:
+        key = str(device)
+        if key not in self._on_device:
+            self._on_device[key] = self.log_sigmas.to(device)
+        return self._on_device[key]
 
     def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
-        """Fractional 0-based timestep: linear interpolation of the index in log sigma."""
-        ls = self._log_sigmas
+        """Fractional 0-based timestep: linear interpolation of the index in log sigma (T - 1 at inf)."""
+        ls = self._ls(sigma.device)
         n = len(ls)
         log_s = sigma.to(torch.float64).clamp_min(1e-30).log()
         hi = torch.searchsorted(ls, log_s).clamp(1, n - 1)
@@ -256,60 +105,19 @@ class DiscreteDenoiser(nn.Module):
         return t if sigma.dtype == torch.float64 else t.to(torch.float32)
 
     def t_to_sigma(self, t: torch.Tensor) -> torch.Tensor:
+        ls = self._ls(t.device)
         t = t.to(torch.float64)
-        lo = t.floor().long().clamp(0, len(self._log_sigmas) - 1)
-        hi = (lo + 1).clamp(max=len(self._log_sigmas) - 1)
+        lo = t.floor().long().clamp(0, len(ls) - 1)
+        hi = (lo + 1).clamp(max=len(ls) - 1)
         w = t - lo
-        return ((1 - w) * self._log_sigmas[lo] + w * self._log_sigmas[hi]).exp()
+        return ((1 - w) * ls[lo] + w * ls[hi]).exp()
 
-    def _autocast(self, device: torch.device):
-        if self.autocast_dtype is None:
-            return nullcontext()
-        return torch.autocast(device_type=device.type, dtype=self.autocast_dtype)
-
-    @property
-    def learned_variance(self) -> bool:
-        """True for an improved-DDPM network whose output has 2C channels (prediction, then v)."""
-        net = self.net
-        return getattr(net, "out_channels", None) is not None and net.out_channels == 2 * getattr(net, "channels", -1)
-
-    def _run(self, x: torch.Tensor, sigma: torch.Tensor, cond):
-        sigma = torch.as_tensor(sigma, device=x.device)
-        if sigma.dim() == 0:
-            sigma = sigma.expand(x.shape[0])
-        c_skip, c_out = (append_dims(c, x.dim()).to(x.dtype)
-                         for c in PRECONDITIONING[self.objective](sigma.to(torch.float64)))
-        t = self.sigma_to_t(sigma).to(x.device)
-        with self._autocast(x.device):
-            out = call_net(self.net, vp_input(x, sigma), t, cond)
-        out = out.to(x.dtype)
-        C = x.shape[1]
-        skip = torch.where(c_skip == 0, torch.zeros_like(x), c_skip * x)  # x may be huge, never 0*inf
-        return skip + c_out * out[:, :C], out[:, C:2 * C]
-
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond=None) -> torch.Tensor:
-        return self._run(x, sigma, cond)[0]
-
-    def denoise_with_variance(self, x: torch.Tensor, sigma: torch.Tensor, cond=None):
-        """(x0_hat, frac) from one network call: frac = (v + 1) / 2 is improved DDPM's variance
-        interpolation weight (per element; ``likelihood.learned_log_variance`` turns it into the
-        log-variance of any step sigma -> sigma_next)."""
-        if not self.learned_variance:
-            raise ValueError("this model has no learned variance (its network outputs C channels)")
-        x0, raw = self._run(x, sigma, cond)
-        return x0, (raw + 1) / 2
-
-    def log_variance(self, x: torch.Tensor, sigma: torch.Tensor, cond=None, sigma_next: float | None = None):
-        """log-variance (sigma-space) of the learned p(x_s | x_t) for the step sigma -> sigma_next
-        (default: the next lower sigma of the model's own table). ``sigma``: one value for the batch."""
-        s = float(torch.as_tensor(sigma).reshape(-1)[0])
-        if sigma_next is None:
-            lower = self.table_sigmas[self.table_sigmas < s * (1 - 1e-9)]
-            if len(lower) == 0:
-                raise ValueError("sigma is the model's lowest: the step to 0 is the decoder, give sigma_next")
-            sigma_next = float(lower.max())
-        _, frac = self.denoise_with_variance(x, sigma, cond)
-        return learned_log_variance(frac, s, float(sigma_next))
+    def __call__(self, sigma: torch.Tensor):
+        c_skip, c_out = PRECONDITIONING[self.objective](sigma)
+        finite = torch.isfinite(sigma)
+        s = torch.where(finite, sigma, torch.zeros_like(sigma))
+        c_in = torch.where(finite, 1 / (1 + s ** 2).sqrt(), torch.ones_like(s))
+        return c_skip, c_out, c_in, self.sigma_to_t(sigma)
 
 
 # ------------------------------------------------------------------ continuous-time models
@@ -409,7 +217,9 @@ def noise_label(c_noise: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 class PreconditionedDenoiser(nn.Module):
     """x0_hat = c_skip x + c_out net(c_in x, c_noise, cond) for a preconditioner ``precond``
-    mapping float64 sigma [B] to the four coefficients. Subclasses set the process attributes."""
+    mapping float64 sigma [B] to the four coefficients: the one forward path of every model.
+    A network with 2C output channels carries improved DDPM's learned variance in the second C
+    (``denoise_with_variance``). Subclasses set the process attributes."""
 
     process = ""
     default_schedule = "karras"
@@ -424,15 +234,22 @@ class PreconditionedDenoiser(nn.Module):
 
     def _info(self, **fields) -> DenoiserInfo:
         kinds, n_classes = net_conditioning(self.net)
+        fields.setdefault("default_schedule", self.default_schedule)
         return DenoiserInfo(process=self.process, sigma_min=float(self.sigma_min), sigma_max=float(self.sigma_max),
-                            default_schedule=self.default_schedule, image_shape=self.image_shape,
-                            conditioning=kinds, num_classes=n_classes, device=_param_device(self), **fields)
+                            image_shape=self.image_shape, conditioning=kinds, num_classes=n_classes,
+                            learned_variance=self.learned_variance, device=_param_device(self), **fields)
 
     @property
     def info(self) -> DenoiserInfo:
         return self._info()
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond=None) -> torch.Tensor:
+    @property
+    def learned_variance(self) -> bool:
+        """True for an improved-DDPM network whose output has 2C channels (prediction, then v)."""
+        net = self.net
+        return getattr(net, "out_channels", None) is not None and net.out_channels == 2 * getattr(net, "channels", -1)
+
+    def _run(self, x: torch.Tensor, sigma: torch.Tensor, cond):
         sigma = torch.as_tensor(sigma, device=x.device)
         if sigma.dim() == 0:
             sigma = sigma.expand(x.shape[0])
@@ -442,7 +259,71 @@ class PreconditionedDenoiser(nn.Module):
                if self.autocast_dtype is not None else nullcontext())
         with ctx:
             out = call_net(self.net, c_in * x, noise_label(c_noise, x), cond)
-        return c_skip * x + c_out * out[:, : x.shape[1]].to(x.dtype)
+        out = out.to(x.dtype)
+        C = x.shape[1]
+        skip = torch.where(c_skip == 0, torch.zeros_like(x), c_skip * x)  # x may be huge at sigma = inf: never 0 * inf
+        return skip + c_out * out[:, :C], out[:, C:2 * C]
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond=None) -> torch.Tensor:
+        return self._run(x, sigma, cond)[0]
+
+    def denoise_with_variance(self, x: torch.Tensor, sigma: torch.Tensor, cond=None):
+        """(x0_hat, frac) from one network call: frac = (v + 1) / 2 is improved DDPM's variance
+        interpolation weight (per element; ``process.learned_log_variance`` turns it into the
+        log-variance of any step sigma -> sigma_next)."""
+        if not self.learned_variance:
+            raise ValueError("this model has no learned variance (its network outputs C channels)")
+        x0, raw = self._run(x, sigma, cond)
+        return x0, (raw + 1) / 2
+
+
+class DiscreteDenoiser(PreconditionedDenoiser):
+    """A network trained on a T-step discrete schedule (objective eps / x0 / v) as a sigma-space
+    denoiser (``DiscretePrecond``): any sigma between the table's values maps to a fractional
+    timestep."""
+
+    process = "ddpm"
+    default_schedule = "trailing"
+
+    def __init__(self, net: nn.Module, schedule: DiscreteSchedule, objective: str = "eps",
+                 autocast_dtype: torch.dtype | None = None):
+        super().__init__(net, DiscretePrecond(schedule, objective), autocast_dtype)
+        self.schedule, self.objective = schedule, self.precond.objective
+        self.register_buffer("table_sigmas", schedule.sigmas, persistent=False)
+
+    @property
+    def info(self) -> DenoiserInfo:
+        return self._info(prior="vp", table_sigmas=self.table_sigmas)
+
+    @property
+    def sigma_min(self) -> float:
+        return float(self.table_sigmas[0])
+
+    @property
+    def sigma_max(self) -> float:
+        return float(self.table_sigmas[-1])
+
+    def prior_std(self, sigma: float) -> float:
+        """Std of x at noise level sigma when x0 is negligible: sqrt(1 + sigma^2) in VP."""
+        return math.sqrt(1 + sigma ** 2) if math.isfinite(sigma) else 1.0
+
+    def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
+        return self.precond.sigma_to_t(sigma)
+
+    def t_to_sigma(self, t: torch.Tensor) -> torch.Tensor:
+        return self.precond.t_to_sigma(t)
+
+    def log_variance(self, x: torch.Tensor, sigma: torch.Tensor, cond=None, sigma_next: float | None = None):
+        """log-variance (sigma-space) of the learned p(x_s | x_t) for the step sigma -> sigma_next
+        (default: the next lower sigma of the model's own table). ``sigma``: one value for the batch."""
+        s = float(torch.as_tensor(sigma).reshape(-1)[0])
+        if sigma_next is None:
+            lower = self.table_sigmas[self.table_sigmas < s * (1 - 1e-9)]
+            if len(lower) == 0:
+                raise ValueError("sigma is the model's lowest: the step to 0 is the decoder, give sigma_next")
+            sigma_next = float(lower.max())
+        _, frac = self.denoise_with_variance(x, sigma, cond)
+        return learned_log_variance(frac, s, float(sigma_next))
 
 
 class SDEDenoiser(PreconditionedDenoiser):

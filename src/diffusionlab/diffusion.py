@@ -12,6 +12,7 @@ DDIM when ``sampling_timesteps < timesteps`` (a learned-variance model: DDPM on 
 """
 from __future__ import annotations
 
+import dataclasses
 from contextlib import nullcontext
 
 import torch
@@ -20,6 +21,7 @@ from torch import nn
 from . import rng
 from .denoiser import DiscreteDenoiser, canonical_objective
 from .losses import DiscreteLoss
+from .processes import DiffusionConfig
 from .sampling import sample as dl_sample
 from .schedules import DiscreteSchedule
 
@@ -32,48 +34,34 @@ def unnormalize(x: torch.Tensor) -> torch.Tensor:
     return ((x + 1) / 2).clamp(0, 1)
 
 
-class GaussianDiffusion(nn.Module):
-    def __init__(self, model: nn.Module, *, image_size, timesteps: int = 1000,
-                 sampling_timesteps: int | None = None, objective: str = "pred_v",
-                 beta_schedule: str = "cosine", loss_type: str = "l2", min_snr_gamma: float | None = None,
-                 min_snr_loss_weight: bool = False, offset_noise_strength: float = 0.0,
-                 zero_terminal_snr: bool = False, ddim_sampling_eta: float = 0.0,
-                 schedule_kwargs: dict | None = None, sigma_data: float | None = None,
-                 loss_kind: str = "simple", vlb_weight: float = 0.001, t_sampling: str = "uniform"):
+class DiffusionModel(nn.Module):
+    """The one front-end base of the seed API: a network plus a process. Images enter
+    ``forward`` in [0, 1] and ``sample`` returns [0, 1] (the library works in [-1, 1] inside).
+    A subclass sets ``loss_fn`` and ``config``, builds its denoiser in ``denoiser_for`` and
+    picks its default sampler and steps in ``sampling_defaults``."""
+
+    def __init__(self, model: nn.Module, image_size):
         super().__init__()
         self.model = model
         self.channels = getattr(model, "channels", 3)
         self.image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-        self.objective = canonical_objective(objective)
-        self.schedule = DiscreteSchedule.from_name(beta_schedule, timesteps, zero_terminal_snr,
-                                                   **(schedule_kwargs or {}))
-        self.num_timesteps = timesteps
-        self.sampling_timesteps = sampling_timesteps or timesteps
-        if not 1 <= self.sampling_timesteps <= timesteps:
-            raise ValueError(f"sampling_timesteps must be in 1..{timesteps}")
-        self.ddim_sampling_eta = ddim_sampling_eta
-        if min_snr_loss_weight and min_snr_gamma is None:
-            min_snr_gamma = 5.0
-        learned_variance = getattr(model, "out_channels", None) == 2 * self.channels
-        self.loss_fn = DiscreteLoss(self.schedule, self.objective, loss_type, min_snr_gamma,
-                                    offset_noise_strength, sigma_data, loss_kind=loss_kind, vlb_weight=vlb_weight,
-                                    t_sampling=t_sampling, learned_variance=learned_variance)
-        self.denoiser = DiscreteDenoiser(model, self.schedule, self.objective)
-        self.config = dict(process="ddpm", image_size=list(self.image_size), timesteps=timesteps,
-                           sampling_timesteps=self.sampling_timesteps, objective=self.objective,
-                           beta_schedule=beta_schedule, loss_type=loss_type, min_snr_gamma=min_snr_gamma,
-                           offset_noise_strength=offset_noise_strength, zero_terminal_snr=zero_terminal_snr,
-                           ddim_sampling_eta=ddim_sampling_eta, schedule_kwargs=schedule_kwargs or {},
-                           sigma_data=sigma_data, loss_kind=loss_kind, vlb_weight=vlb_weight,
-                           t_sampling=t_sampling)
 
     @property
     def device(self):
         return next(self.model.parameters()).device
 
-    def denoiser_for(self, net: nn.Module, autocast_dtype=None) -> DiscreteDenoiser:
-        """``net`` (e.g. the EMA copy) wrapped as a sigma-space denoiser on this schedule."""
-        return DiscreteDenoiser(net, self.schedule, self.objective, autocast_dtype)
+    @property
+    def config(self) -> dict:
+        """The process config as a dict with ``image_size`` (``process_config`` is the typed one)."""
+        return {**dataclasses.asdict(self.process_config), "image_size": list(self.image_size)}
+
+    def denoiser_for(self, net: nn.Module, autocast_dtype=None):
+        """``net`` (e.g. the EMA copy) wrapped as this process's sigma-space denoiser."""
+        raise NotImplementedError
+
+    def sampling_defaults(self, steps: int | None) -> tuple[str, int, dict]:
+        """(sampler, steps, knobs) when ``sample`` is given no sampler."""
+        raise NotImplementedError
 
     def loss(self, x: torch.Tensor, cond=None, generator=None, autocast=None) -> torch.Tensor:
         """Mean training loss for images already in [-1, 1]."""
@@ -90,14 +78,57 @@ class GaussianDiffusion(nn.Module):
                steps: int | None = None, return_all_timesteps: bool = False, autocast_dtype=None,
                **knobs) -> torch.Tensor:
         """Images in [0, 1], [B, C, H, W] (or [B, steps + 1, C, H, W] with return_all_timesteps)."""
-        steps = steps or self.sampling_timesteps
-        if sampler is None:  # a learned-variance model samples ancestrally on the respaced chain
-            learned = self.denoiser.learned_variance
-            sampler = "ddpm" if steps == self.num_timesteps or learned else "ddim"
-            if sampler == "ddim":
-                knobs.setdefault("eta", self.ddim_sampling_eta)
+        if sampler is None:
+            sampler, steps, defaults = self.sampling_defaults(steps)
+            knobs = {**defaults, **knobs}
+        elif steps is None:
+            steps = self.sampling_defaults(None)[1]
         return sample_images(self, self.denoiser, batch_size, sampler, steps, cond, generator,
                              return_all_timesteps, autocast_dtype, **knobs)
+
+
+class GaussianDiffusion(DiffusionModel):
+    def __init__(self, model: nn.Module, *, image_size, timesteps: int = 1000,
+                 sampling_timesteps: int | None = None, objective: str = "pred_v",
+                 beta_schedule: str = "cosine", loss_type: str = "l2", min_snr_gamma: float | None = None,
+                 min_snr_loss_weight: bool = False, offset_noise_strength: float = 0.0,
+                 zero_terminal_snr: bool = False, ddim_sampling_eta: float = 0.0,
+                 schedule_kwargs: dict | None = None, sigma_data: float | None = None,
+                 loss_kind: str = "simple", vlb_weight: float = 0.001, t_sampling: str = "uniform"):
+        super().__init__(model, image_size)
+        self.objective = canonical_objective(objective)
+        self.schedule = DiscreteSchedule.from_name(beta_schedule, timesteps, zero_terminal_snr,
+                                                   **(schedule_kwargs or {}))
+        self.num_timesteps = timesteps
+        self.sampling_timesteps = sampling_timesteps or timesteps
+        if not 1 <= self.sampling_timesteps <= timesteps:
+            raise ValueError(f"sampling_timesteps must be in 1..{timesteps}")
+        self.ddim_sampling_eta = ddim_sampling_eta
+        if min_snr_loss_weight and min_snr_gamma is None:
+            min_snr_gamma = 5.0
+        learned_variance = getattr(model, "out_channels", None) == 2 * self.channels
+        self.loss_fn = DiscreteLoss(self.schedule, self.objective, loss_type, min_snr_gamma,
+                                    offset_noise_strength, sigma_data, loss_kind=loss_kind, vlb_weight=vlb_weight,
+                                    t_sampling=t_sampling, learned_variance=learned_variance)
+        self.denoiser = DiscreteDenoiser(model, self.schedule, self.objective)
+        self.process_config = DiffusionConfig(
+            process="ddpm", timesteps=timesteps, objective=self.objective, beta_schedule=beta_schedule,
+            loss_type=loss_type, min_snr_gamma=min_snr_gamma, offset_noise=offset_noise_strength,
+            zero_terminal_snr=zero_terminal_snr, sigma_data=sigma_data, loss_kind=loss_kind, vlb_weight=vlb_weight,
+            t_sampling=t_sampling, schedule_kwargs=schedule_kwargs or None, ddim_eta=ddim_sampling_eta,
+            sampling_steps=self.sampling_timesteps)
+
+    def denoiser_for(self, net: nn.Module, autocast_dtype=None) -> DiscreteDenoiser:
+        """``net`` (e.g. the EMA copy) wrapped as a sigma-space denoiser on this schedule."""
+        return DiscreteDenoiser(net, self.schedule, self.objective, autocast_dtype)
+
+    def sampling_defaults(self, steps):
+        """DDPM ancestral over all T steps; DDIM (eta ``ddim_sampling_eta``) on fewer, except a
+        learned-variance model, which samples ancestrally on the respaced chain."""
+        steps = steps or self.sampling_timesteps
+        if steps == self.num_timesteps or self.denoiser.learned_variance:
+            return "ddpm", steps, {}
+        return "ddim", steps, {"eta": self.ddim_sampling_eta}
 
 
 @torch.no_grad()

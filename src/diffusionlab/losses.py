@@ -1,30 +1,38 @@
-"""Denoising losses for the discrete process: a per-element loss (l1 / l2 / huber) on the
-objective's target, averaged per sample, times an optional weighting of the noise level.
+"""ONE denoising loss: how the noise level is drawn x how the error is weighted, in the network's
+output space, for every process (Karras et al. 2022, Eq. 2 and Table 1, as the common form).
 
-Targets (VP coordinates, x_t = a x0 + s eps, a = sqrt(abar), s = sqrt(1 - abar)):
-eps -> eps, x0 -> x0, v -> a eps - s x0 (Salimans & Ho 2022).
+    x = x0 + sigma n,   F* = the output that makes c_skip x + c_out F* = x0,
+    loss(sigma) = w(sigma) * mean(element_loss(F(c_in x, c_noise), F*)),   w = lambda(sigma) c_out(sigma)^2
 
-Min-SNR-gamma (Hang et al. 2023): weight = min(SNR, gamma) expressed for each target
-(eps: / SNR; x0: as is; v: / (SNR + 1)), so every objective gets the same x0-space weighting.
+with the preconditioner's coefficients (denoiser.py: the same objects the sampling denoiser
+uses) and lambda(sigma) the weight of the squared error in x0 space. The element loss (l2 / l1 /
+huber) is applied to F, so l1 and huber (not homogeneous) stay what the literature means by them.
 
-EDM weighting (Karras et al. 2022, Eq. 8 / Table 1): lambda(sigma) = 1/sigma^2 + 1/sigma_data^2 in
-x0 space, i.e. SNR + 1/sigma_data^2; converted to each target's space (eps: x0 error = sigma *
-eps error; v: x0 error^2 = v error^2 / (SNR + 1)). With v and sigma_data = 1 it is plain v-loss;
-a smaller sigma_data weights the high-noise levels, where the global shape forms, more.
+Draws (``DenoisingLoss.draw``):
+    ``DiscreteTimesteps``   t ~ U{0..T-1} on a discrete schedule, or improved DDPM's importance
+                            sampling of t (Nichol & Dhariwal 2021, Eq. 17; weights 1 / (T p_t))
+    ``SDETimes``            t ~ U(eps_t, 1) of an SDE, sigma = sigma(t) (Song et al. 2021)
+    ``LogNormalSigma``      ln sigma ~ N(P_mean, P_std^2) (EDM)
+    ``LadderSigma``         sigma uniform over NCSN's geometric ladder (Song & Ermon 2019)
 
-Continuous-time models (``SDELoss``, ``EDMLoss``, ``NCSNLoss``) share one recipe,
-``PrecondLoss``: draw a noise level and noise, run the network through the model's
-preconditioner (denoiser.py) and compare its output F with the target F* that makes
-c_skip x + c_out F* = x0. A weight lambda_D(sigma) on the x0-space error is lambda_D c_out^2
-on the F-space error, so each loss is stated as the paper states it:
+Weightings (x0-space lambda):
+    ``OutputMSE``           w = 1: the plain loss on the network's own target (the seeds'
+                            eps-MSE for an eps network, the plain v-loss for a v network)
+    ``MinSNR``              lambda = min(SNR, gamma), SNR = 1 / sigma^2 (Hang et al. 2023)
+    ``EDMWeighting``        lambda = 1 / sigma^2 + 1 / sigma_data^2 (Karras et al. 2022, Eq. 8):
+                            the EDM loss (F weight 1 with EDM's preconditioning), or a weighting
+                            of a discrete model
+    ``SDEWeighting``        lambda(t) = std(t)^2 (score_sde's default) or g(t)^2 (likelihood
+                            weighting, Song et al. 2021b) on the score error: lambda / (sigma std)^2
+    ``InverseSigmaSquared`` NCSN: sigma^2 on the score error, 1 / sigma^2 in x0 space
 
-    SDE  (Song et al. 2021, Eq. 7): lambda(t) ||s(x_t, t) - grad log p(x_t | x0)||^2, t ~ U(eps_t, 1),
-         lambda = std^2 (score_sde's default) or g^2 (likelihood weighting, Song et al. 2021b);
-         in x0 space lambda_D = lambda / (sigma^2 std^2).
-    EDM  (Karras et al. 2022, Eq. 8 / Table 1): ln sigma ~ N(P_mean, P_std^2),
-         lambda_D = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2 (effective F weight 1).
-    NCSN (Song & Ermon 2019, Eq. 6): sigma uniform over the ladder, lambda = sigma^2 on the
-         score error, lambda_D = 1 / sigma^2.
+On top (``VLBTerm``, discrete schedules only): improved DDPM's L_vlb = T x (one VLB term in bits
+per dimension), alone ('vlb', the mean gets gradients too) or as ``L_simple + lambda L_vlb``
+('hybrid': stop-gradient on the mean, so it trains only the learned variance channel).
+
+The constructors of the seed API build these: ``DiscreteLoss(schedule, objective, ...)``,
+``SDELoss(sde, ...)``, ``EDMLoss(...)``, ``NCSNLoss(ladder)``; they all return a
+``DenoisingLoss``.
 
 Offset noise (Guttenberg 2023) adds a per-channel constant to eps during training. It lets a
 model shift mean brightness, but the noised data is then NOT x0 + sigma * n with white n:
@@ -32,7 +40,7 @@ it sits outside the process the samplers and likelihoods assume. Off by default.
 """
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -40,9 +48,10 @@ import torch.nn.functional as F
 
 from . import rng
 from .cond import Batch
-from .denoiser import EDMPrecond, NCSNPrecond, SDEPrecond, append_dims, call_net, noise_label
-from .process import extract
+from .denoiser import (DiscretePrecond, EDMPrecond, NCSNPrecond, SDEPrecond, append_dims, call_net,
+                       canonical_objective, noise_label)
 from .schedules import DiscreteSchedule
+
 
 class TrainingLoss(Protocol):
     """The one call signature the trainer uses: ``loss(net, batch)`` with a ``cond.Batch`` (images,
@@ -68,11 +77,22 @@ def unpack(batch_or_x0, cond=None):
     return batch_or_x0, cond
 
 
+def unpack(batch_or_x0, cond=None):
+    """(x0, cond) from a ``Batch`` or from images plus an optional condition."""
+    if isinstance(batch_or_x0, Batch):
+        if cond is not None:
+            raise ValueError("a Batch carries its own cond: do not pass cond as well")
+        return batch_or_x0.x, batch_or_x0.cond
+    return batch_or_x0, cond
+
+
 LOSS_TYPES = {
     "l1": lambda p, t: F.l1_loss(p, t, reduction="none"),
     "l2": lambda p, t: F.mse_loss(p, t, reduction="none"),
     "huber": lambda p, t: F.smooth_l1_loss(p, t, reduction="none"),
 }
+LOSS_KINDS = ("simple", "hybrid", "vlb")
+T_SAMPLINGS = ("uniform", "importance")
 
 
 def per_sample_loss(pred: torch.Tensor, target: torch.Tensor, loss_type: str = "l2") -> torch.Tensor:
@@ -82,34 +102,15 @@ def per_sample_loss(pred: torch.Tensor, target: torch.Tensor, loss_type: str = "
     return LOSS_TYPES[loss_type](pred.float(), target.float()).flatten(1).mean(1)
 
 
-def min_snr_weight(snr: torch.Tensor, gamma: float, objective: str) -> torch.Tensor:
-    clipped = snr.clamp(max=gamma)
-    if objective == "eps":
-        return clipped / snr
-    if objective == "v":
-        return clipped / (snr + 1)
-    return clipped
+# ------------------------------------------------------------------ draws of the noise level
+@dataclass
+class Draw:
+    """Noise levels ``sigma`` (float64 [B]), the timestep indices ``t`` of a discrete schedule
+    (else None) and per-sample importance ``weights`` (else None)."""
 
-
-def edm_weight(snr: torch.Tensor, sigma_data: float, objective: str) -> torch.Tensor:
-    lam = snr + 1 / sigma_data ** 2          # x0-space weight
-    if objective == "eps":
-        return lam / snr
-    if objective == "v":
-        return lam / (snr + 1)
-    return lam
-
-
-def training_target(objective: str, x0, eps, abar_t) -> torch.Tensor:
-    if objective == "eps":
-        return eps
-    if objective == "x0":
-        return x0
-    return abar_t.sqrt() * eps - (1 - abar_t).sqrt() * x0
-
-
-LOSS_KINDS = ("simple", "hybrid", "vlb")
-T_SAMPLINGS = ("uniform", "importance")
+    sigma: torch.Tensor
+    t: torch.Tensor | None = None
+    weights: torch.Tensor | None = None
 
 
 class ImportanceSampler:
@@ -158,137 +159,42 @@ class ImportanceSampler:
         self.counts = torch.tensor(d["counts"], dtype=torch.long)
 
 
-class DiscreteLoss:
-    """L_simple and its variants for a network ``net(x_t, t, cond)`` on a discrete schedule.
-    ``__call__`` returns the per-sample loss [B].
+class DiscreteTimesteps:
+    """t uniform over a discrete schedule's T steps, or importance-sampled (``ImportanceSampler``;
+    its loss history is state that survives a resume); sigma = the schedule's sigma_t."""
 
-    ``loss_kind`` (Nichol & Dhariwal 2021, Sec. 3):
-    - 'simple': the ``loss_type`` loss on the objective's target (optionally min-SNR / EDM weighted);
-    - 'hybrid': L_simple + ``vlb_weight`` L_vlb for a learned-variance network (its output has
-      2C channels: the objective's prediction, then the variance interpolation v). The VLB term
-      sees the mean with a stop-gradient, so it trains only the variance; it is improved DDPM's
-      normalisation: L_vlb = T x (one VLB term in bits per dimension), lambda = 0.001;
-    - 'vlb': L_vlb alone (the mean gets gradients from it too), e.g. with importance sampling.
-    ``t_sampling`` 'importance' (``ImportanceSampler``) applies to the loss of the draw; the
-    validation loss (``train=False``) always uses uniform t and no weights."""
+    def __init__(self, schedule: DiscreteSchedule, importance: bool = False):
+        self.schedule = schedule
+        self.sigmas = schedule.sigmas.to(torch.float64)
+        self.timestep_sampler = ImportanceSampler(schedule.T) if importance else None
 
-    def __init__(self, schedule: DiscreteSchedule, objective: str = "v", loss_type: str = "l2",
-                 min_snr_gamma: float | None = None, offset_noise: float = 0.0,
-                 sigma_data: float | None = None, loss_kind: str = "simple", vlb_weight: float = 0.001,
-                 t_sampling: str = "uniform", learned_variance: bool = False):
-        if min_snr_gamma and sigma_data:
-            raise ValueError("choose one loss weighting: min_snr_gamma or sigma_data (EDM)")
-        if loss_type not in LOSS_TYPES:
-            raise ValueError(f"unknown loss_type {loss_type!r}; choose from {sorted(LOSS_TYPES)}")
-        if loss_kind not in LOSS_KINDS:
-            raise ValueError(f"unknown loss_kind {loss_kind!r}; choose from {LOSS_KINDS}")
-        if t_sampling not in T_SAMPLINGS:
-            raise ValueError(f"unknown t_sampling {t_sampling!r}; choose from {T_SAMPLINGS}")
-        if learned_variance and loss_kind == "simple":
-            raise ValueError("a learned-variance network needs loss_kind 'hybrid' or 'vlb': "
-                             "L_simple gives its variance channel no gradient")
-        if loss_kind == "hybrid" and not learned_variance:
-            raise ValueError("loss_kind 'hybrid' trains the variance channel: it needs learned_variance "
-                             "(use 'vlb' to train a fixed-variance model on the bound)")
-        if loss_kind != "simple" and offset_noise:
-            raise ValueError("offset noise leaves the x = x0 + sigma n process, so the VLB does not apply to it")
-        self.schedule, self.objective, self.loss_type = schedule, objective, loss_type
-        self.min_snr_gamma, self.offset_noise, self.sigma_data = min_snr_gamma, offset_noise, sigma_data
-        self.loss_kind, self.vlb_weight, self.t_sampling = loss_kind, float(vlb_weight), t_sampling
-        self.learned_variance = learned_variance
-        self.sampler = ImportanceSampler(schedule.T) if t_sampling == "importance" else None
-        abar = schedule.abar
-        self.abar = abar.float()
-        self.snr = (abar / (1 - abar)).float()
+    def at(self, t: torch.Tensor) -> Draw:
+        return Draw(self.sigmas.to(t.device)[t], t)
 
-    def draw(self, x0: torch.Tensor, generator=None):
-        """Random timesteps (uniform) and noise, from ``generator`` only."""
-        t, eps, _ = self._draw(x0, generator, train=False)
-        return t, eps
+    def __call__(self, n: int, generator, device, train: bool = True) -> Draw:
+        if self.timestep_sampler is not None and train:
+            dev = generator.device if generator is not None else device
+            t, weights = self.timestep_sampler.sample(n, generator, dev)
+            d = self.at(t.to(device))
+            d.weights = weights.to(device)
+            return d
+        return self.at(rng.randint(self.schedule.T, (n,), generator, device))
 
-    def _draw(self, x0: torch.Tensor, generator=None, train: bool = True):
-        """Timesteps (importance-sampled when training with ``t_sampling='importance'``), noise,
-        and per-sample weights 1 / (T p_t) (None for uniform t)."""
-        weights = None
-        if self.sampler is not None and train:
-            dev = generator.device if generator is not None else x0.device
-            t, weights = self.sampler.sample(x0.shape[0], generator, dev)
-            t, weights = t.to(x0.device), weights.to(x0.device)
-        else:
-            t = rng.randint(self.schedule.T, (x0.shape[0],), generator, x0.device)
-        eps = rng.randn(x0.shape, generator, x0.device, x0.dtype)
-        if self.offset_noise:
-            off = rng.randn((*x0.shape[:2], *([1] * (x0.dim() - 2))), generator, x0.device)
-            eps = eps + self.offset_noise * off.to(x0.dtype)
-        return t, eps, weights
-
-    def vb_bits(self, pred: torch.Tensor, raw_var, x0, x_t, t, abar_t) -> torch.Tensor:
-        """One VLB term (bits/dim) of the prediction ``pred`` (objective space) at t."""
-        from .process import eps_to_x0, p_log_variance, v_to_x0, vb_term_bits
-
-        p = pred.double()
-        a = abar_t.double()
-        x0_pred = p if self.objective == "x0" else (eps_to_x0(x_t.double(), p, a) if self.objective == "eps"
-                                                   else v_to_x0(x_t.double(), p, a))
-        if raw_var is not None:
-            log_var = p_log_variance(self.schedule, t, x0.shape, "learned", frac=(raw_var.double() + 1) / 2)
-        else:
-            log_var = p_log_variance(self.schedule, t, x0.shape, "small")
-        return vb_term_bits(self.schedule, x0, x_t, t, x0_pred, log_var)
-
-    def __call__(self, net, x0, cond=None, generator=None, t=None, eps=None, autocast=None, train: bool = True):
-        """Per-sample loss [B]; ``x0`` is a ``Batch`` (the trainer) or images in [-1, 1]."""
-        x0, cond = unpack(x0, cond)
-        weights = None
-        if t is None or eps is None:
-            t, eps, weights = self._draw(x0, generator, train)
-        abar_t = extract(self.abar, t, x0.shape)
-        x_t = abar_t.sqrt() * x0 + (1 - abar_t).sqrt() * eps
-        with autocast if autocast is not None else torch.autocast(x0.device.type, enabled=False):
-            out = call_net(net, x_t, t.float(), cond)
-        C = x0.shape[1]
-        pred = out[:, :C]
-        raw_var = out[:, C:2 * C].float() if self.learned_variance else None
-        if self.learned_variance and out.shape[1] < 2 * C:
-            raise ValueError(f"a learned-variance loss needs {2 * C} output channels, the network gives {out.shape[1]}")
-        loss = torch.zeros(x0.shape[0], device=x0.device)
-        if self.loss_kind != "vlb":
-            loss = per_sample_loss(pred, training_target(self.objective, x0, eps, abar_t), self.loss_type)
-            if self.min_snr_gamma:
-                loss = loss * min_snr_weight(self.snr.to(t.device)[t], self.min_snr_gamma, self.objective)
-            if self.sigma_data:
-                loss = loss * edm_weight(self.snr.to(t.device)[t], self.sigma_data, self.objective)
-        if self.loss_kind != "simple":
-            mean_pred = pred.detach() if self.loss_kind == "hybrid" else pred
-            vb = self.vb_bits(mean_pred.float(), raw_var, x0, x_t, t, abar_t) * self.schedule.T
-            loss = loss + (vb if self.loss_kind == "vlb" else self.vlb_weight * vb).to(loss.dtype)
-        if self.sampler is not None and train:
-            self.sampler.update(t, loss)
-        return loss * weights if weights is not None else loss
+    def update(self, draw: Draw, losses: torch.Tensor) -> None:
+        if self.timestep_sampler is not None:
+            self.timestep_sampler.update(draw.t, losses)
 
     def state_dict(self) -> dict:
-        return {"importance": self.sampler.state_dict()} if self.sampler is not None else {}
+        return {"importance": self.timestep_sampler.state_dict()} if self.timestep_sampler is not None else {}
 
     def load_state_dict(self, d: dict) -> None:
-        if self.sampler is not None and "importance" in d:
-            self.sampler.load_state_dict(d["importance"])
+        if self.timestep_sampler is not None and "importance" in d:
+            self.timestep_sampler.load_state_dict(d["importance"])
 
 
-# ------------------------------------------------------------------ continuous-time losses
-def _rand(kind: str, n: int, generator, device) -> torch.Tensor:
-    fn = rng.rand if kind == "uniform" else rng.randn
-    return fn((n,), generator, device, torch.float64)
-
-
-class PrecondLoss(ABC):
-    """Denoising loss of a preconditioned model (see the module docstring). Subclasses define
-    ``draw_sigma`` and ``x0_weight``. ``__call__(net, x0, cond, generator, sigma=, eps=,
-    autocast=)`` returns the per-sample loss [B], like ``DiscreteLoss``."""
-
-    def __init__(self, precond, loss_type: str = "l2"):
-        if loss_type not in LOSS_TYPES:
-            raise ValueError(f"unknown loss_type {loss_type!r}; choose from {sorted(LOSS_TYPES)}")
-        self.precond, self.loss_type = precond, loss_type
+class _Stateless:
+    def update(self, draw: Draw, losses: torch.Tensor) -> None:
+        pass
 
     def state_dict(self) -> dict:
         return {}
@@ -296,84 +202,250 @@ class PrecondLoss(ABC):
     def load_state_dict(self, d: dict) -> None:
         pass
 
-    @abstractmethod
-    def draw_sigma(self, n: int, generator, device) -> torch.Tensor:
-        """Noise levels [B] (float64) for a batch of n."""
 
-    @abstractmethod
-    def x0_weight(self, sigma: torch.Tensor) -> torch.Tensor:
-        """lambda(sigma): the weight of the squared x0 error at each noise level."""
+class SDETimes(_Stateless):
+    """t ~ U(eps_t, T) of an SDE; sigma = sigma(t)."""
 
-    def draw(self, x0: torch.Tensor, generator=None):
-        """Random noise levels (float64 [B]) and noise (from ``generator`` only)."""
-        sigma = self.draw_sigma(x0.shape[0], generator, x0.device)
-        return sigma, rng.randn(x0.shape, generator, x0.device, x0.dtype)
+    def __init__(self, sde):
+        self.sde = sde
 
-    def __call__(self, net, x0, cond=None, generator=None, sigma=None, eps=None, autocast=None, train: bool = True):
-        """Per-sample loss [B]; ``x0`` is a ``Batch`` (the trainer) or images in [-1, 1]."""
-        x0, cond = unpack(x0, cond)
-        if sigma is None or eps is None:
-            sigma, eps = self.draw(x0, generator)
-        sigma = torch.as_tensor(sigma, dtype=torch.float64, device=x0.device)
-        c_skip, c_out, c_in, c_noise = self.precond(sigma)
-        s, k_skip, k_out, k_in = (append_dims(c, x0.dim()).to(x0.dtype) for c in (sigma, c_skip, c_out, c_in))
-        x = x0 + s * eps
-        target = (append_dims(1 - c_skip, x0.dim()).to(x0.dtype) * x0 - k_skip * s * eps) / k_out
-        with autocast if autocast is not None else torch.autocast(x0.device.type, enabled=False):
-            pred = call_net(net, k_in * x, noise_label(c_noise, x), cond)
-        loss = per_sample_loss(pred[:, : x0.shape[1]], target, self.loss_type)
-        return loss * (self.x0_weight(sigma) * c_out ** 2).to(loss.dtype)
-
-
-class SDELoss(PrecondLoss):
-    """Continuous denoising score matching for a VP / sub-VP / VE SDE (Song et al. 2021, Eq. 7):
-    t ~ U(eps_t, 1), lambda(t) = std(t)^2 (default: plain eps-MSE for an eps network) or
-    g(t)^2 with ``likelihood_weighting`` (then the loss bounds the negative log-likelihood;
-    expect more variance)."""
-
-    def __init__(self, sde, objective: str = "v", loss_type: str = "l2", likelihood_weighting: bool = False):
-        super().__init__(SDEPrecond(sde, objective), loss_type)
-        self.sde, self.likelihood_weighting = sde, likelihood_weighting
-
-    def draw_sigma(self, n, generator, device):
+    def __call__(self, n, generator, device, train=True) -> Draw:
         eps_t = self.sde.eps_t
-        t = eps_t + (self.sde.T - eps_t) * _rand("uniform", n, generator, device)
-        return self.sde.sigma(t)
+        t = eps_t + (self.sde.T - eps_t) * rng.rand((n,), generator, device, torch.float64)
+        return Draw(self.sde.sigma(t))
+
+
+class LogNormalSigma(_Stateless):
+    """ln sigma ~ N(p_mean, p_std^2) (EDM's training distribution)."""
+
+    def __init__(self, p_mean: float = -1.2, p_std: float = 1.2):
+        self.p_mean, self.p_std = float(p_mean), float(p_std)
+
+    def __call__(self, n, generator, device, train=True) -> Draw:
+        return Draw((self.p_mean + self.p_std * rng.randn((n,), generator, device, torch.float64)).exp())
+
+
+class LadderSigma(_Stateless):
+    """sigma uniform over the rungs of NCSN's ladder."""
+
+    def __init__(self, ladder: torch.Tensor):
+        self.ladder = torch.as_tensor(ladder, dtype=torch.float64)
+
+    def __call__(self, n, generator, device, train=True) -> Draw:
+        idx = rng.randint(len(self.ladder), (n,), generator, device)
+        return Draw(self.ladder[idx.cpu()].to(device))
+
+
+# ------------------------------------------------------------------ weightings
+class Weighting:
+    """lambda(sigma), the weight of the squared x0 error; ``output_weight`` is lambda c_out^2,
+    the weight of the element loss on the network's output."""
+
+    def x0_weight(self, sigma: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def output_weight(self, sigma: torch.Tensor, c_out: torch.Tensor) -> torch.Tensor:
+        return self.x0_weight(sigma) * c_out ** 2
+
+
+class OutputMSE(Weighting):
+    """Weight 1 on the network's own target (exactly 1, not lambda c_out^2 rounded)."""
+
+    def x0_weight(self, sigma):
+        raise ValueError("OutputMSE weights the output space: lambda = 1 / c_out^2 depends on the parameterization")
+
+    def output_weight(self, sigma, c_out):
+        return torch.ones_like(sigma)
+
+
+def _snr(sigma: torch.Tensor) -> torch.Tensor:
+    return torch.where(torch.isinf(sigma), torch.zeros_like(sigma), 1 / sigma ** 2)
+
+
+class MinSNR(Weighting):
+    def __init__(self, gamma: float):
+        self.gamma = float(gamma)
+
+    def x0_weight(self, sigma):
+        return _snr(sigma).clamp(max=self.gamma)
+
+
+class EDMWeighting(Weighting):
+    def __init__(self, sigma_data: float = 0.5):
+        self.sigma_data = float(sigma_data)
+
+    def x0_weight(self, sigma):
+        return _snr(sigma) + 1 / self.sigma_data ** 2
+
+
+class SDEWeighting(Weighting):
+    def __init__(self, sde, likelihood: bool = False):
+        self.sde, self.likelihood = sde, bool(likelihood)
 
     def x0_weight(self, sigma):
         t = self.sde.t_of_sigma(sigma)
         std = self.sde.marginal(t)[1]
-        lam = self.sde.diffusion(t) ** 2 if self.likelihood_weighting else std ** 2
+        lam = self.sde.diffusion(t) ** 2 if self.likelihood else std ** 2
         return lam / (sigma ** 2 * std ** 2)
 
 
-class EDMLoss(PrecondLoss):
-    """Karras et al. 2022, Eq. 8 with Table 1: ln sigma ~ N(p_mean, p_std^2),
-    lambda = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2 on ||D(x0 + sigma n) - x0||^2."""
-
-    def __init__(self, sigma_data: float = 0.5, p_mean: float = -1.2, p_std: float = 1.2, loss_type: str = "l2"):
-        super().__init__(EDMPrecond(sigma_data), loss_type)
-        self.sigma_data, self.p_mean, self.p_std = float(sigma_data), float(p_mean), float(p_std)
-
-    def draw_sigma(self, n, generator, device):
-        return (self.p_mean + self.p_std * _rand("normal", n, generator, device)).exp()
-
-    def x0_weight(self, sigma):
-        return (sigma ** 2 + self.sigma_data ** 2) / (sigma * self.sigma_data) ** 2
-
-
-class NCSNLoss(PrecondLoss):
-    """Song & Ermon 2019, Eq. 6 with lambda(sigma) = sigma^2: sigma uniform over the ladder's
-    rungs; with the NCSNv2 output scaling it is ||net(x0 + sigma n) + n||^2."""
-
-    def __init__(self, ladder: torch.Tensor, loss_type: str = "l2"):
-        ladder = torch.as_tensor(ladder, dtype=torch.float64)
-        super().__init__(NCSNPrecond(float(ladder.min()), float(ladder.max())), loss_type)
-        self.ladder = ladder
-
-    def draw_sigma(self, n, generator, device):
-        idx = rng.randint(len(self.ladder), (n,), generator, device)
-        return self.ladder[idx.cpu()].to(device)
-
+class InverseSigmaSquared(Weighting):
     def x0_weight(self, sigma):
         return 1 / sigma ** 2
+
+
+# ------------------------------------------------------------------ the VLB on top
+class VLBTerm:
+    """Improved DDPM's VLB term (Nichol & Dhariwal 2021, Sec. 3) of a discrete schedule, in
+    the training normalisation T x (one term in bits per dimension); ``kind`` 'hybrid' stops
+    the gradient of the mean (it then trains only the variance channel)."""
+
+    def __init__(self, schedule: DiscreteSchedule, kind: str, weight: float = 0.001):
+        self.schedule, self.kind, self.weight = schedule, kind, float(weight)
+
+    def __call__(self, x0_pred, raw_var, x0, x_vp, t) -> torch.Tensor:
+        from .process import p_log_variance, vb_term_bits
+
+        if raw_var is not None:
+            log_var = p_log_variance(self.schedule, t, x0.shape, "learned", frac=(raw_var.double() + 1) / 2)
+        else:
+            log_var = p_log_variance(self.schedule, t, x0.shape, "small")
+        vb = vb_term_bits(self.schedule, x0, x_vp, t, x0_pred, log_var) * self.schedule.T
+        return vb if self.kind == "vlb" else self.weight * vb
+
+
+def _times_sigma(c: torch.Tensor, sigma: torch.Tensor, at_inf: float) -> torch.Tensor:
+    """c * sigma with its limit at sigma = inf (zero terminal SNR), never inf * 0."""
+    finite = torch.isfinite(sigma)
+    return torch.where(finite, c * torch.where(finite, sigma, torch.zeros_like(sigma)), torch.full_like(c, at_inf))
+
+
+class DenoisingLoss:
+    """``draw`` x ``weighting`` through the preconditioner ``precond`` (module docstring);
+    ``__call__`` returns the per-sample loss [B]."""
+
+    def __init__(self, precond, draw, weighting: Weighting, loss_type: str = "l2", vlb: VLBTerm | None = None,
+                 offset_noise: float = 0.0, learned_variance: bool = False):
+        if loss_type not in LOSS_TYPES:
+            raise ValueError(f"unknown loss_type {loss_type!r}; choose from {sorted(LOSS_TYPES)}")
+        if vlb is not None and not isinstance(draw, DiscreteTimesteps):
+            raise ValueError("the VLB term needs a discrete schedule")
+        self.precond, self.sigma_draw, self.weighting, self.loss_type = precond, draw, weighting, loss_type
+        self.vlb, self.offset_noise, self.learned_variance = vlb, float(offset_noise), learned_variance
+
+    # the loss of a draw ---------------------------------------------------------------
+    def draw(self, x0: torch.Tensor, generator=None):
+        """A uniform (validation) draw and its noise: (t, eps) on a discrete schedule, else
+        (sigma, eps), the keywords ``__call__`` takes."""
+        d = self.sigma_draw(x0.shape[0], generator, x0.device, train=False)
+        return (d.t if d.t is not None else d.sigma), self._noise(x0, generator)
+
+    def x0_weight(self, sigma: torch.Tensor) -> torch.Tensor:
+        return self.weighting.x0_weight(torch.as_tensor(sigma, dtype=torch.float64))
+
+    def _noise(self, x0, generator):
+        eps = rng.randn(x0.shape, generator, x0.device, x0.dtype)
+        if self.offset_noise:
+            off = rng.randn((*x0.shape[:2], *([1] * (x0.dim() - 2))), generator, x0.device)
+            eps = eps + self.offset_noise * off.to(x0.dtype)
+        return eps
+
+    def _resolve(self, x0, generator, t, sigma, eps, train):
+        if t is not None:
+            d = self.sigma_draw.at(torch.as_tensor(t, device=x0.device).long())
+        elif sigma is not None:
+            d = Draw(torch.as_tensor(sigma, dtype=torch.float64, device=x0.device))
+        else:
+            d = self.sigma_draw(x0.shape[0], generator, x0.device, train=train)
+        return d, (eps if eps is not None else self._noise(x0, generator))
+
+    def __call__(self, net, x0, cond=None, generator=None, t=None, sigma=None, eps=None, autocast=None,
+                 train: bool = True):
+        """Per-sample loss [B]; ``x0`` is a ``Batch`` (the trainer) or images in [-1, 1]. ``t`` /
+        ``sigma`` and ``eps`` fix the draw (tests); otherwise they come from ``generator``."""
+        x0, cond = unpack(x0, cond)
+        d, eps = self._resolve(x0, generator, t, sigma, eps, train)
+        c_skip, c_out, c_in, c_noise = self.precond(d.sigma)
+        k = lambda c: append_dims(c, x0.dim()).to(x0.dtype)  # noqa: E731
+        skip_eps = _times_sigma(c_skip, d.sigma, 0.0)            # c_skip sigma (0 at sigma = inf)
+        net_in = k(c_in) * x0 + k(_times_sigma(c_in, d.sigma, 1.0)) * eps   # c_in (x0 + sigma eps)
+        target = (k(1 - c_skip) * x0 - k(skip_eps) * eps) / k(c_out)
+        with autocast if autocast is not None else torch.autocast(x0.device.type, enabled=False):
+            out = call_net(net, net_in, noise_label(c_noise, x0), cond)
+        C = x0.shape[1]
+        if self.learned_variance and out.shape[1] < 2 * C:
+            raise ValueError(f"a learned-variance loss needs {2 * C} output channels, the network gives {out.shape[1]}")
+        pred = out[:, :C]
+        loss = torch.zeros(x0.shape[0], device=x0.device)
+        if self.vlb is None or self.vlb.kind != "vlb":
+            loss = per_sample_loss(pred, target, self.loss_type) * self.weighting.output_weight(d.sigma, c_out).to(torch.float32)
+        if self.vlb is not None:
+            mean = (pred.detach() if self.vlb.kind == "hybrid" else pred).double()
+            x0_pred = k(c_skip).double() * x0.double() + k(skip_eps).double() * eps.double() + k(c_out).double() * mean
+            raw_var = out[:, C:2 * C].float() if self.learned_variance else None
+            loss = loss + self.vlb(x0_pred, raw_var, x0, net_in, d.t).to(loss.dtype)
+        if train:
+            self.sigma_draw.update(d, loss)
+        return loss * d.weights if d.weights is not None and train else loss
+
+    def state_dict(self) -> dict:
+        return self.sigma_draw.state_dict()
+
+    def load_state_dict(self, d: dict) -> None:
+        self.sigma_draw.load_state_dict(d)
+
+    @property
+    def timestep_sampler(self):
+        """Improved DDPM's importance sampler of t (None unless t_sampling 'importance')."""
+        return getattr(self.sigma_draw, "timestep_sampler", None)
+
+
+# ------------------------------------------------------------------ the constructors
+def DiscreteLoss(schedule: DiscreteSchedule, objective: str = "v", loss_type: str = "l2",
+                 min_snr_gamma: float | None = None, offset_noise: float = 0.0, sigma_data: float | None = None,
+                 loss_kind: str = "simple", vlb_weight: float = 0.001, t_sampling: str = "uniform",
+                 learned_variance: bool = False) -> DenoisingLoss:
+    """L_simple and its variants for a network ``net(x_vp, t, cond)`` on a discrete schedule
+    (Ho et al. 2020; Nichol & Dhariwal 2021, Sec. 3): the objective's own MSE (``OutputMSE``),
+    min-SNR-gamma or EDM weighting; ``loss_kind`` 'hybrid' / 'vlb' add the VLB term for a
+    learned-variance network; ``t_sampling`` 'importance' is improved DDPM's."""
+    if min_snr_gamma and sigma_data:
+        raise ValueError("choose one loss weighting: min_snr_gamma or sigma_data (EDM)")
+    if loss_kind not in LOSS_KINDS:
+        raise ValueError(f"unknown loss_kind {loss_kind!r}; choose from {LOSS_KINDS}")
+    if t_sampling not in T_SAMPLINGS:
+        raise ValueError(f"unknown t_sampling {t_sampling!r}; choose from {T_SAMPLINGS}")
+    if learned_variance and loss_kind == "simple":
+        raise ValueError("a learned-variance network needs loss_kind 'hybrid' or 'vlb': "
+                         "L_simple gives its variance channel no gradient")
+    if loss_kind == "hybrid" and not learned_variance:
+        raise ValueError("loss_kind 'hybrid' trains the variance channel: it needs learned_variance "
+                         "(use 'vlb' to train a fixed-variance model on the bound)")
+    if loss_kind != "simple" and offset_noise:
+        raise ValueError("offset noise leaves the x = x0 + sigma n process, so the VLB does not apply to it")
+    weighting = MinSNR(min_snr_gamma) if min_snr_gamma else EDMWeighting(sigma_data) if sigma_data else OutputMSE()
+    return DenoisingLoss(DiscretePrecond(schedule, canonical_objective(objective)),
+                         DiscreteTimesteps(schedule, importance=t_sampling == "importance"), weighting, loss_type,
+                         vlb=None if loss_kind == "simple" else VLBTerm(schedule, loss_kind, vlb_weight),
+                         offset_noise=offset_noise, learned_variance=learned_variance)
+
+
+def SDELoss(sde, objective: str = "v", loss_type: str = "l2", likelihood_weighting: bool = False) -> DenoisingLoss:
+    """Continuous denoising score matching (Song et al. 2021, Eq. 7): t ~ U(eps_t, 1), lambda(t) =
+    std(t)^2 (plain eps-MSE for an eps network) or g(t)^2 with ``likelihood_weighting`` (then the
+    loss bounds the negative log-likelihood; expect more variance)."""
+    return DenoisingLoss(SDEPrecond(sde, objective), SDETimes(sde), SDEWeighting(sde, likelihood_weighting), loss_type)
+
+
+def EDMLoss(sigma_data: float = 0.5, p_mean: float = -1.2, p_std: float = 1.2, loss_type: str = "l2") -> DenoisingLoss:
+    """Karras et al. 2022, Eq. 8 with Table 1: ln sigma ~ N(p_mean, p_std^2),
+    lambda = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2 on ||D(x0 + sigma n) - x0||^2."""
+    return DenoisingLoss(EDMPrecond(sigma_data), LogNormalSigma(p_mean, p_std), EDMWeighting(sigma_data), loss_type)
+
+
+def NCSNLoss(ladder: torch.Tensor, loss_type: str = "l2") -> DenoisingLoss:
+    """Song & Ermon 2019, Eq. 6 with lambda(sigma) = sigma^2: sigma uniform over the ladder's
+    rungs; with the NCSNv2 output scaling it is ||net(x0 + sigma n) + n||^2."""
+    ladder = torch.as_tensor(ladder, dtype=torch.float64)
+    return DenoisingLoss(NCSNPrecond(float(ladder.min()), float(ladder.max())), LadderSigma(ladder),
+                         InverseSigmaSquared(), loss_type)

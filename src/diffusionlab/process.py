@@ -25,12 +25,14 @@ def extract(table: torch.Tensor, t: torch.Tensor, x_shape, dtype=torch.float32) 
     return out.reshape(t.shape[0], *((1,) * (len(x_shape) - 1)))
 
 
-def q_sample(schedule: DiscreteSchedule, x0: torch.Tensor, t: torch.Tensor,
+def q_sample(schedule: DiscreteSchedule | torch.Tensor, x0: torch.Tensor, t: torch.Tensor,
              noise: torch.Tensor | None = None, generator: torch.Generator | None = None):
-    """Sample x_t ~ q(x_t | x0) in one shot: sqrt(abar_t) x0 + sqrt(1 - abar_t) eps."""
+    """Sample x_t ~ q(x_t | x0) in one shot: sqrt(abar_t) x0 + sqrt(1 - abar_t) eps (Ho et al.
+    Eq. 4). ``schedule``: a DiscreteSchedule or its 1-D abar table; ``t``: 0-based indices."""
     if noise is None:
         noise = rng.randn(x0.shape, generator, x0.device, x0.dtype)  # generator None: global RNG (rng.py)
-    abar = extract(schedule.abar, t, x0.shape, x0.dtype)
+    table = schedule.abar if isinstance(schedule, DiscreteSchedule) else torch.as_tensor(schedule)
+    abar = extract(table, t, x0.shape, x0.dtype)
     return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
 
 

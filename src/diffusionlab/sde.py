@@ -230,9 +230,11 @@ class VESDE(SDE):
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, eps_t: float = 0.0):
         if not 0 < sigma_min < sigma_max:
             raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
-        self.smin, self.smax, self.eps_t = float(sigma_min), float(sigma_max), float(eps_t)
-        self.log_ratio = math.log(self.smax / self.smin)
-        self.prior_scale = self.smax
+        # sigma(0) and sigma(1) of the schedule; the model's range (sigma_min / sigma_max properties)
+        # is sigma(eps_t) .. sigma(1), the same unless eps_t > 0
+        self.sigma_t0, self.sigma_t1, self.eps_t = float(sigma_min), float(sigma_max), float(eps_t)
+        self.log_ratio = math.log(self.sigma_t1 / self.sigma_t0)
+        self.prior_scale = self.sigma_t1
 
     def drift_coef(self, t):
         return torch.zeros_like(_as_t(t))
@@ -245,10 +247,10 @@ class VESDE(SDE):
         return torch.ones_like(s), s
 
     def sigma(self, t):
-        return self.smin * (_as_t(t) * self.log_ratio).exp()
+        return self.sigma_t0 * (_as_t(t) * self.log_ratio).exp()
 
     def t_of_sigma(self, sigma):
-        return (_as_t(sigma) / self.smin).log() / self.log_ratio
+        return (_as_t(sigma) / self.sigma_t0).log() / self.log_ratio
 
     def mean_of_sigma(self, sigma):
         return torch.ones_like(_as_t(sigma))

@@ -13,20 +13,19 @@ canvas (no ``pyplot``, no global figure state, works headless).
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
-import tempfile
 import warnings
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
 from .data.images import as_batch as _as_batch, to_uint8
+from .files import atomic_path as _atomic_path
+from .process import q_sample
 
 __all__ = [
     "to_uint8",
@@ -44,23 +43,6 @@ MAX_GIF_FRAMES = 60
 
 
 # --------------------------------------------------------------------------- helpers
-@contextlib.contextmanager
-def _atomic_path(path: str | os.PathLike, suffix: str) -> Iterator[str]:
-    """Yield a temporary file name next to ``path``; move it onto ``path`` on success."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix,
-                               dir=str(path.parent))
-    os.close(fd)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
-
-
 def _upscale(arr: np.ndarray, factor: int) -> np.ndarray:
     factor = int(factor)
     if factor < 1:
@@ -155,7 +137,7 @@ def save_gif(frames: Sequence, path, nrow: int = 8, duration: float = 0.08,
 # --------------------------------------------------------------------------- noising strip
 def noising_strip(image, abar, ts: Sequence[int], generator: torch.Generator | None = None,
                   clamp: bool = True) -> torch.Tensor:
-    """The forward process applied to one image at several steps, with ONE shared noise.
+    """The forward process (``process.q_sample``) applied to one image at several steps, with ONE shared noise.
 
     ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps`` where ``abar`` is 1-D of length T with
     ``abar[t-1]`` belonging to step ``t`` and ``t = 0`` meaning the clean image (abar = 1).
@@ -180,14 +162,7 @@ def noising_strip(image, abar, ts: Sequence[int], generator: torch.Generator | N
         generator = torch.Generator(device=x0.device).manual_seed(0)
     eps = torch.randn(x0.shape, generator=generator, device=generator.device,
                       dtype=torch.float32).to(x0.device)
-    out = []
-    for t in ts:
-        if t == 0:
-            xt = x0.clone()
-        else:
-            a = float(abar[t - 1])
-            xt = math.sqrt(a) * x0 + math.sqrt(max(0.0, 1.0 - a)) * eps
-        out.append(xt)
+    out = [x0.clone() if t == 0 else q_sample(abar, x0, torch.tensor([t - 1]), noise=eps) for t in ts]
     res = torch.cat(out, dim=0)
     return res.clamp(-1.0, 1.0) if clamp else res
 

@@ -29,9 +29,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-import contextlib
 import os
-import tempfile
 import time
 import warnings
 
@@ -40,6 +38,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..files import atomic_path
 from .metrics import feature_stats, frechet_distance  # noqa: F401 (moved; re-exported)
 
 __all__ = [
@@ -240,16 +239,9 @@ def default_cache_dir() -> str:
 
 
 def _atomic_write(path: str, write_fn) -> None:
-    d = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=d)
-    os.close(fd)
-    try:
+    """``write_fn(tmp_path)`` through the one atomic-write helper (files.py)."""
+    with atomic_path(path) as tmp:
         write_fn(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):  # the temp file may not exist yet
-            os.unlink(tmp)
-        raise
 
 
 def _try_load(path: str) -> DigitClassifier | None:

@@ -13,6 +13,8 @@ where ``cond.null`` is set); with ``cond_dim`` set, ``cond.pooled`` [B, cond_dim
 """
 from __future__ import annotations
 
+import json
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Sequence
 
 import torch
@@ -34,16 +36,61 @@ def _per_level(value, n: int, name: str) -> tuple:
     return value
 
 
+@dataclass
+class UnetConfig:
+    """Every setting of ``Unet``, with the seed API's defaults (``Unet(dim=64, dim_mults=(1, 2, 4,
+    8))``, 3 channels). ``full_attn`` None: full attention at the lowest resolution only;
+    ``patch_size`` p > 1 folds p x p pixels into channels first (the network runs at 1/p)."""
+
+    dim: int = 64
+    dim_mults: tuple = (1, 2, 4, 8)
+    channels: int = 3
+    out_channels: int | None = None
+    num_res_blocks: int = 2
+    block: str = "resnet"
+    full_attn: tuple | bool | None = None
+    linear_attn: tuple | bool = True
+    mid_attn: bool = True
+    attn_heads: int = 4
+    attn_dim_head: int = 32
+    dropout: float = 0.0
+    groups: int = 8
+    learned_sinusoidal: bool = False
+    learned_sinusoidal_dim: int = 16
+    num_classes: int | None = None
+    cond_dim: int | None = None
+    learned_variance: bool = False
+    patch_size: int = 1
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "UnetConfig":
+        """From a stored dict (lists back to tuples); unknown fields are an error."""
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown UnetConfig fields: {sorted(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
 class Unet(nn.Module):
+    """``Unet(dim=64, dim_mults=(1, 2, 4, 8), ...)`` with any ``UnetConfig`` field as a keyword, or
+    ``Unet.from_config(UnetConfig(...))``; ``net.config`` is the config as a dict."""
+
     accepts_cond = True  # denoiser.call_net always passes a Cond
-    def __init__(self, dim: int = 64, dim_mults: Sequence[int] = (1, 2, 4, 8), channels: int = 3,
-                 out_channels: int | None = None, num_res_blocks: int = 2, block: str = "resnet",
-                 full_attn: Sequence[bool] | bool | None = None, linear_attn: Sequence[bool] | bool = True,
-                 mid_attn: bool = True, attn_heads: int = 4, attn_dim_head: int = 32, dropout: float = 0.0,
-                 groups: int = 8, learned_sinusoidal: bool = False, learned_sinusoidal_dim: int = 16,
-                 num_classes: int | None = None, cond_dim: int | None = None, learned_variance: bool = False,
-                 patch_size: int = 1):
+    arch, Config = "unet", UnetConfig
+
+    @classmethod
+    def from_config(cls, config: UnetConfig) -> "Unet":
+        return cls(**asdict(config))
+
+    def __init__(self, **settings):
         super().__init__()
+        c = UnetConfig(**settings)
+        dim, dim_mults, channels, out_channels = c.dim, tuple(c.dim_mults), c.channels, c.out_channels
+        num_res_blocks, block, full_attn, linear_attn = c.num_res_blocks, c.block, c.full_attn, c.linear_attn
+        mid_attn, attn_heads, attn_dim_head, dropout, groups = c.mid_attn, c.attn_heads, c.attn_dim_head, c.dropout, c.groups
+        learned_sinusoidal, learned_sinusoidal_dim = c.learned_sinusoidal, c.learned_sinusoidal_dim
+        num_classes, cond_dim, learned_variance, patch_size = c.num_classes, c.cond_dim, c.learned_variance, c.patch_size
         levels = len(dim_mults)
         if full_attn is None:  # full attention at the lowest resolution only (the cheap place)
             full_attn = tuple(i == levels - 1 for i in range(levels))
@@ -51,13 +98,8 @@ class Unet(nn.Module):
         linear_attn = _per_level(linear_attn, levels, "linear_attn")
         if block not in ("resnet", "convnext"):
             raise ValueError("block must be 'resnet' or 'convnext'")
-        self.config = dict(dim=dim, dim_mults=list(dim_mults), channels=channels, out_channels=out_channels,
-                           num_res_blocks=num_res_blocks, block=block, full_attn=list(full_attn),
-                           linear_attn=list(linear_attn), mid_attn=mid_attn, attn_heads=attn_heads,
-                           attn_dim_head=attn_dim_head, dropout=dropout, groups=groups,
-                           learned_sinusoidal=learned_sinusoidal, learned_sinusoidal_dim=learned_sinusoidal_dim,
-                           num_classes=num_classes, cond_dim=cond_dim, learned_variance=learned_variance,
-                           patch_size=patch_size)
+        # the config as JSON would store it (lists), with the per-level attention settings resolved
+        self.config = json.loads(json.dumps(asdict(replace(c, full_attn=tuple(full_attn), linear_attn=tuple(linear_attn)))))
         self.channels = channels
         self.levels = levels
         self.out_channels = out_channels or channels * (2 if learned_variance else 1)

@@ -24,12 +24,9 @@ import math
 
 import torch
 
-from ._common import (ancestral_loop, as_floats, batch_sigma, check_finite_start, emit, lam,
+from ._common import (to_eps, ancestral_loop, as_floats, batch_sigma, check_finite_start, emit, lam,
                       randn_like, step_order)
 
-
-def _eps(x, denoised, sigma):
-    return (x - denoised) / sigma
 
 
 # ----------------------------------------------------------------------------- DPM-Solver (eps)
@@ -39,7 +36,7 @@ def _dpm_solver_step(denoiser, x, sigma, sigma_next, order, cond, eps0=None):
     (x_next, D(x, sigma))."""
     if eps0 is None:
         denoised = denoiser(x, batch_sigma(x, sigma), cond)
-        eps0 = _eps(x, denoised, sigma)
+        eps0 = to_eps(x, denoised, sigma)
     else:
         denoised = x - sigma * eps0
     h = lam(sigma_next) - lam(sigma)
@@ -54,15 +51,15 @@ def _dpm_solver_step(denoiser, x, sigma, sigma_next, order, cond, eps0=None):
         r1 = 0.5
         s1 = sig(r1)
         u1 = x - s1 * math.expm1(r1 * h) * eps0
-        eps1 = _eps(u1, denoiser(u1, batch_sigma(x, s1), cond), s1)
+        eps1 = to_eps(u1, denoiser(u1, batch_sigma(x, s1), cond), s1)
         return x - sigma_next * em1 * eps0 - sigma_next / (2 * r1) * em1 * (eps1 - eps0), denoised
     r1, r2 = 1 / 3, 2 / 3
     s1, s2 = sig(r1), sig(r2)
     u1 = x - s1 * math.expm1(r1 * h) * eps0
-    d1 = _eps(u1, denoiser(u1, batch_sigma(x, s1), cond), s1) - eps0
+    d1 = to_eps(u1, denoiser(u1, batch_sigma(x, s1), cond), s1) - eps0
     phi_r2 = math.expm1(r2 * h) / (r2 * h) - 1
     u2 = x - s2 * math.expm1(r2 * h) * eps0 - s2 * (r2 / r1) * phi_r2 * d1
-    d2 = _eps(u2, denoiser(u2, batch_sigma(x, s2), cond), s2) - eps0
+    d2 = to_eps(u2, denoiser(u2, batch_sigma(x, s2), cond), s2) - eps0
     phi = em1 / h - 1
     return x - sigma_next * em1 * eps0 - sigma_next / r2 * phi * d2, denoised
 

@@ -10,12 +10,9 @@ import math
 
 import torch
 
-from ._common import (ancestral_loop, as_floats, batch_sigma, check_finite_start, emit,
+from ._common import (to_eps, ancestral_loop, as_floats, batch_sigma, check_finite_start, emit,
                       geometric_mid, randn_like)
 
-
-def _d(x, denoised, sigma: float):
-    return (x - denoised) / sigma
 
 
 def _churn(x, sigma: float, n: int, s_churn: float, s_tmin: float, s_tmax: float, s_noise: float,
@@ -51,7 +48,7 @@ def sample_euler(denoiser, x, sigmas, *, cond=None, generator=None, callback=Non
     """Euler on the probability-flow ODE; with ``s_churn > 0`` the EDM stochastic churn is added
     before each step (then stochastic). Euler in sigma-space equals DDIM with eta = 0."""
     def step(x, denoised, sigma, sigma_next):
-        return x + (sigma_next - sigma) * _d(x, denoised, sigma)
+        return x + (sigma_next - sigma) * to_eps(x, denoised, sigma)
 
     churn = dict(s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise)
     return _churned_loop(denoiser, x, sigmas, cond, generator, callback, churn, "euler", step)
@@ -62,7 +59,7 @@ def sample_euler_ancestral(denoiser, x, sigmas, *, cond=None, generator=None, ca
                            eta: float = 1.0, s_noise: float = 1.0):
     """Euler step to sigma_down, then fresh noise of std sigma_up (see ``ancestral_step``)."""
     def step(x, denoised, sigma, down):
-        return x + (down - sigma) * _d(x, denoised, sigma)
+        return x + (down - sigma) * to_eps(x, denoised, sigma)
 
     return ancestral_loop(denoiser, x, sigmas, cond, generator, callback, eta, s_noise, "euler_ancestral", step)
 
@@ -75,9 +72,9 @@ def sample_heun(denoiser, x, sigmas, *, cond=None, generator=None, callback=None
     (gamma = min(S_churn / N, sqrt 2 - 1) for sigma in [S_tmin, S_tmax], noise scaled by S_noise).
     Two calls per step, one for the final step to 0: N steps cost 2N - 1 calls (EDM: 18 -> 35)."""
     def step(x, denoised, sigma, sigma_next):
-        d = _d(x, denoised, sigma)
+        d = to_eps(x, denoised, sigma)
         x_next = x + (sigma_next - sigma) * d
-        d2 = _d(x_next, denoiser(x_next, batch_sigma(x, sigma_next), cond), sigma_next)
+        d2 = to_eps(x_next, denoiser(x_next, batch_sigma(x, sigma_next), cond), sigma_next)
         return x + (sigma_next - sigma) * (d + d2) / 2
 
     churn = dict(s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise)
@@ -92,8 +89,8 @@ def sample_dpm_2(denoiser, x, sigmas, *, cond=None, generator=None, callback=Non
     i.e. DPM-Solver-2 with r = 1/2 in sigma-space. Two calls per step."""
     def step(x, denoised, sigma, sigma_next):
         mid = geometric_mid(sigma, sigma_next)
-        x_mid = x + (mid - sigma) * _d(x, denoised, sigma)
-        return x + (sigma_next - sigma) * _d(x_mid, denoiser(x_mid, batch_sigma(x, mid), cond), mid)
+        x_mid = x + (mid - sigma) * to_eps(x, denoised, sigma)
+        return x + (sigma_next - sigma) * to_eps(x_mid, denoiser(x_mid, batch_sigma(x, mid), cond), mid)
 
     churn = dict(s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise)
     return _churned_loop(denoiser, x, sigmas, cond, generator, callback, churn, "dpm_2", step)
@@ -105,8 +102,8 @@ def sample_dpm_2_ancestral(denoiser, x, sigmas, *, cond=None, generator=None, ca
     """DPM-2 to sigma_down, then noise of std sigma_up."""
     def step(x, denoised, sigma, down):
         mid = geometric_mid(sigma, down)
-        x_mid = x + (mid - sigma) * _d(x, denoised, sigma)
-        return x + (down - sigma) * _d(x_mid, denoiser(x_mid, batch_sigma(x, mid), cond), mid)
+        x_mid = x + (mid - sigma) * to_eps(x, denoised, sigma)
+        return x + (down - sigma) * to_eps(x_mid, denoiser(x_mid, batch_sigma(x, mid), cond), mid)
 
     return ancestral_loop(denoiser, x, sigmas, cond, generator, callback, eta, s_noise, "dpm_2_ancestral", step)
 

@@ -20,7 +20,7 @@ import math
 import numpy as np
 import torch
 
-from ._common import as_floats, batch_sigma, check_finite_start, emit, geometric_mid
+from ._common import to_eps, as_floats, batch_sigma, check_finite_start, emit, geometric_mid
 
 _GL_NODES, _GL_WEIGHTS = np.polynomial.legendre.leggauss(16)
 
@@ -49,7 +49,7 @@ def _lmm(denoiser, x, sigmas, cond, callback, order, log_space, name, lower_orde
     for i in range(n):
         sigma, sigma_next = s[i], s[i + 1]
         denoised = denoiser(x, batch_sigma(x, sigma), cond)
-        eps = (x - denoised) / sigma
+        eps = to_eps(x, denoised, sigma)
         hist = (hist + [(math.log(sigma) if log_space else sigma, eps)])[-order:]
         if sigma_next == 0:
             x = denoised
@@ -99,7 +99,7 @@ def sample_pndm(denoiser, x, sigmas, *, cond=None, generator=None, callback=None
 
     def eps_at(xx, sig):
         d = denoiser(xx, batch_sigma(x, sig), cond)
-        return (xx - d) / sig, d
+        return to_eps(xx, d, sig), d
 
     past: list = []
     for i in range(n):

@@ -5,54 +5,17 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-
-@dataclass
-class UnetConfig:
-    dim: int = 64
-    dim_mults: tuple = (1, 2, 2)
-    channels: int = 1
-    num_res_blocks: int = 1
-    block: str = "resnet"
-    full_attn: tuple | None = None
-    linear_attn: bool = False
-    mid_attn: bool = True
-    attn_heads: int = 4
-    attn_dim_head: int = 32
-    dropout: float = 0.0
-    groups: int = 8
-    learned_sinusoidal: bool = False
-    num_classes: int | None = None
-    cond_dim: int | None = None
-    learned_variance: bool = False
-    patch_size: int = 2
+from ..nn import UnetConfig, network_config
+from ..processes import DiffusionConfig  # noqa: F401 (re-exported: the process config lives in processes.py)
 
 
-@dataclass
-class DiffusionConfig:
-    """``process`` picks the model family (README "Processes"); the other fields apply to the
-    processes named in their comments. None means the process's own default
-    (continuous.PROCESS_PARAMS)."""
-    process: str = "ddpm"            # ddpm | vp | subvp | ve | edm | ncsn
-    timesteps: int = 1000            # ddpm
-    objective: str = "v"             # ddpm: eps | x0 | v; vp, subvp, ve: also score
-    beta_schedule: str = "cosine"    # ddpm: see schedules.BETA_SCHEDULES
-    loss_type: str = "l2"            # l1 | l2 | huber
-    min_snr_gamma: float | None = None  # ddpm, e.g. 5; measured: hurts the 10-minute MNIST demo
-    offset_noise: float = 0.0        # ddpm
-    zero_terminal_snr: bool = False  # ddpm
-    sigma_data: float | None = None     # ddpm: EDM loss weighting (losses.edm_weight), None = none; edm: 0.5
-    loss_kind: str = "simple"        # ddpm: simple | hybrid (L_simple + vlb_weight L_vlb; learned variance) | vlb
-    vlb_weight: float = 0.001        # ddpm, hybrid: lambda (improved DDPM's 0.001)
-    t_sampling: str = "uniform"      # ddpm: uniform | importance (improved DDPM, for the vlb loss)
-    beta_min: float | None = None    # vp, subvp: beta(t) = beta_min + t (beta_max - beta_min); 0.1
-    beta_max: float | None = None    # vp, subvp: 20
-    eps_t: float | None = None       # vp, subvp, ve: smallest time in training and sampling; 1e-5 (ve: 0)
-    sigma_min: float | None = None   # ve, ncsn: 0.01; edm: 0.002
-    sigma_max: float | None = None   # ve, ncsn: 50; edm: 80
-    likelihood_weighting: bool = False  # vp, subvp, ve: lambda(t) = g(t)^2 instead of std(t)^2
-    p_mean: float | None = None      # edm: ln sigma ~ N(p_mean, p_std^2) in training; -1.2
-    p_std: float | None = None       # edm: 1.2
-    ncsn_levels: int | None = None   # ncsn ladder length; None: Song & Ermon 2020 Technique 2 for the image
+def default_model(**overrides) -> UnetConfig:
+    """The CLI's network when no ``--preset`` is given (the explicit default preset): a 3-level
+    U-Net with one block per level, full attention at the lowest resolution, 2x2 patches (it runs
+    at half the image size), greyscale; ``channels`` follows the data. The seed API's ``Unet()``
+    keeps its own defaults (``UnetConfig``)."""
+    return dataclasses.replace(UnetConfig(dim=64, dim_mults=(1, 2, 2), channels=1, num_res_blocks=1,
+                                          linear_attn=False, patch_size=2), **overrides)
 
 
 @dataclass
@@ -61,7 +24,8 @@ class TrainConfig:
     image_size: int = 32
     hflip: bool = False
     val_fraction: float = 0.05       # image folders only; embedded sets have a fixed held-out split
-    model: UnetConfig = field(default_factory=UnetConfig)
+    arch: str = "unet"               # the network (nn.NETWORKS)
+    model: UnetConfig = field(default_factory=default_model)  # the arch's config dataclass
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     batch_size: int = 64
     grad_accum: int = 1
@@ -104,8 +68,8 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         d = dict(d)
-        d["model"] = UnetConfig(**_known(UnetConfig, d.get("model", {})))
-        d["diffusion"] = DiffusionConfig(**_known(DiffusionConfig, d.get("diffusion", {})))
+        d["model"] = network_config(d.get("arch", "unet"), d.get("model", {}))
+        d["diffusion"] = DiffusionConfig.from_dict(d.get("diffusion", {}))
         for k in ("adam_betas",):
             if k in d:
                 d[k] = tuple(d[k])
@@ -142,11 +106,16 @@ def demo_config(**overrides) -> TrainConfig:
 
 def tiny_config(**overrides) -> TrainConfig:
     """A seconds-long run for tests and smoke checks."""
-    cfg = TrainConfig(model=UnetConfig(dim=8, dim_mults=(1, 2), mid_attn=False, groups=4, patch_size=1),
+    cfg = TrainConfig(model=default_model(dim=8, dim_mults=(1, 2), mid_attn=False, groups=4, patch_size=1),
                       diffusion=DiffusionConfig(timesteps=100), batch_size=8, max_steps=4,
                       log_every=1, val_every=2, n_val=16, sample_every=0, checkpoint_every=2,
                       n_grid=4, sample_steps=4, warmup_steps=2, progress=False, precision="fp32")
     return dataclasses.replace(cfg, **overrides)
 
 
-PRESETS = {"demo": demo_config, "tiny": tiny_config}
+def default_config(**overrides) -> TrainConfig:
+    """The CLI without ``--preset``: ``TrainConfig()`` (the default network, ``default_model``)."""
+    return dataclasses.replace(TrainConfig(), **overrides)
+
+
+PRESETS = {"default": default_config, "demo": demo_config, "tiny": tiny_config}

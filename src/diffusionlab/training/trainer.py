@@ -30,9 +30,11 @@ from ..cond import Batch, Cond
 from ..data.folder import random_hflip
 from ..devices import cpu_has_fast_bf16, pick_device, pick_precision, set_threads  # noqa: F401 (re-exported)
 from ..diffusion import GaussianDiffusion
-from ..nn.unet import Unet
+from ..loading import build_diffusion as build_process, checkpoint_config
+from ..nn import build_network, network_config
+from ..processes import validate
 from ..rng import per_sample_generators
-from .config import DiffusionConfig, TrainConfig, UnetConfig
+from .config import TrainConfig, default_model
 from .ema import EMA
 
 
@@ -75,54 +77,23 @@ def package_versions() -> dict:
 
 
 def build_diffusion(cfg: TrainConfig):
-    """The model and its process from the config: ``GaussianDiffusion`` for ddpm, otherwise
-    ``ContinuousDiffusion`` (vp, subvp, ve, edm, ncsn)."""
-    from dataclasses import asdict
-
-    from ..continuous import PROCESSES, ContinuousDiffusion
-
-    d = cfg.diffusion
-    if d.process not in PROCESSES:
-        raise ValueError(f"unknown process {d.process!r}; choose from {', '.join(PROCESSES)}")
+    """The network (``nn.NETWORKS[cfg.arch]``) and its process from the config (one builder,
+    ``loading.build_diffusion``); the initial weights depend on the seed only."""
     with torch.random.fork_rng(devices=[]):  # weights depend on the seed only, not on prior RNG use
         torch.manual_seed(cfg.seed)
-        model = Unet(**asdict(cfg.model))
-    if d.process != "ddpm":
-        _reject_ddpm_options(d)
-        return ContinuousDiffusion.from_config(model, cfg.image_size, asdict(d), sampling_steps=cfg.sample_steps)
-    return GaussianDiffusion(model, image_size=cfg.image_size, timesteps=d.timesteps, objective=d.objective,
-                             beta_schedule=d.beta_schedule, loss_type=d.loss_type, min_snr_gamma=d.min_snr_gamma,
-                             offset_noise_strength=d.offset_noise, zero_terminal_snr=d.zero_terminal_snr,
-                             sampling_timesteps=min(cfg.sample_steps, d.timesteps), sigma_data=d.sigma_data,
-                             loss_kind=d.loss_kind, vlb_weight=d.vlb_weight, t_sampling=d.t_sampling)
-
-
-def _reject_ddpm_options(d: DiffusionConfig) -> None:
-    set_ = [name for name, on in (("min_snr_gamma", d.min_snr_gamma), ("offset_noise", d.offset_noise),
-                                  ("zero_terminal_snr", d.zero_terminal_snr),
-                                  ("sigma_data", d.sigma_data is not None and d.process != "edm"),
-                                  ("loss_kind", d.loss_kind != "simple"),
-                                  ("t_sampling", d.t_sampling != "uniform")) if on]
-    if set_:
-        raise ValueError(f"{', '.join(set_)} applies to process ddpm, not {d.process!r}")
+        net = build_network(cfg.arch, cfg.model)
+    return build_process(net, cfg.image_size, validate(cfg.diffusion), cfg.sample_steps)
 
 
 def _config_from_diffusion(diffusion, **fields) -> TrainConfig:
+    """The TrainConfig of a seed-API model handed to the Trainer: its network's and process's configs."""
+    arch = getattr(diffusion.model, "arch", "unet")
     mc = getattr(diffusion.model, "config", None)
-    model = UnetConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in mc.items()
-                          if k in UnetConfig.__dataclass_fields__}) if mc else UnetConfig()
-    dc = diffusion.config
-    if dc.get("process", "ddpm") != "ddpm":
-        names = DiffusionConfig.__dataclass_fields__
-        diff = DiffusionConfig(**{k: v for k, v in dc.items() if k in names and v is not None})
-        fields.setdefault("sample_steps", dc.get("sampling_steps", 50))
-        return TrainConfig(model=model, diffusion=diff, image_size=diffusion.image_size[0], **fields)
-    diff = DiffusionConfig(timesteps=dc["timesteps"], objective=dc["objective"], beta_schedule=dc["beta_schedule"],
-                           loss_type=dc["loss_type"], min_snr_gamma=dc["min_snr_gamma"],
-                           offset_noise=dc["offset_noise_strength"], zero_terminal_snr=dc["zero_terminal_snr"],
-                           sigma_data=dc.get("sigma_data"), loss_kind=dc.get("loss_kind", "simple"),
-                           vlb_weight=dc.get("vlb_weight", 0.001), t_sampling=dc.get("t_sampling", "uniform"))
-    return TrainConfig(model=model, diffusion=diff, image_size=diffusion.image_size[0], **fields)
+    model = network_config(arch, mc) if mc else default_model()
+    d = diffusion.process_config
+    if d.process != "ddpm":
+        fields.setdefault("sample_steps", d.sampling_steps or 50)
+    return TrainConfig(arch=arch, model=model, diffusion=d, image_size=diffusion.image_size[0], **fields)
 
 
 class Trainer:
@@ -322,8 +293,7 @@ class Trainer:
         rng = {"train": self.gen.get_state(), "torch": torch.get_rng_state()}
         if torch.cuda.is_available() and self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        config = {"kind": getattr(self.diffusion, "kind", "discrete_diffusion"), "model": {"type": "unet", "config": self.model_config()},
-                  "diffusion": self.diffusion.config, "train": self.cfg.to_dict()}
+        config = checkpoint_config(self.diffusion, self.cfg.arch, self.model_config(), self.cfg.to_dict())
         state = {"planned_steps": self.planned, "elapsed_train_seconds": self.elapsed, "ema_step": self.ema.step}
         if self.guide_step is not None:  # in config.json: loaders read it there, and so does resume
             config["guide_step"] = self.guide_step

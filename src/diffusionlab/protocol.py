@@ -1,0 +1,136 @@
+"""The protocol of a denoiser: what it declares, the one accessor, the one network call, and
+the base of every ``Denoiser -> Denoiser`` wrapper.
+
+**The protocol.** A denoiser is any callable ``denoiser(x, sigma, cond=None) -> x0_hat``. What it
+carries beyond that is declared in one record, ``denoiser.info`` (a ``DenoiserInfo``: sigma
+range, prior, sigma table / ladder / SDE, default grid, sampler, steps and guidance, image shape,
+the conditioning it accepts, learned variance, device). ``info_of(denoiser)`` is the one accessor:
+it gives a bare function the defaults (sigma 0.002 .. 80, prior std = sigma), so samplers,
+likelihoods, guidance and the CLI read ``info_of(den).field`` and never probe attributes.
+The one optional method is ``denoise_with_variance(x, sigma, cond) -> (x0_hat, frac)`` for
+learned-variance models (``info.learned_variance``). Wrappers derive from ``DenoiserWrapper``,
+which implements both methods from one ``denoise`` and forwards ``info``, so no path can
+bypass a wrapper.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol, Union
+
+import torch
+from torch import nn
+
+from .cond import Cond, as_cond
+
+FALLBACK_SIGMA_MIN, FALLBACK_SIGMA_MAX = 0.002, 80.0
+
+
+@dataclass(frozen=True)
+class DenoiserInfo:
+    """What a denoiser declares besides its call (module docstring). The defaults are a bare
+    function's: sigma 0.002 .. 80, prior N(0, sigma^2 I) (VE), Karras grid."""
+
+    process: str = ""                    # ddpm | vp | subvp | ve | edm | ncsn | "" (a bare function)
+    sigma_min: float = FALLBACK_SIGMA_MIN
+    sigma_max: float = FALLBACK_SIGMA_MAX  # inf for zero terminal SNR
+    prior: Union[str, Callable[[float], float]] = "ve"  # "ve": std sigma; "vp": sqrt(1 + sigma^2); or std(sigma)
+    table_sigmas: torch.Tensor | None = None  # a discrete model's increasing sigma table
+    ladder: torch.Tensor | None = None   # NCSN's decreasing noise ladder
+    sde: Any = None                      # a continuous SDE (sde.py) where the model has one
+    default_schedule: str = "karras"
+    default_sampler: str | None = None   # None: the caller's default (ddim)
+    default_steps: int | None = None
+    default_guidance: float | None = None
+    image_shape: tuple | None = None     # (C, H, W) where known (checkpoints)
+    conditioning: tuple = ()             # the Cond fields the network uses: "labels", "pooled", ...
+    num_classes: int | None = None
+    learned_variance: bool = False       # has denoise_with_variance
+    device: torch.device | None = None
+
+    def prior_std(self, sigma: float) -> float:
+        """Std of x at noise level sigma when x0 is negligible: the prior's scale."""
+        if callable(self.prior):
+            return float(self.prior(sigma))
+        if self.prior == "vp":
+            return math.sqrt(1 + sigma ** 2) if math.isfinite(sigma) else 1.0
+        return float(sigma)
+
+    def finite_sigma_max(self) -> float:
+        """sigma_max, or for zero terminal SNR the largest finite sigma of the table."""
+        if math.isfinite(self.sigma_max) or self.table_sigmas is None:
+            return float(self.sigma_max)
+        t = self.table_sigmas
+        return float(t[torch.isfinite(t)].max())
+
+
+class Denoiser(Protocol):
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond=None) -> torch.Tensor: ...
+
+
+_BARE = DenoiserInfo()
+
+
+def info_of(denoiser) -> DenoiserInfo:
+    """The one accessor of the protocol: ``denoiser.info``, or the defaults for a bare function."""
+    info = getattr(denoiser, "info", None)
+    return info if isinstance(info, DenoiserInfo) else _BARE
+
+
+def call_net(net, x: torch.Tensor, c_noise: torch.Tensor, cond) -> torch.Tensor:
+    """The one place a network is called. A network that declares ``accepts_cond = True`` (the
+    library's) always receives a ``Cond``; any other ``net(x, t)`` is called without one, or with
+    the caller's own condition object when one is given (the older hook)."""
+    if getattr(net, "accepts_cond", False):
+        return net(x, c_noise, as_cond(cond))
+    if cond is None or (isinstance(cond, Cond) and cond.is_empty):
+        return net(x, c_noise)
+    return net(x, c_noise, cond)
+
+
+def net_conditioning(net) -> tuple[tuple, int | None]:
+    """(Cond fields, number of classes) a library network was built for (from its config)."""
+    cfg = getattr(net, "config", None) or {}
+    kinds = tuple(k for k, on in (("labels", cfg.get("num_classes")), ("pooled", cfg.get("cond_dim"))) if on)
+    return kinds, cfg.get("num_classes")
+
+
+def _param_device(module: nn.Module) -> torch.device | None:
+    p = next(module.parameters(), None)
+    return p.device if p is not None else None
+
+
+class DenoiserWrapper:
+    """Base of every ``Denoiser -> Denoiser`` wrapper (guidance, thresholding, counting).
+
+    A subclass implements ``denoise(x, sigma, cond, inner)`` where ``inner(x, sigma, cond)`` is
+    the wrapped denoiser's x0 prediction. The base turns it into ``__call__`` and
+    ``denoise_with_variance`` (the variance is the one of ``inner``'s first call: the main
+    model's), and forwards ``info``; nothing else is forwarded, so no method of the wrapped
+    denoiser can be reached around the wrapper."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    @property
+    def info(self) -> DenoiserInfo:
+        return info_of(self.inner)
+
+    def denoise(self, x, sigma, cond, inner):
+        raise NotImplementedError
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond=None) -> torch.Tensor:
+        return self.denoise(x, sigma, cond, self.inner)
+
+    def denoise_with_variance(self, x: torch.Tensor, sigma: torch.Tensor, cond=None):
+        if not self.info.learned_variance:
+            raise ValueError("this model has no learned variance (its network outputs C channels)")
+        fracs = []
+
+        def inner(x_, sigma_, cond_=None):
+            x0, frac = self.inner.denoise_with_variance(x_, sigma_, cond_)
+            fracs.append(frac)
+            return x0
+
+        x0 = self.denoise(x, sigma, cond, inner)
+        return x0, fracs[0]
