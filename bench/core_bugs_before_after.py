@@ -6,10 +6,10 @@ from pathlib import Path
 import numpy as np, torch
 import diffusionlab as dl
 print("code under test:", dl.__file__)
-from diffusionlab.cli import main
-from diffusionlab.denoiser import DiscreteDenoiser
-from diffusionlab.guidance import Clipped
-from diffusionlab.schedules import DiscreteSchedule
+from diffusionlab.apps.cli import main
+from diffusionlab.core.denoiser import DiscreteDenoiser
+from diffusionlab.core.guidance import Clipped
+from diffusionlab.core.schedules import DiscreteSchedule
 D = ["--preset", "tiny", "--data", "digits", "--image-size", "8", "--threads", "1", "--no-progress"]
 class Net(torch.nn.Module):
     channels, out_channels = 1, 2
@@ -32,9 +32,9 @@ with q: main(["train", *D, "--steps", "1", "--out", str(t2)])
 with q: main(["sample", "--ckpt", str(t2), "--n", "3", "--steps", "3", "--sampler", "ddpm", "--seed", "4", "--precision", "fp32", "--out", str(t2 / "s.png"), "--npy", str(t2 / "s.npy")])
 cli = torch.from_numpy(np.load(t2 / "s.npy"))
 try:
-    from diffusionlab.demo import sample_many
+    from diffusionlab.apps.demo import sample_many
 except ImportError:
-    from diffusionlab.sampling import sample_many
+    from diffusionlab.core.sampling import sample_many
 many = sample_many(dl.load_denoiser(t2), (1, 8, 8), 3, "ddpm", 3, seed=4, progress=False)
 print("4 same --seed, CLI vs eval/demo path equal:", bool(torch.allclose(cli.clamp(-1, 1), many.clamp(-1, 1), atol=1e-5)))
 print("7 sample --npy range:", float(cli.min()), float(cli.max()), "(outside [-1, 1] = unclamped)")

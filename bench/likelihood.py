@@ -26,10 +26,10 @@ from pathlib import Path
 import torch
 
 from diffusionlab.data.embedded import load_mnist
-from diffusionlab.sampling import sample_many
+from diffusionlab.core.sampling import sample_many
 from diffusionlab.evaluation import digit_metrics, load_digit_classifier
-from diffusionlab.likelihood import ode_bits_per_dim, quantize_8bit, vlb
-from diffusionlab.loading import load_denoiser
+from diffusionlab.core.likelihood import ode_bits_per_dim, quantize_8bit, vlb
+from diffusionlab.models.loading import load_denoiser
 from diffusionlab.training import Trainer
 from diffusionlab.training.config import DiffusionConfig, TrainConfig, default_model
 

@@ -77,11 +77,11 @@ def _batches(x, seed=0):
 
 
 def run_ours(lr, budget, n, eval_every_s, out):
-    from diffusionlab.sampling import sample_many
-    from diffusionlab.loading import load_denoiser
+    from diffusionlab.core.sampling import sample_many
+    from diffusionlab.models.loading import load_denoiser
     from diffusionlab.training import Trainer
     from diffusionlab.training.config import demo_config
-    from diffusionlab.viz import read_jsonl
+    from diffusionlab.evaluation.viz import read_jsonl
 
     # --eval-every counts steps: convert the seconds with the demo model's measured ~2.3 steps/s
     every = max(20, int(eval_every_s * 2.3)) if eval_every_s else 0

@@ -69,8 +69,8 @@ class Config:
 def discrete_model(mixture):
     """The mixture's exact denoiser as a discrete eps-prediction model on the linear T=1000
     schedule, wrapped exactly as a trained checkpoint would be."""
-    from diffusionlab.denoiser import DiscreteDenoiser
-    from diffusionlab.schedules import DiscreteSchedule
+    from diffusionlab.core.denoiser import DiscreteDenoiser
+    from diffusionlab.core.schedules import DiscreteSchedule
     sched = DiscreteSchedule.from_name("linear", T_TRAIN, beta_start=BETA_START, beta_end=BETA_END)
     return DiscreteDenoiser(mx.AnalyticEpsNet(mixture, sched.sigmas), sched, "eps")
 
@@ -103,7 +103,7 @@ def knob_variants(fn) -> list[dict]:
 def our_configs(mixture) -> tuple[list[Config], list[tuple[str, str]]]:
     """Every registered sampler x every sigma grid (x knob variants); plus (name, reason) skips."""
     import diffusionlab as dl
-    from diffusionlab.schedules import SIGMA_SCHEDULES
+    from diffusionlab.core.schedules import SIGMA_SCHEDULES
     den = discrete_model(mixture)
     configs, skipped = [], []
     for name, info in dl.SAMPLERS.items():

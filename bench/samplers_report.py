@@ -143,7 +143,7 @@ def report(data) -> str:
 def tuned_note(data) -> list[str]:
     if not any(r["library"] == "ours" and " tuned" in r["config"] for r in data["rows"]):
         return []
-    return ["- our 'tuned' grid (diffusionlab.schedules.TUNED_GRIDS: log-SNR uniform between step-dependent ends, "
+    return ["- our 'tuned' grid (diffusionlab.core.schedules.TUNED_GRIDS: log-SNR uniform between step-dependent ends, "
             "sigma 25 to 0.1 at 5 steps, 80 to 0.04 at 10, 157 to 0.02 at 20, the full range at 50) was fitted by "
             "bench/tune_grid.py at these step counts on random mixtures of the same kind "
             "(2-D and 16-D diagonal Gaussians, stds 0.005-0.3), not on these three: held out, but in-family, so "

@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffusionlab.sampling import sample_many
+from diffusionlab.core.sampling import sample_many
 from diffusionlab.evaluation.digits import (_load_real, extract_features, feature_stats, frechet_distance,
                                             load_digit_classifier)
-from diffusionlab.loading import load_denoiser
-from diffusionlab.sampling import CountingDenoiser as CallCounter  # counts calls in .nfe
+from diffusionlab.models.loading import load_denoiser
+from diffusionlab.core.sampling import CountingDenoiser as CallCounter  # counts calls in .nfe
 
 REFERENCE = ("ddpm", 250, {}, "auto")
 CONFIGS = [

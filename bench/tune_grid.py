@@ -1,4 +1,4 @@
-"""Tune the 'tuned' sigma grid (diffusionlab.schedules.TUNED_GRIDS) on a family of RANDOM
+"""Tune the 'tuned' sigma grid (diffusionlab.core.schedules.TUNED_GRIDS) on a family of RANDOM
 Gaussian mixtures, never on the benchmark's own mixtures (bench/samplers.py).
 
 Family: 2-D and 16-D mixtures of 2-10 diagonal Gaussians with means uniform in [-0.8, 0.8],
@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 import mixtures as mx  # noqa: E402
 
 import diffusionlab as dl  # noqa: E402
-from diffusionlab.denoiser import DiscreteDenoiser  # noqa: E402
-from diffusionlab.schedules import DiscreteSchedule  # noqa: E402
+from diffusionlab.core.denoiser import DiscreteDenoiser  # noqa: E402
+from diffusionlab.core.schedules import DiscreteSchedule  # noqa: E402
 
 RHOS = (7.0, 10.0, 15.0, math.inf)        # inf: the exponential (log-sigma uniform) limit
 LASTS = (0.04, 0.08, 0.12, 0.2)

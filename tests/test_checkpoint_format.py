@@ -10,10 +10,10 @@ import pytest
 import torch
 
 import diffusionlab as dl
-from diffusionlab.checkpoint import FORMAT_VERSION, read_config
-from diffusionlab.cli import main
+from diffusionlab.models.checkpoint import FORMAT_VERSION, read_config
+from diffusionlab.apps.cli import main
 from diffusionlab.nn import NETWORKS, Unet, UnetConfig, build_network
-from diffusionlab.processes import DiffusionConfig
+from diffusionlab.models.processes import DiffusionConfig
 
 FIXTURES = Path(__file__).parent / "fixtures"
 DIGITS = ["--preset", "tiny", "--data", "digits", "--image-size", "8", "--threads", "1", "--no-progress"]
@@ -75,7 +75,7 @@ def test_the_cli_default_preset_builds_the_model_it_always_built(tmp_path):
 
 
 def test_process_settings_are_validated_in_one_place():
-    from diffusionlab.processes import validate
+    from diffusionlab.models.processes import validate
 
     with pytest.raises(ValueError, match="min_snr_gamma applies to process ddpm"):
         validate(DiffusionConfig(process="vp", min_snr_gamma=5.0))

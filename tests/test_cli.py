@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diffusionlab.cli import main
+from diffusionlab.apps.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ def test_eval_reads_npz_and_image_folders(tmp_path, capsys):
 
 
 def test_samplers_lists_registry(capsys):
-    from diffusionlab.samplers import SAMPLERS
+    from diffusionlab.core.samplers import SAMPLERS
     assert main(["samplers", "-v"]) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in SAMPLERS) and "knobs: order=3, variant='bh2'" in out

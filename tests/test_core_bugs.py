@@ -9,13 +9,13 @@ import pytest
 import torch
 
 import diffusionlab as dl
-from diffusionlab import checkpoint as ck
-from diffusionlab.cli import main
-from diffusionlab.denoiser import DenoiserWrapper, DiscreteDenoiser
-from diffusionlab.guidance import Autoguided, Clipped, DynamicThreshold
-from diffusionlab.rng import per_sample_generators
-from diffusionlab.sampling import CountingDenoiser, sample_many
-from diffusionlab.schedules import DiscreteSchedule
+from diffusionlab.models import checkpoint as ck
+from diffusionlab.apps.cli import main
+from diffusionlab.core.denoiser import DenoiserWrapper, DiscreteDenoiser
+from diffusionlab.core.guidance import Autoguided, Clipped, DynamicThreshold
+from diffusionlab.core.rng import per_sample_generators
+from diffusionlab.core.sampling import CountingDenoiser, sample_many
+from diffusionlab.core.schedules import DiscreteSchedule
 from diffusionlab.training import Trainer, tiny_config
 
 DIGITS = ["--preset", "tiny", "--data", "digits", "--image-size", "8", "--threads", "1", "--no-progress"]
@@ -51,7 +51,7 @@ WRAPPERS = {
 
 
 def test_every_wrapper_is_covered():
-    import diffusionlab.guidance  # noqa: F401 (registers the subclasses)
+    import diffusionlab.core.guidance  # noqa: F401 (registers the subclasses)
 
     assert set(DenoiserWrapper.__subclasses__()) <= set(WRAPPERS)
 
@@ -222,7 +222,7 @@ def test_the_same_seed_draws_the_same_images_everywhere(tmp_path):
 def test_demo_visuals_use_the_seed_helper():
     import inspect
 
-    from diffusionlab import demo
+    from diffusionlab.apps import demo
 
     src = inspect.getsource(demo)
     assert "1_000_003" not in src and "per_sample_generators" in src
@@ -230,7 +230,7 @@ def test_demo_visuals_use_the_seed_helper():
 
 # ------------------------------------------------------------------ 5. explicit, device-correct draws
 def test_draws_land_on_the_requested_device_from_a_cpu_generator():
-    from diffusionlab import rng
+    from diffusionlab.core import rng
 
     g = torch.Generator().manual_seed(3)
     x = rng.randn((2, 3), g, device="meta")
@@ -251,7 +251,7 @@ def test_p_losses_noise_comes_from_the_generator():
 
 # ------------------------------------------------------------------ 7. --npy is one format
 def test_npy_writer_clamps_to_float32_in_range(tmp_path):
-    from diffusionlab.cli import write_npy
+    from diffusionlab.apps.cli import write_npy
 
     write_npy(tmp_path / "x.npy", torch.tensor([[[[3.0, -2.0], [0.5, 1.0]]]], dtype=torch.float64))
     arr = np.load(tmp_path / "x.npy")

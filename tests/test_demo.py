@@ -1,7 +1,7 @@
 """The `make demo` pipeline end to end at toy size: every file, the report, autoguidance."""
 import json
 
-from diffusionlab.demo import DEMO_AUTOGUIDANCE, run_demo
+from diffusionlab.apps.demo import DEMO_AUTOGUIDANCE, run_demo
 from diffusionlab.training.config import DiffusionConfig, default_model
 
 TINY = dict(model=default_model(dim=8, dim_mults=(1, 2), mid_attn=False, groups=4), diffusion=DiffusionConfig(timesteps=100),

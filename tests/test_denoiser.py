@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from diffusionlab.denoiser import PRECONDITIONING, DiscreteDenoiser
-from diffusionlab.schedules import DiscreteSchedule
+from diffusionlab.core.denoiser import PRECONDITIONING, DiscreteDenoiser
+from diffusionlab.core.schedules import DiscreteSchedule
 from oracles import AnalyticNet, GaussianOracle
 
 F64 = torch.float64

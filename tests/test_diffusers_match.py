@@ -23,8 +23,8 @@ import pytest
 import torch
 
 import diffusionlab as dl
-from diffusionlab.denoiser import DiscreteDenoiser
-from diffusionlab.schedules import DiscreteSchedule, get_sigmas
+from diffusionlab.core.denoiser import DiscreteDenoiser
+from diffusionlab.core.schedules import DiscreteSchedule, get_sigmas
 from oracles import AnalyticNet, GaussianOracle, MixtureOracle
 
 try:

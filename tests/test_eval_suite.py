@@ -67,9 +67,9 @@ def test_evaluation_sampling_does_not_depend_on_batch_size():
     sampling loop changes nothing (so metrics are comparable across machines and settings)."""
     from oracles import AnalyticNet, GaussianOracle
 
-    from diffusionlab.sampling import sample_many
-    from diffusionlab.denoiser import DiscreteDenoiser
-    from diffusionlab.schedules import DiscreteSchedule
+    from diffusionlab.core.sampling import sample_many
+    from diffusionlab.core.denoiser import DiscreteDenoiser
+    from diffusionlab.core.schedules import DiscreteSchedule
 
     sched = DiscreteSchedule.from_name("cosine", 50)
     oracle = GaussianOracle(torch.zeros(4, dtype=torch.float64), torch.full((4,), 0.3, dtype=torch.float64))

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 import diffusionlab as dl
-from diffusionlab.denoiser import DenoiserInfo
-from diffusionlab.guidance import Autoguided, Clipped, DynamicThreshold, autoguidance, threshold
+from diffusionlab.core.denoiser import DenoiserInfo
+from diffusionlab.core.guidance import Autoguided, Clipped, DynamicThreshold, autoguidance, threshold
 
 from oracles import GaussianOracle, MixtureOracle
 

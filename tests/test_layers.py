@@ -8,22 +8,25 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "diffusionlab"
 
-# top-level module or package -> layer (lower numbers never import higher ones)
+# module or package (dotted, inside the package) -> layer; the longest matching prefix decides
 LAYERS = {
-    # L0 foundations: randomness, the condition type, schedules, the process and its closed forms, SDEs, devices
-    "rng": 0, "files": 0, "cond": 0, "schedules": 0, "process": 0, "sde": 0, "devices": 0,
+    # L0 foundations: randomness, atomic files, the condition type, schedules, the process and its
+    # closed forms, SDEs, devices
+    "core.rng": 0, "core.files": 0, "core.cond": 0, "core.schedules": 0, "core.process": 0, "core.sde": 0,
+    "core.devices": 0,
     # L1 the math core over the sigma-space denoiser
-    "protocol": 1, "denoiser": 1, "losses": 1, "guidance": 1, "samplers": 1, "sampling": 1, "likelihood": 1,
+    "core.protocol": 1, "core.denoiser": 1, "core.losses": 1, "core.guidance": 1, "core.samplers": 1,
+    "core.sampling": 1, "core.likelihood": 1, "core": 1,
     # L2 networks
     "nn": 2,
     # L3 front-ends and storage
-    "processes": 3, "diffusion": 3, "continuous": 3, "checkpoint": 3, "loading": 3, "data": 3,
+    "models": 3, "data": 3,
     # L4 procedures
-    "training": 4, "evaluation": 4, "viz": 4,
+    "training": 4, "evaluation": 4, "pipelines": 4, "finetune": 4,
     # L5 applications
-    "cli": 5, "demo": 5, "__main__": 5,
+    "apps": 5, "__main__": 5,
 }
-EXEMPT = {"__init__"}  # the package root re-exports the public names of every layer
+EXEMPT = {"__init__", "_compat"}  # the package root re-exports every layer; _compat aliases the old paths
 
 
 def _module_name(path: Path) -> str:
@@ -64,7 +67,15 @@ def _files():
 
 
 def _top(mod: str) -> str:
-    return mod.split(".")[0] if mod else "__init__"
+    """The LAYERS key of a module: its longest listed prefix."""
+    if not mod:
+        return "__init__"
+    parts = mod.split(".")
+    for k in range(len(parts), 0, -1):
+        key = ".".join(parts[:k])
+        if key in LAYERS or key in EXEMPT:
+            return key
+    return parts[0]
 
 
 def test_every_module_has_a_layer():
@@ -128,8 +139,23 @@ def test_no_import_cycles():
 
 @pytest.mark.parametrize("snippet,expected", [
     ("from ..viz import to_uint8\n", "viz"), ("from .folder import x\n", "data.folder"),
-    ("def f():\n    from ..demo import sample_many\n", "demo"), ("import diffusionlab.cli\n", "cli")])
+    ("def f():\n    from ..apps.demo import sample_many\n", "apps.demo"), ("import diffusionlab.cli\n", "cli")])
 def test_the_import_scanner_sees_lazy_and_relative_imports(tmp_path, snippet, expected, monkeypatch):
     fake = SRC / "data" / "_layer_probe.py"
     monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: snippet if self == fake else Path.read_bytes(self).decode())
     assert [t for _, t in _imports(fake)] == [expected]
+
+
+def test_old_module_paths_still_import_the_same_modules():
+    """The flat tree's paths keep working for one release (diffusionlab/_compat.py)."""
+    import importlib
+
+    from diffusionlab import _compat
+
+    for old, new in _compat.MOVED.items():
+        assert importlib.import_module(f"diffusionlab.{old}") is importlib.import_module(f"diffusionlab.{new}")
+    import diffusionlab.core.samplers.euler as new_euler
+    import diffusionlab.samplers.euler as old_euler
+    from diffusionlab.cli import main  # the console-script entry point
+
+    assert old_euler is new_euler and callable(main)

@@ -10,14 +10,14 @@ import torch
 from scipy import integrate, stats
 
 import diffusionlab as dl
-from diffusionlab.denoiser import DenoiserInfo, DiscreteDenoiser, SDEDenoiser
-from diffusionlab.likelihood import (BPD_OFFSET_ODE, discretized_gaussian_log_likelihood, gaussian_log_likelihood,
+from diffusionlab.core.denoiser import DenoiserInfo, DiscreteDenoiser, SDEDenoiser
+from diffusionlab.core.likelihood import (BPD_OFFSET_ODE, discretized_gaussian_log_likelihood, gaussian_log_likelihood,
                                      log_likelihood, normal_kl, ode_bits_per_dim, prior_log_prob, quantize_8bit,
                                      vlb, vlb_terms)
-from diffusionlab.losses import DiscreteLoss, ImportanceSampler
-from diffusionlab.process import p_log_variance, vb_term_bits
-from diffusionlab.schedules import DiscreteSchedule
-from diffusionlab.sde import SubVPSDE, VESDE, VPSDE
+from diffusionlab.core.losses import DiscreteLoss, ImportanceSampler
+from diffusionlab.core.process import p_log_variance, vb_term_bits
+from diffusionlab.core.schedules import DiscreteSchedule
+from diffusionlab.core.sde import SubVPSDE, VESDE, VPSDE
 from test_processes import ORACLE, SDENet
 
 F64 = torch.float64
@@ -371,7 +371,7 @@ def test_vlb_bounds_the_true_nll_and_tightens_as_T_grows():
 
 @pytest.mark.parametrize("T,K", [(1000, 1), (1000, 20), (1000, 100), (1000, 1000), (7, 5), (60, 6)])
 def test_vlb_strata_cover_every_term_once(T, K):
-    from diffusionlab.likelihood import vlb_strata
+    from diffusionlab.core.likelihood import vlb_strata
 
     b = vlb_strata(T, K)
     assert len(b) == K + 1 and b[0] == 0 and b[-1] == T

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from diffusionlab.denoiser import PRECONDITIONING
-from diffusionlab.losses import DiscreteLoss, EDMWeighting, MinSNR, per_sample_loss
-from diffusionlab.schedules import DiscreteSchedule
+from diffusionlab.core.denoiser import PRECONDITIONING
+from diffusionlab.core.losses import DiscreteLoss, EDMWeighting, MinSNR, per_sample_loss
+from diffusionlab.core.schedules import DiscreteSchedule
 
 
 def x0_space_factor(snr, objective):

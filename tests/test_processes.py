@@ -8,14 +8,14 @@ import pytest
 import torch
 
 import diffusionlab as dl
-from diffusionlab.cli import main
-from diffusionlab.continuous import PROCESS_PARAMS, ContinuousDiffusion
-from diffusionlab.denoiser import (DiscreteDenoiser, EDMDenoiser, EDMPrecond, NCSNDenoiser, SDEDenoiser,
+from diffusionlab.apps.cli import main
+from diffusionlab.models.continuous import PROCESS_PARAMS, ContinuousDiffusion
+from diffusionlab.core.denoiser import (DiscreteDenoiser, EDMDenoiser, EDMPrecond, NCSNDenoiser, SDEDenoiser,
                                    geometric_ladder, ncsn_levels_for)
-from diffusionlab.loading import load_denoiser, load_diffusion
-from diffusionlab.losses import EDMLoss, NCSNLoss, SDELoss
+from diffusionlab.models.loading import load_denoiser, load_diffusion
+from diffusionlab.core.losses import EDMLoss, NCSNLoss, SDELoss
 from diffusionlab.nn.unet import Unet
-from diffusionlab.sde import SubVPSDE, VESDE, VPSDE
+from diffusionlab.core.sde import SubVPSDE, VESDE, VPSDE
 from diffusionlab.training import Trainer, tiny_config
 from oracles import GaussianOracle
 

@@ -6,12 +6,12 @@ import pytest
 import torch
 
 import diffusionlab as dl
-from diffusionlab.cond import Batch, Cond, as_cond
-from diffusionlab.denoiser import (DenoiserInfo, DiscreteDenoiser, EDMDenoiser, NCSNDenoiser, SDEDenoiser,
+from diffusionlab.core.cond import Batch, Cond, as_cond
+from diffusionlab.core.denoiser import (DenoiserInfo, DiscreteDenoiser, EDMDenoiser, NCSNDenoiser, SDEDenoiser,
                                    info_of)
-from diffusionlab.guidance import Autoguided, Clipped
-from diffusionlab.schedules import DiscreteSchedule
-from diffusionlab.sde import SDES
+from diffusionlab.core.guidance import Autoguided, Clipped
+from diffusionlab.core.schedules import DiscreteSchedule
+from diffusionlab.core.sde import SDES
 
 from oracles import GaussianOracle
 
@@ -85,7 +85,7 @@ def test_no_attribute_probes_of_denoisers_outside_the_accessor():
     src = Path(dl.__file__).parent
     hits = [f"{p.relative_to(src)}:{i}" for p in src.rglob("*.py") for i, line in enumerate(p.read_text().splitlines(), 1)
             if re.search(r"getattr\((den|denoiser)\b", line)]
-    assert len(hits) == 1 and hits[0].startswith("protocol.py:"), hits
+    assert len(hits) == 1 and hits[0].startswith("core/protocol.py:"), hits
 
 
 # ------------------------------------------------------------------ Cond

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import diffusionlab as dl
-from diffusionlab.samplers import SAMPLERS
-from diffusionlab.samplers.dpm_solver import _multistep, fast_orders
+from diffusionlab.core.samplers import SAMPLERS
+from diffusionlab.core.samplers.dpm_solver import _multistep, fast_orders
 from oracles import GaussianOracle, MixtureOracle
 
 F64 = torch.float64

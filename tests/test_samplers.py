@@ -6,10 +6,10 @@ import pytest
 import torch
 
 import diffusionlab as dl
-from diffusionlab import process
-from diffusionlab.denoiser import DiscreteDenoiser
-from diffusionlab.samplers import SAMPLERS
-from diffusionlab.schedules import DiscreteSchedule, discrete_timesteps
+from diffusionlab.core import process
+from diffusionlab.core.denoiser import DiscreteDenoiser
+from diffusionlab.core.samplers import SAMPLERS
+from diffusionlab.core.schedules import DiscreteSchedule, discrete_timesteps
 from oracles import AnalyticNet, GaussianOracle, MixtureOracle
 
 F64 = torch.float64
@@ -203,7 +203,7 @@ def test_unknown_sampler_and_bad_steps_are_clear_errors():
 
 @pytest.mark.parametrize("steps", [1, 3, 5, 7, 10, 20, 50, 200])
 def test_tuned_grid_is_decreasing_within_range_and_ends_in_zero(steps):
-    from diffusionlab.schedules import TUNED_GRIDS
+    from diffusionlab.core.schedules import TUNED_GRIDS
     s = dl.get_sigmas("tuned", steps, 0.01, 157.0)
     assert len(s) == steps + 1 and s[-1] == 0 and bool((s[:-1] > 0).all())
     assert bool((s[1:] <= s[:-1]).all()) and s[0] <= 157.0 and s[-2] >= 0.01
@@ -214,8 +214,8 @@ def test_tuned_grid_is_decreasing_within_range_and_ends_in_zero(steps):
 
 
 def test_ladder_grid_picks_levels_of_an_ncsn_ladder():
-    from diffusionlab.denoiser import DenoiserInfo
-    from diffusionlab.sampling import resolve_sigmas
+    from diffusionlab.core.denoiser import DenoiserInfo
+    from diffusionlab.core.sampling import resolve_sigmas
 
     class Ladder:  # a denoiser that declares a noise ladder (DenoiserInfo)
         ladder = torch.logspace(2, -2, 30, dtype=F64)

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 import diffusionlab as dl
-from diffusionlab.denoiser import EDMDenoiser, NCSNDenoiser, SDEDenoiser
-from diffusionlab.samplers import SAMPLERS
-from diffusionlab.sde import SubVPSDE, VESDE, VPSDE
+from diffusionlab.core.denoiser import EDMDenoiser, NCSNDenoiser, SDEDenoiser
+from diffusionlab.core.samplers import SAMPLERS
+from diffusionlab.core.sde import SubVPSDE, VESDE, VPSDE
 from test_processes import ORACLE, EDMNet, NCSNNet, SDENet
 
 F64 = torch.float64

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import diffusionlab as dl
-from diffusionlab import process
-from diffusionlab.schedules import (BETA_SCHEDULES, DiscreteSchedule, discrete_timesteps, get_sigmas,
+from diffusionlab.core import process
+from diffusionlab.core.schedules import (BETA_SCHEDULES, DiscreteSchedule, discrete_timesteps, get_sigmas,
                                     karras_sigmas, make_betas, rescale_zero_terminal_snr)
 
 

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from diffusionlab.schedules import DiscreteSchedule
-from diffusionlab.sde import SDES, SubVPSDE, VESDE, VPSDE, denoiser_score
+from diffusionlab.core.schedules import DiscreteSchedule
+from diffusionlab.core.sde import SDES, SubVPSDE, VESDE, VPSDE, denoiser_score
 from oracles import GaussianOracle
 
 F64 = torch.float64

@@ -44,7 +44,7 @@ def test_from_scratch_helpers():
     T = 200
     for fn in (linear_beta_schedule, cosine_beta_schedule, quadratic_beta_schedule, sigmoid_beta_schedule):
         assert fn(T).shape == (T,)
-    from diffusionlab.schedules import DiscreteSchedule
+    from diffusionlab.core.schedules import DiscreteSchedule
     sched = DiscreteSchedule(linear_beta_schedule(T))
     x0 = torch.rand(2, 1, 8, 8) * 2 - 1
     t = torch.tensor([0, 199])

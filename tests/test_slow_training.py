@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from diffusionlab.sampling import sample_many
+from diffusionlab.core.sampling import sample_many
 from diffusionlab.evaluation import digit_metrics, load_digit_classifier
-from diffusionlab.loading import load_denoiser
+from diffusionlab.models.loading import load_denoiser
 from diffusionlab.training import Trainer, demo_config
 
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from diffusionlab.training import Trainer, tiny_config
-from diffusionlab import checkpoint as ckpt_mod
-from diffusionlab.checkpoint import find_checkpoint, load_checkpoint
+from diffusionlab.models import checkpoint as ckpt_mod
+from diffusionlab.models.checkpoint import find_checkpoint, load_checkpoint
 from diffusionlab.training.trainer import TrainingDiverged, lr_at
 
 
@@ -172,7 +172,7 @@ def test_bad_data_is_reported_before_training(tmp_path):
 
 
 def test_guide_snapshot_is_the_early_ema_and_survives_resume(tmp_path, one_thread):
-    from diffusionlab.loading import load_denoiser
+    from diffusionlab.models.loading import load_denoiser
 
     cfg = dict(max_steps=6, guide_at=0.5, num_threads=1, checkpoint_every=0, sample_every=0, val_every=0)
     early = Trainer(config=tiny_config(out_dir=str(tmp_path / "e"), **{**cfg, "guide_at": None, "max_steps": 3}))
@@ -194,7 +194,7 @@ def test_guide_snapshot_is_the_early_ema_and_survives_resume(tmp_path, one_threa
 
 
 def test_guide_errors(tmp_path):
-    from diffusionlab.loading import load_denoiser
+    from diffusionlab.models.loading import load_denoiser
     from diffusionlab.training.checkpoint import CheckpointError
 
     with pytest.raises(ValueError, match="guide_at"):

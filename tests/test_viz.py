@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from diffusionlab.viz import (
+from diffusionlab.evaluation.viz import (
     make_grid,
     noising_strip,
     plot_losses,

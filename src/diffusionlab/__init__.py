@@ -3,18 +3,24 @@
 Every model is a denoiser in sigma-space, ``denoiser(x, sigma, cond) -> x0_hat`` with
 x = x0 + sigma * n; samplers, guidance and likelihoods are written once against it.
 """
-from .continuous import ContinuousDiffusion
-from .denoiser import PRECONDITIONING, DiscreteDenoiser, EDMDenoiser, NCSNDenoiser, SDEDenoiser
-from .diffusion import GaussianDiffusion, p_losses
-from .likelihood import log_likelihood, ode_bits_per_dim, vlb
-from .loading import load_denoiser, load_diffusion
-from .nn.unet import Unet
-from .process import p_sample, q_posterior, q_sample
-from .samplers import SAMPLERS
-from .sampling import sample
-from .schedules import (BETA_SCHEDULES, DiscreteSchedule, cosine_beta_schedule, exponential_beta_schedule,
-                        get_sigmas, linear_beta_schedule, quadratic_beta_schedule, sigmoid_beta_schedule)
+from . import _compat
+from .core.cond import Batch, Cond
+from .core.denoiser import PRECONDITIONING, DiscreteDenoiser, EDMDenoiser, NCSNDenoiser, SDEDenoiser
+from .core.likelihood import log_likelihood, ode_bits_per_dim, vlb
+from .core.process import p_sample, q_posterior, q_sample
+from .core.protocol import DenoiserInfo, info_of
+from .core.rng import per_sample_generators
+from .core.samplers import SAMPLERS
+from .core.sampling import sample, sample_many
+from .core.schedules import (BETA_SCHEDULES, DiscreteSchedule, cosine_beta_schedule, exponential_beta_schedule,
+                             get_sigmas, linear_beta_schedule, quadratic_beta_schedule, sigmoid_beta_schedule)
+from .models.continuous import ContinuousDiffusion
+from .models.diffusion import GaussianDiffusion, p_losses
+from .models.loading import load_denoiser, load_diffusion
+from .nn import Unet, UnetConfig
 from .training import TrainConfig, Trainer
+
+_compat.install()  # the flat tree's module paths (diffusionlab.denoiser, .cli, ...) keep importing
 
 __version__ = "0.1.0"
 
@@ -23,4 +29,5 @@ __all__ = ["Unet", "GaussianDiffusion", "Trainer", "TrainConfig", "sample", "SAM
            "ContinuousDiffusion", "SDEDenoiser", "EDMDenoiser", "NCSNDenoiser",
            "BETA_SCHEDULES", "linear_beta_schedule", "cosine_beta_schedule", "quadratic_beta_schedule",
            "sigmoid_beta_schedule", "exponential_beta_schedule", "q_sample", "q_posterior", "p_sample",
-           "p_losses", "log_likelihood", "vlb", "ode_bits_per_dim"]
+           "p_losses", "log_likelihood", "vlb", "ode_bits_per_dim", "Cond", "Batch", "DenoiserInfo", "info_of",
+           "per_sample_generators", "sample_many", "UnetConfig"]

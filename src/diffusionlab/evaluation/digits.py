@@ -38,7 +38,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..files import atomic_path
+from ..core.files import atomic_path
 from .metrics import feature_stats, frechet_distance  # noqa: F401 (moved; re-exported)
 
 __all__ = [

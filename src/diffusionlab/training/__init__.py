@@ -1,4 +1,4 @@
-from ..checkpoint import CheckpointError, find_checkpoint, load_checkpoint, save_checkpoint
+from ..models.checkpoint import CheckpointError, find_checkpoint, load_checkpoint, save_checkpoint
 from .config import PRESETS, DiffusionConfig, TrainConfig, UnetConfig, default_config, default_model, demo_config, tiny_config
 from .ema import EMA
 from .trainer import Trainer, TrainingDiverged

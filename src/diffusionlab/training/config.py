@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from ..nn import UnetConfig, network_config
-from ..processes import DiffusionConfig  # noqa: F401 (re-exported: the process config lives in processes.py)
+from ..models.processes import DiffusionConfig  # noqa: F401 (re-exported: the process config lives in processes.py)
 
 
 def default_model(**overrides) -> UnetConfig:

@@ -24,16 +24,16 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import (CheckpointError, find_checkpoint, load_checkpoint, read_config, resume_checkpoint,
+from ..models.checkpoint import (CheckpointError, find_checkpoint, load_checkpoint, read_config, resume_checkpoint,
                           run_has_checkpoints, save_checkpoint, write_json_atomic)
-from ..cond import Batch, Cond
+from ..core.cond import Batch, Cond
 from ..data.folder import random_hflip
-from ..devices import cpu_has_fast_bf16, pick_device, pick_precision, set_threads  # noqa: F401 (re-exported)
-from ..diffusion import GaussianDiffusion
-from ..loading import build_diffusion as build_process, checkpoint_config
+from ..core.devices import cpu_has_fast_bf16, pick_device, pick_precision, set_threads  # noqa: F401 (re-exported)
+from ..models.diffusion import GaussianDiffusion
+from ..models.loading import build_diffusion as build_process, checkpoint_config
 from ..nn import build_network, network_config
-from ..processes import validate
-from ..rng import per_sample_generators
+from ..models.processes import validate
+from ..core.rng import per_sample_generators
 from .config import TrainConfig, default_model
 from .ema import EMA
 
@@ -243,8 +243,8 @@ class Trainer:
         return self.diffusion.denoiser_for(self.ema.model, autocast_dtype=self.amp_dtype)
 
     def save_grid(self, name: str) -> Path:
-        from ..sampling import sample
-        from ..viz import save_grid
+        from ..core.sampling import sample
+        from ..evaluation.viz import save_grid
 
         cfg = self.cfg
         gens = per_sample_generators(cfg.seed, range(cfg.n_grid))
@@ -273,7 +273,7 @@ class Trainer:
             return None
         shape = (cfg.model.channels, cfg.image_size, cfg.image_size)
         steps = cfg.eval_steps if cfg.diffusion.process != "ddpm" else min(cfg.eval_steps, cfg.diffusion.timesteps)
-        from ..sampling import sample_many
+        from ..core.sampling import sample_many
 
         t0 = time.perf_counter()
         x = sample_many(self.ema_denoiser(), shape, cfg.eval_n, cfg.sample_sampler, steps, seed=cfg.seed + 1,
@@ -458,7 +458,7 @@ class Trainer:
             self.evaluate()
         ck = self.checkpoint() if self._saved_step != self.step else find_checkpoint(self.out)
         if cfg.eval_every:
-            from ..viz import plot_eval, read_jsonl
+            from ..evaluation.viz import plot_eval, read_jsonl
             plot_eval(read_jsonl(self.out / "metrics.jsonl"), self.out / "eval.png")
         summary = {"status": status, "steps": self.step, "train_seconds": round(self.elapsed, 2),
                    "wall_seconds": round(time.perf_counter() - wall0, 2), "checkpoint": str(ck)}

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data.images import as_batch as _as_batch, to_uint8
-from .files import atomic_path as _atomic_path
-from .process import q_sample
+from ..data.images import as_batch as _as_batch, to_uint8
+from ..core.files import atomic_path as _atomic_path
+from ..core.process import q_sample
 
 __all__ = [
     "to_uint8",

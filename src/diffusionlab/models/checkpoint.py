@@ -36,7 +36,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .files import atomic_write, write_json_atomic  # noqa: F401 (re-exported)
+from ..core.files import atomic_write, write_json_atomic  # noqa: F401 (re-exported)
 
 FORMAT_VERSION = 2          # config.json layout (loading.py); format 1 is migrated on read
 READABLE_FORMATS = (1, 2)

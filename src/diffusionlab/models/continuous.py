@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from torch import nn
 
-from .denoiser import EDMDenoiser, NCSNDenoiser, SDEDenoiser, ncsn_levels_for
+from ..core.denoiser import EDMDenoiser, NCSNDenoiser, SDEDenoiser, ncsn_levels_for
 from .diffusion import DiffusionModel
-from .losses import EDMLoss, NCSNLoss, SDELoss
+from ..core.losses import EDMLoss, NCSNLoss, SDELoss
 from .processes import PROCESS_DEFAULTS, PROCESSES, SDE_PROCESSES, DiffusionConfig, continuous_params, validate  # noqa: F401
-from .sde import SDES
+from ..core.sde import SDES
 
 PROCESS_PARAMS = PROCESS_DEFAULTS  # the continuous processes and their parameters (processes.py); old name
 
@@ -97,7 +97,7 @@ class ContinuousDiffusion(DiffusionModel):
     def sampling_defaults(self, steps):
         """The model's own sampler and steps (EDM: heun 18, NCSN: annealed Langevin over its
         ladder) when registered, else DDIM with ``sampling_steps``."""
-        from .samplers import SAMPLERS
+        from ..core.samplers import SAMPLERS
 
         info = self.denoiser.info
         sampler = info.default_sampler if info.default_sampler in SAMPLERS else "ddim"

@@ -18,12 +18,12 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
-from . import rng
-from .denoiser import DiscreteDenoiser, canonical_objective
-from .losses import DiscreteLoss
+from ..core import rng
+from ..core.denoiser import DiscreteDenoiser, canonical_objective
+from ..core.losses import DiscreteLoss
 from .processes import DiffusionConfig
-from .sampling import sample as dl_sample
-from .schedules import DiscreteSchedule
+from ..core.sampling import sample as dl_sample
+from ..core.schedules import DiscreteSchedule
 
 
 def normalize(img01: torch.Tensor) -> torch.Tensor:

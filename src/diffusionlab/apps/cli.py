@@ -96,7 +96,7 @@ def _add_train(sub):
 
 
 def _train_config(a):
-    from .training import PRESETS
+    from ..training import PRESETS
 
     cfg = PRESETS[a.preset or "default"]()  # no --preset: the explicit default preset
     top = {k: getattr(a, k) for k in ("data", "image_size", "hflip", "max_steps", "time_budget", "batch_size",
@@ -120,7 +120,7 @@ def _train_config(a):
         diff["loss_kind"] = "hybrid"
     if top.get("data") not in (None, "mnist", "digits") and "channels" not in model:
         model["channels"] = 3
-    from .processes import for_process
+    from ..models.processes import for_process
 
     base = for_process(cfg.diffusion, a.process) if a.process and a.process != cfg.diffusion.process else cfg.diffusion
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **model),
@@ -137,7 +137,7 @@ FLAG_OF_FIELD = {"beta_schedule": "schedule"}
 
 def _process_flags(a, process: str) -> dict:
     """The process and its own settings; a setting of another process is a user error."""
-    from .processes import PROCESS_FIELDS
+    from ..models.processes import PROCESS_FIELDS
 
     checks = [(FLAG_OF_FIELD.get(f, f), procs) for f, procs in PROCESS_FIELDS.items()] + [("learned_variance", ("ddpm",))]
     for flag, procs in checks:
@@ -154,7 +154,7 @@ def _process_flags(a, process: str) -> dict:
 
 
 def cmd_train(a) -> int:
-    from .training import Trainer
+    from ..training import Trainer
 
     cfg = _train_config(a)
     if a.strict_resume and not a.resume:
@@ -165,7 +165,7 @@ def cmd_train(a) -> int:
 
 
 def _add_guidance(p):
-    from .guidance import THRESHOLDS
+    from ..core.guidance import THRESHOLDS
 
     p.add_argument("--threshold", choices=THRESHOLDS, default="none",
                    help="x0 thresholding at every step: clip to [-1, 1] (DDPM's clip_denoised) or Imagen's "
@@ -221,7 +221,7 @@ def _parse_value(v: str):
 def _sampler_knobs(a) -> dict:
     import inspect
 
-    from .samplers import SAMPLERS
+    from ..core.samplers import SAMPLERS
 
     knobs = {}
     for item in getattr(a, "opt", None) or []:
@@ -250,10 +250,10 @@ def _sampler_knobs(a) -> dict:
 def _load(a):
     import torch
 
-    from .denoiser import info_of
-    from .devices import pick_precision
-    from .loading import load_denoiser
-    from .samplers import SAMPLERS
+    from ..core.denoiser import info_of
+    from ..core.devices import pick_precision
+    from ..models.loading import load_denoiser
+    from ..core.samplers import SAMPLERS
 
     if a.sampler != "auto" and a.sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {a.sampler!r}; run `diffusionlab samplers` for the list")
@@ -263,7 +263,7 @@ def _load(a):
     if getattr(a, "guide", None) is not None and w == 1.0:
         raise ValueError("--guide is only used with --autoguidance W (W != 1)")
     if w != 1.0:
-        from .guidance import autoguidance
+        from ..core.guidance import autoguidance
 
         guide = (load_denoiser(a.guide, autocast_dtype=dtype) if a.guide is not None
                  else load_denoiser(a.ckpt, autocast_dtype=dtype, weights="guide"))
@@ -273,7 +273,7 @@ def _load(a):
         a.sampler = info.default_sampler if info.default_sampler in SAMPLERS else "ddim"
     if a.steps is None:
         a.steps = info.default_steps or 50
-    from .guidance import threshold
+    from ..core.guidance import threshold
 
     return threshold(den, getattr(a, "threshold", "none"), getattr(a, "threshold_p", 0.995))
 
@@ -284,10 +284,10 @@ def cmd_sample(a) -> int:
     import numpy as np
     import torch
 
-    from .denoiser import info_of
-    from .rng import per_sample_generators
-    from .sampling import sample
-    from .viz import save_gif, save_grid
+    from ..core.denoiser import info_of
+    from ..core.rng import per_sample_generators
+    from ..core.sampling import sample
+    from ..evaluation.viz import save_gif, save_grid
 
     den = _load(a)
     knobs = _sampler_knobs(a)
@@ -323,7 +323,7 @@ def write_npy(path, x) -> None:
 
     import numpy as np
 
-    from .files import atomic_write
+    from ..core.files import atomic_write
 
     arr = np.ascontiguousarray(x.detach().float().clamp(-1, 1).cpu().numpy(), dtype=np.float32)
     if arr.ndim != 4:
@@ -351,7 +351,7 @@ def _image_tensor(spec: str, size: int):
     from PIL import Image
 
     if spec == "mnist":
-        from .data import load_mnist
+        from ..data import load_mnist
         return load_mnist("heldout", size)[0]
     if spec == "cat":
         try:
@@ -376,8 +376,8 @@ def _image_tensor(spec: str, size: int):
 def cmd_noise(a) -> int:
     import torch
 
-    from .schedules import DiscreteSchedule
-    from .viz import save_noising_strip
+    from ..core.schedules import DiscreteSchedule
+    from ..evaluation.viz import save_noising_strip
 
     sched = DiscreteSchedule.from_name(a.schedule, a.timesteps)
     bad = [t for t in a.t if not 0 <= t <= a.timesteps]
@@ -440,15 +440,15 @@ def cmd_eval(a) -> int:
     import numpy as np
     import torch
 
-    from .denoiser import info_of
-    from .evaluation import digit_metrics, format_digit_metrics, load_digit_classifier
-    from .sampling import sample_many
+    from ..core.denoiser import info_of
+    from ..evaluation import digit_metrics, format_digit_metrics, load_digit_classifier
+    from ..core.sampling import sample_many
 
     if bool(a.ckpt) == bool(a.images):
         raise ValueError("give exactly one of --ckpt or --images")
     if a.nll:
         return _eval_nll(a)
-    from .evaluation.suite import format_image_metrics, get_extractor, image_metrics, reference_features
+    from ..evaluation.suite import format_image_metrics, get_extractor, image_metrics, reference_features
 
     if a.n is None:
         a.n = 1000
@@ -461,7 +461,7 @@ def cmd_eval(a) -> int:
         x = sample_many(den, info_of(den).image_shape, a.n, a.sampler, a.steps, seed=a.seed, batch_size=a.batch_size,
                         schedule=a.schedule, **_sampler_knobs(a))
         if reference is None:
-            from .checkpoint import find_checkpoint, read_config
+            from ..models.checkpoint import find_checkpoint, read_config
             reference = read_config(find_checkpoint(a.ckpt)).get("train", {}).get("data", "mnist")
     reference = reference or "mnist"
     channels, size = x.shape[1], x.shape[-1]
@@ -475,7 +475,7 @@ def cmd_eval(a) -> int:
         m.update(digit_metrics(x, ex.model))
         print(format_digit_metrics(m))
     ref = reference_features(ex, reference, "heldout", size, channels)
-    from .data.datasets import load_dataset
+    from ..data.datasets import load_dataset
 
     train = load_dataset(reference, size, channels)[0]
     floor = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:len(x)]]
@@ -497,7 +497,7 @@ def _read_images(spec: str, image_size: int | None):
 
     p = Path(spec)
     if p.is_dir():
-        from .data.folder import ImageFolderDataset
+        from ..data.folder import ImageFolderDataset
 
         size = image_size or 32
         files = [f for f in p.rglob("*") if f.is_file()]
@@ -533,8 +533,8 @@ def _heldout(a, ckpt_cfg: dict, shape):
     """8-bit held-out images for the likelihood: the checkpoint's own data split by default."""
     import torch
 
-    from .data.datasets import load_dataset
-    from .likelihood import quantize_8bit
+    from ..data.datasets import load_dataset
+    from ..core.likelihood import quantize_8bit
 
     train = ckpt_cfg.get("train", {})
     data = a.data or train.get("data", "mnist")
@@ -549,9 +549,9 @@ def _heldout(a, ckpt_cfg: dict, shape):
 
 def _eval_nll(a) -> int:
     """``eval --nll vlb|ode``: bits/dim of held-out data (module likelihood.py)."""
-    from .likelihood import ode_bits_per_dim, vlb
-    from .loading import load_denoiser
-    from .checkpoint import find_checkpoint, read_config
+    from ..core.likelihood import ode_bits_per_dim, vlb
+    from ..models.loading import load_denoiser
+    from ..models.checkpoint import find_checkpoint, read_config
 
     if a.images:
         raise ValueError("--nll measures a model on held-out data: give --ckpt, not --images")
@@ -581,7 +581,7 @@ def _eval_nll(a) -> int:
 
 
 def cmd_samplers(a) -> int:
-    from .samplers import SAMPLERS
+    from ..core.samplers import SAMPLERS
 
     import inspect
 
@@ -649,8 +649,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from .checkpoint import CheckpointError
-    from .training.trainer import TrainingDiverged
+    from ..models.checkpoint import CheckpointError
+    from ..training.trainer import TrainingDiverged
 
     try:
         return COMMANDS[args.command](args)

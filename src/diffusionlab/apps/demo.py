@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError, write_json_atomic
-from .rng import per_sample_generators, randn
-from .sampling import sample_many  # noqa: F401 (lives in sampling.py; re-exported for older imports)
-from .training import Trainer, demo_config
+from ..models.checkpoint import CheckpointError, write_json_atomic
+from ..core.rng import per_sample_generators, randn
+from ..core.sampling import sample_many  # noqa: F401 (lives in sampling.py; re-exported for older imports)
+from ..training import Trainer, demo_config
 
 DEMO_AUTOGUIDANCE = 2.5
 DEMO_STEPS = 25  # DDPM ancestral steps; with autoguidance 50 network evaluations
@@ -28,9 +28,9 @@ def write_visuals(run_dir: Path, denoiser, cfg, sampler: str, steps: int, seed: 
                   n_grid: int = 64, schedule=None) -> dict:
     """samples.png (8x8), denoising.gif (x_t from noise to digits), noising.png (the forward
     process of ``schedule``, the model's DiscreteSchedule), loss.png."""
-    from .data import load_mnist
-    from .sampling import sample
-    from .viz import plot_losses, read_jsonl, save_gif, save_grid, save_noising_strip
+    from ..data import load_mnist
+    from ..core.sampling import sample
+    from ..evaluation.viz import plot_losses, read_jsonl, save_gif, save_grid, save_noising_strip
 
     shape = (n_grid, cfg.model.channels, cfg.image_size, cfg.image_size)
     frames = []
@@ -55,7 +55,7 @@ def write_visuals(run_dir: Path, denoiser, cfg, sampler: str, steps: int, seed: 
 
 def write_report(run_dir: Path, summary: dict, metrics: dict, sampling: dict, cfg,
                  unguided: dict | None = None) -> None:
-    from .evaluation import format_digit_metrics
+    from ..evaluation import format_digit_metrics
 
     lines = [
         "# diffusionlab demo run", "",
@@ -88,9 +88,9 @@ def run_demo(out_dir: str = "runs/demo", time_budget: float = 600.0, n_eval: int
              autoguidance: float = DEMO_AUTOGUIDANCE, **overrides) -> dict:
     """Train, then draw and measure. With ``autoguidance`` != 1 the samples are autoguided and
     the report also gives the unguided model's metrics (n_eval more samples)."""
-    from .evaluation import digit_metrics, load_digit_classifier
-    from .guidance import autoguidance as guided
-    from .loading import load_denoiser
+    from ..evaluation import digit_metrics, load_digit_classifier
+    from ..core.guidance import autoguidance as guided
+    from ..models.loading import load_denoiser
 
     run_dir = Path(out_dir)
     cfg = demo_config(out_dir=str(run_dir), time_budget=time_budget, progress=progress,

@@ -16,7 +16,7 @@ import dataclasses
 from .checkpoint import CheckpointError, load_checkpoint
 from .continuous import ContinuousDiffusion
 from .diffusion import GaussianDiffusion
-from .nn import NETWORKS, build_network
+from ..nn import NETWORKS, build_network
 from .processes import SDE_PROCESSES, DiffusionConfig, continuous_params, validate
 
 WEIGHTS = ("ema", "model", "guide")

@@ -1,0 +1,2 @@
+"""Applications (layer L5): the command line (``apps.cli``, entry point ``diffusionlab.cli:main``)
+and ``make demo`` (``apps.demo``); the web app comes here."""
