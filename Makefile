@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(BIN)/diffusionlab demo --out runs/demo --time-budget $(BUDGET)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow

@@ -69,6 +69,7 @@ def test_outputs_of_a_run(tmp_path):
     assert (tmp_path / "samples" / "step-00000002.png").is_file()
     run = json.loads((tmp_path / "run.json").read_text())
     assert run["torch_threads"] >= 1 and "torch" in run["versions"] and run["config"]["max_steps"] == 4
+    assert run["cpu"]["kind"] in ("AMX + AVX-512 BF16", "AVX-512", "AVX2", "other")
     assert run["summary"]["steps"] == 4
     ck = load_checkpoint(tmp_path)
     assert ck["config"]["format_version"] == 2 and ck["train_state"]["step"] == 4

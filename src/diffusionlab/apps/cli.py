@@ -29,6 +29,8 @@ def _add_train(sub):
     p.add_argument("--image-size", type=int)
     p.add_argument("--channels", type=int, choices=[1, 3], help="1 (greyscale) or 3 (RGB)")
     p.add_argument("--hflip", action="store_true", default=None, help="random horizontal flips")
+    p.add_argument("--arch", default=None,
+                   help="the network, a name of nn.NETWORKS (today: unet, the default); --dim ... set its config")
     p.add_argument("--dim", type=int, help="U-Net base width")
     p.add_argument("--dim-mults", type=_ints, help="e.g. 1,2,2")
     p.add_argument("--num-res-blocks", type=int)
@@ -99,7 +101,7 @@ def _train_config(a):
     from ..training import PRESETS
 
     cfg = PRESETS[a.preset or "default"]()  # no --preset: the explicit default preset
-    top = {k: getattr(a, k) for k in ("data", "image_size", "hflip", "max_steps", "time_budget", "batch_size",
+    top = {k: getattr(a, k) for k in ("arch", "data", "image_size", "hflip", "max_steps", "time_budget", "batch_size",
                                       "grad_accum", "lr", "warmup_steps", "lr_schedule", "grad_clip", "ema_decay", "guide_at",
                                       "precision", "device", "num_threads", "seed", "out_dir", "sample_every",
                                       "checkpoint_every", "val_every", "eval_every", "eval_n", "eval_steps")

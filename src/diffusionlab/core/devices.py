@@ -47,3 +47,28 @@ def set_threads(n: int | None) -> int:
     n = n or len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (n or os.cpu_count() or 1)
     torch.set_num_threads(max(1, n))
     return torch.get_num_threads()
+
+
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def cpu_info() -> dict:
+    """The CPU model, the vector flags that decide bf16 speed, and its kind in one line
+    ("AMX + AVX-512 BF16", "AVX-512", "AVX2", or "other"): recorded in run.json, since the
+    project's machines change CPU between sessions and bf16 runs at a third of the speed
+    without native support."""
+    model, flags = "unknown", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and model == "unknown":
+                    model = value.strip()
+                elif key.strip() == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError:  # not Linux: the flags stay unknown
+        pass
+    have = [f for f in CPU_FLAGS if f in flags]
+    kind = ("AMX + AVX-512 BF16" if {"amx_bf16", "avx512_bf16"} <= flags else "AVX-512" if "avx512f" in flags
+            else "AVX2" if "avx2" in flags else "other")
+    return {"model": model, "flags": have, "kind": kind, "fast_bf16": cpu_has_fast_bf16()}

@@ -77,15 +77,6 @@ def unpack(batch_or_x0, cond=None):
     return batch_or_x0, cond
 
 
-def unpack(batch_or_x0, cond=None):
-    """(x0, cond) from a ``Batch`` or from images plus an optional condition."""
-    if isinstance(batch_or_x0, Batch):
-        if cond is not None:
-            raise ValueError("a Batch carries its own cond: do not pass cond as well")
-        return batch_or_x0.x, batch_or_x0.cond
-    return batch_or_x0, cond
-
-
 LOSS_TYPES = {
     "l1": lambda p, t: F.l1_loss(p, t, reduction="none"),
     "l2": lambda p, t: F.mse_loss(p, t, reduction="none"),

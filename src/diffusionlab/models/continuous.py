@@ -41,20 +41,18 @@ class ContinuousDiffusion(DiffusionModel):
 
     def __init__(self, model: nn.Module, *, image_size, process: str = "vp", objective: str | None = None,
                  loss_type: str = "l2", likelihood_weighting: bool = False, sampling_steps: int = 50, **params):
-        if process not in PROCESS_PARAMS:
-            raise ValueError(f"unknown continuous process {process!r}; choose from {sorted(PROCESS_PARAMS)}")
-        is_sde = process in SDE_PROCESSES
-        if not is_sde and objective is not None:
-            raise ValueError(f"process {process!r} has a fixed parameterization; objective applies to vp, subvp, ve")
-        if not is_sde and likelihood_weighting:
-            raise ValueError("likelihood_weighting applies to the SDE processes (vp, subvp, ve)")
-        unknown = set(params) - set(PROCESS_PARAMS[process])
+        if process not in PROCESS_DEFAULTS:
+            raise ValueError(f"unknown continuous process {process!r}; choose from {sorted(PROCESS_DEFAULTS)}")
+        unknown = set(params) - set(PROCESS_DEFAULTS[process])
         if unknown:
-            raise ValueError(f"process {process!r} takes {sorted(PROCESS_PARAMS[process])}, not {sorted(unknown)}")
+            raise ValueError(f"process {process!r} takes {sorted(PROCESS_DEFAULTS[process])}, not {sorted(unknown)}")
+        is_sde = process in SDE_PROCESSES
+        validate(DiffusionConfig(process=process, objective=objective or "v", loss_type=loss_type,  # the one check
+                                 likelihood_weighting=likelihood_weighting, **params))
         super().__init__(model, image_size)
         self.process = process
         self.sampling_steps = sampling_steps
-        p = {k: (params.get(k) if params.get(k) is not None else v) for k, v in PROCESS_PARAMS[process].items()}
+        p = {k: (params.get(k) if params.get(k) is not None else v) for k, v in PROCESS_DEFAULTS[process].items()}
         if process == "ncsn" and p["ncsn_levels"] is None:
             dim = self.channels * self.image_size[0] * self.image_size[1]
             p["ncsn_levels"] = ncsn_levels_for(dim, p["sigma_min"], p["sigma_max"])

@@ -28,7 +28,7 @@ from ..models.checkpoint import (CheckpointError, find_checkpoint, load_checkpoi
                           run_has_checkpoints, save_checkpoint, write_json_atomic)
 from ..core.cond import Batch, Cond
 from ..data.folder import random_hflip
-from ..core.devices import cpu_has_fast_bf16, pick_device, pick_precision, set_threads  # noqa: F401 (re-exported)
+from ..core.devices import cpu_has_fast_bf16, cpu_info, pick_device, pick_precision, set_threads  # noqa: F401
 from ..models.diffusion import GaussianDiffusion
 from ..models.loading import build_diffusion as build_process, checkpoint_config
 from ..nn import build_network, network_config
@@ -353,7 +353,7 @@ class Trainer:
 
     def write_run_json(self, extra: dict | None = None) -> None:
         info = {"config": self.cfg.to_dict(), "git_commit": git_commit(), "versions": package_versions(),
-                "torch_threads": self.threads, "cpu_count": os.cpu_count(), "device": str(self.device),
+                "torch_threads": self.threads, "cpu_count": os.cpu_count(), "cpu": cpu_info(), "device": str(self.device),
                 "precision": str(self.amp_dtype or "fp32"), "argv": sys.argv,
                 "parameters": sum(p.numel() for p in self.model.parameters()),
                 "train_images": len(self.train_data), "val_images": len(self.val_data),
