@@ -44,8 +44,14 @@ def take_demo(run_dir: str, bench_dir: str = HERE) -> str:
     info = json.load(open(os.path.join(run_dir, "run.json")))
     date = datetime.datetime.fromtimestamp(os.path.getmtime(os.path.join(run_dir, "report.md"))).astimezone()
     first, _, rest = report.partition("\n")
+    cpu = info.get("cpu")
+    if cpu is None:  # runs before run.json recorded the CPU: this machine's, which ran the report
+        from diffusionlab.core.devices import cpu_info
+
+        cpu = {**cpu_info(), "model": cpu_info()["model"] + " (the machine of this report; the run did not record it)"}
     text = "\n".join([first, "", f"- date: {date.isoformat(timespec='seconds')}",
                       f"- command: `make demo` (run directory {run_dir}, git {info.get('git_commit')})",
+                      f"- CPU: {cpu['model']}, {cpu['kind']} (flags {' '.join(cpu['flags'])})",
                       rest.lstrip("\n")])
     path = os.path.join(bench_dir, "RESULTS_demo.md")
     with open(path + ".tmp", "w") as f:
