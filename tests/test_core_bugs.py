@@ -12,6 +12,8 @@ import diffusionlab as dl
 from diffusionlab.models import checkpoint as ck
 from diffusionlab.apps.cli import main
 from diffusionlab.core.denoiser import DenoiserWrapper, DiscreteDenoiser
+from diffusionlab.core.cfg import ClassifierFree
+from diffusionlab.core.cond import Cond
 from diffusionlab.core.guidance import Autoguided, Clipped, DynamicThreshold
 from diffusionlab.core.rng import per_sample_generators
 from diffusionlab.core.sampling import CountingDenoiser, sample_many
@@ -23,12 +25,18 @@ DIGITS = ["--preset", "tiny", "--data", "digits", "--image-size", "8", "--thread
 
 # ------------------------------------------------------------------ 1. wrappers on learned variance
 class WideLearnedVarianceNet(torch.nn.Module):
-    """2C output channels: an x0 'prediction' far outside [-1, 1], and a variance channel."""
+    """2C output channels: an x0 'prediction' far outside [-1, 1], and a variance channel; class
+    labels (3 classes) shift the prediction, the null label does not."""
 
     channels, out_channels = 1, 2
+    accepts_cond = True
+    config = {"num_classes": 3}
 
-    def forward(self, x, t, cond=None):
-        return torch.cat([3 * x + 2.5, torch.tanh(x) * 0 + 0.3], dim=1)
+    def forward(self, x, t, cond):
+        shift = 0.0
+        if cond.labels is not None:
+            shift = torch.where(cond.null_mask(x.shape[0]), 0.0, 0.5 * cond.labels.float()).reshape(-1, 1, 1, 1)
+        return torch.cat([3 * x + 2.5 + shift, torch.tanh(x) * 0 + 0.3], dim=1)
 
 
 def _lv_denoiser(scale=1.0):
@@ -47,11 +55,13 @@ WRAPPERS = {
     DynamicThreshold: lambda d: DynamicThreshold(d, p=0.9),
     Autoguided: lambda d: Autoguided(d, DiscreteDenoiser(HalfNet(), DiscreteSchedule.from_name("linear", 50), "x0"), 2.0),
     CountingDenoiser: lambda d: CountingDenoiser(d),
+    ClassifierFree: lambda d: ClassifierFree(d, 2.0, negative=Cond(labels=torch.tensor([1]))),
 }
 
 
 def test_every_wrapper_is_covered():
-    import diffusionlab.core.guidance  # noqa: F401 (registers the subclasses)
+    import diffusionlab.core.cfg  # noqa: F401 (registers the subclasses)
+    import diffusionlab.core.guidance  # noqa: F401
 
     assert set(DenoiserWrapper.__subclasses__()) <= set(WRAPPERS)
 
