@@ -186,3 +186,81 @@ def test_errors():
         null_cond(lambda x, s, c=None: x, 3)
     with pytest.raises(ValueError, match="does not fit"):
         ClassifierFree(m, 2.0)(_x(), torch.full((5,), 0.5, dtype=F64), Cond(labels=torch.tensor([0, 1])))
+
+
+# ------------------------------------------------------------------ class-conditional training and the CLI
+DIGITS = ["--preset", "tiny", "--data", "digits", "--image-size", "8", "--threads", "1", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def class_run(tmp_path_factory):
+    from diffusionlab.apps.cli import main
+
+    run = tmp_path_factory.mktemp("cls")
+    assert main(["train", *DIGITS, "--cond", "class", "--p-uncond", "0.2", "--guidance", "2.5", "--steps", "3",
+                 "--out", str(run)]) == 0
+    return run
+
+
+def test_class_conditional_checkpoint_records_its_conditioning(class_run):
+    import json
+
+    cfg = json.loads((class_run / "checkpoints" / "latest").parent.joinpath(
+        (class_run / "checkpoints" / "latest").read_text().strip(), "config.json").read_text())
+    assert cfg["conditioning"] == {"kind": "class", "num_classes": 10, "class_names": [str(k) for k in range(10)]}
+    assert cfg["sampling"]["guidance"] == 2.5 and cfg["network"]["config"]["num_classes"] == 10
+    den = dl.load_denoiser(class_run)
+    assert den.info.conditioning == ("labels",) and den.info.default_guidance == 2.5
+    assert den.info.class_names == tuple(str(k) for k in range(10))
+    assert (den.info.default_sampler, den.info.default_steps) == (cfg["sampling"]["sampler"], cfg["sampling"]["steps"])
+
+
+def test_sample_a_class_with_guidance_and_a_negative_class(class_run, tmp_path):
+    import numpy as np
+
+    from diffusionlab.apps.cli import main
+
+    outs = {}
+    for name, extra in {"plain": [], "three": ["--class", "3"], "named": ["--class", "3"],
+                        "guided": ["--class", "3", "--guidance", "4", "--negative-class", "5",
+                                   "--guidance-rescale", "0.5", "--guidance-interval", "0.1,50"]}.items():
+        assert main(["sample", "--ckpt", str(class_run), "--n", "3", "--steps", "3", "--sampler", "ddim",
+                     "--precision", "fp32", "--out", str(tmp_path / f"{name}.png"), "--npy",
+                     str(tmp_path / f"{name}.npy"), *extra]) == 0
+        outs[name] = np.load(tmp_path / f"{name}.npy")
+    assert np.allclose(outs["three"], outs["named"]) and not np.allclose(outs["three"], outs["plain"])
+    assert not np.allclose(outs["three"], outs["guided"])
+
+
+@pytest.mark.parametrize("extra,msg", [(["--class", "12"], "outside the model's classes 0..9"),
+                                       (["--class", "seven"], "not a class of this model"),
+                                       (["--negative-class", "-1"], "outside")])
+def test_bad_classes_are_refused(class_run, tmp_path, capsys, extra, msg):
+    from diffusionlab.apps.cli import main
+
+    assert main(["sample", "--ckpt", str(class_run), "--n", "1", "--steps", "2", "--out", str(tmp_path / "x.png"),
+                 *extra]) == 2
+    assert msg in capsys.readouterr().err
+
+
+def test_class_flags_on_an_unconditional_checkpoint_are_refused(tmp_path, capsys):
+    from diffusionlab.apps.cli import main
+
+    assert main(["train", *DIGITS, "--steps", "1", "--out", str(tmp_path / "u")]) == 0
+    assert main(["sample", "--ckpt", str(tmp_path / "u"), "--n", "1", "--steps", "2", "--class", "3",
+                 "--out", str(tmp_path / "x.png")]) == 2
+    assert "unconditional" in capsys.readouterr().err
+
+
+def test_class_conditioning_needs_labelled_data(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from diffusionlab.apps.cli import main
+
+    for i in range(10):
+        Image.fromarray(np.full((8, 8), 20 * i, np.uint8)).save(tmp_path / f"{i}.png")
+    assert main(["train", "--preset", "tiny", "--data", str(tmp_path), "--channels", "1", "--image-size", "8",
+                 "--cond", "class", "--steps", "1", "--batch-size", "4", "--no-progress",
+                 "--out", str(tmp_path / "run")]) == 2
+    assert "needs labels" in capsys.readouterr().err and not (tmp_path / "run").exists()

@@ -13,6 +13,13 @@ import sys
 from pathlib import Path
 
 
+def _floats(s: str) -> tuple:
+    try:
+        return tuple(float(v) for v in s.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {s!r}")
+
+
 def _ints(s: str) -> tuple:
     try:
         return tuple(int(v) for v in s.split(",") if v.strip())
@@ -72,6 +79,10 @@ def _add_train(sub):
     p.add_argument("--lr-schedule", choices=["cosine", "constant"])
     p.add_argument("--grad-clip", type=float)
     p.add_argument("--ema-decay", type=float)
+    p.add_argument("--cond", choices=["none", "class"], help="class: condition on the data's labels (embedded "
+                   "sets; folders with one sub-folder per class), with a learned null label for CFG")
+    p.add_argument("--p-uncond", type=float, help="class: conditioning dropout, the null label's share (0.1)")
+    p.add_argument("--guidance", type=float, help="class: the CFG scale recorded as the checkpoint's sampling default")
     p.add_argument("--guide-at", type=float,
                    help="keep the EMA weights at this fraction of training (e.g. 0.3) as the autoguidance "
                         "guide (sample --autoguidance W)")
@@ -101,7 +112,7 @@ def _train_config(a):
     from ..training import PRESETS
 
     cfg = PRESETS[a.preset or "default"]()  # no --preset: the explicit default preset
-    top = {k: getattr(a, k) for k in ("arch", "data", "image_size", "hflip", "max_steps", "time_budget", "batch_size",
+    top = {k: getattr(a, k) for k in ("cond", "p_uncond", "guidance", "arch", "data", "image_size", "hflip", "max_steps", "time_budget", "batch_size",
                                       "grad_accum", "lr", "warmup_steps", "lr_schedule", "grad_clip", "ema_decay", "guide_at",
                                       "precision", "device", "num_threads", "seed", "out_dir", "sample_every",
                                       "checkpoint_every", "val_every", "eval_every", "eval_n", "eval_steps")
@@ -179,6 +190,17 @@ def _add_guidance(p):
     p.add_argument("--guide", default=None, metavar="CKPT",
                    help="the guide for --autoguidance: another checkpoint (default: the guide snapshot stored "
                         "in --ckpt by train --guide-at)")
+    c = p.add_argument_group("class-conditional models (train --cond class): classifier-free guidance")
+    c.add_argument("--class", dest="class_", default=None, metavar="K",
+                   help="the class to draw: an index or a class name (default: the null label, unconditional)")
+    c.add_argument("--guidance", type=float, default=None, metavar="S",
+                   help="classifier-free guidance scale s = 1 + w (the seeds' w): 1 = the conditional model, "
+                        "0 = the unconditional one; default: the checkpoint's recorded value, else 1")
+    c.add_argument("--negative-class", default=None, metavar="K", help="steer away from this class (replaces the null one)")
+    c.add_argument("--guidance-rescale", type=float, default=0.0, metavar="PHI",
+                   help="guidance rescale (Lin et al. 2023), 0..1; 0 = plain CFG")
+    c.add_argument("--guidance-interval", type=_floats, default=None, metavar="LO,HI",
+                   help="guide only for sigma in (LO, HI] (Kynkaanniemi et al. 2024)")
 
 
 def _add_sample(sub):
@@ -261,6 +283,7 @@ def _load(a):
         raise ValueError(f"unknown sampler {a.sampler!r}; run `diffusionlab samplers` for the list")
     dtype = pick_precision(a.precision, torch.device("cpu"))
     den = load_denoiser(a.ckpt, use_ema=not getattr(a, "no_ema", False), autocast_dtype=dtype)
+    den = _classifier_free(a, den)
     w = getattr(a, "autoguidance", 1.0)
     if getattr(a, "guide", None) is not None and w == 1.0:
         raise ValueError("--guide is only used with --autoguidance W (W != 1)")
@@ -278,6 +301,60 @@ def _load(a):
     from ..core.guidance import threshold
 
     return threshold(den, getattr(a, "threshold", "none"), getattr(a, "threshold_p", 0.995))
+
+
+def _class_label(spec, info, flag: str) -> int:
+    """A class index or name of a class-conditional model, range-checked."""
+    names = list(info.class_names or [])
+    if spec in names:
+        return names.index(spec)
+    try:
+        k = int(spec)
+    except ValueError:
+        raise ValueError(f"{flag} {spec!r} is not a class of this model; its classes: "
+                         f"{', '.join(names) if names else f'0..{info.num_classes - 1}'}")
+    if not 0 <= k < info.num_classes:
+        raise ValueError(f"{flag} {k} is outside the model's classes 0..{info.num_classes - 1}")
+    return k
+
+
+def _classifier_free(a, den):
+    """Class conditioning and CFG from the flags: records the label in ``a.label`` and wraps
+    ``den`` in classifier-free guidance when the scale is not 1 (or a negative class is given)."""
+    import torch
+
+    from ..core.cfg import classifier_free
+    from ..core.cond import Cond
+    from ..core.protocol import info_of
+
+    info = info_of(den)
+    conditional = "labels" in info.conditioning
+    asked = [f for f, v in (("--class", a.class_), ("--negative-class", a.negative_class),
+                            ("--guidance", a.guidance), ("--guidance-interval", a.guidance_interval)) if v is not None]
+    if not conditional:
+        if asked or a.guidance_rescale:
+            raise ValueError(f"{', '.join(asked) or '--guidance-rescale'}: this checkpoint is unconditional "
+                             "(train with --cond class)")
+        a.label = None
+        return den
+    a.label = _class_label(a.class_, info, "--class") if a.class_ is not None else None
+    scale = a.guidance if a.guidance is not None else (info.default_guidance or 1.0)
+    neg = (Cond(labels=torch.tensor([_class_label(a.negative_class, info, "--negative-class")]))
+           if a.negative_class is not None else None)
+    return classifier_free(den, scale, negative=neg, rescale=a.guidance_rescale, interval=a.guidance_interval)
+
+
+def _sampling_cond(a, den, n: int):
+    """The condition of n samples: the asked class, the null label of a conditional model, else None."""
+    import torch
+
+    from ..core.cfg import null_cond
+    from ..core.cond import Cond
+    from ..core.protocol import info_of
+
+    if "labels" not in info_of(den).conditioning:
+        return None
+    return null_cond(den, n) if a.label is None else Cond(labels=torch.full((n,), a.label, dtype=torch.long))
 
 
 def cmd_sample(a) -> int:
@@ -305,6 +382,7 @@ def cmd_sample(a) -> int:
             def cb(d):
                 frames.append((d["x"] / math.sqrt(1 + d["sigma_next"] ** 2)).float())
         out.append(sample(den, (len(idx), *shape), sampler=a.sampler, steps=a.steps, schedule=a.schedule,
+                          cond=_sampling_cond(a, den, len(idx)),
                           sigma_min=a.sigma_min, sigma_max=a.sigma_max, generator=gens, callback=cb,
                           **knobs).float())
     x = torch.cat(out)
@@ -461,6 +539,7 @@ def cmd_eval(a) -> int:
     else:
         den = _load(a)
         x = sample_many(den, info_of(den).image_shape, a.n, a.sampler, a.steps, seed=a.seed, batch_size=a.batch_size,
+                        cond=_sampling_cond(a, den, a.n),
                         schedule=a.schedule, **_sampler_knobs(a))
         if reference is None:
             from ..models.checkpoint import find_checkpoint, read_config

@@ -228,6 +228,8 @@ class PreconditionedDenoiser(nn.Module):
         super().__init__()
         self.net, self.precond, self.autocast_dtype = net, precond, autocast_dtype
         self.image_shape = None
+        self.class_names, self.default_guidance = None, None  # set by the checkpoint loader
+        self.recorded_sampling: dict = {}  # the checkpoint's sampler / steps, where the family has none
 
     def prior_std(self, sigma: float) -> float:
         return float(sigma)
@@ -235,6 +237,10 @@ class PreconditionedDenoiser(nn.Module):
     def _info(self, **fields) -> DenoiserInfo:
         kinds, n_classes = net_conditioning(self.net)
         fields.setdefault("default_schedule", self.default_schedule)
+        fields.setdefault("default_guidance", self.default_guidance)
+        fields.setdefault("default_sampler", self.recorded_sampling.get("sampler"))
+        fields.setdefault("default_steps", self.recorded_sampling.get("steps"))
+        fields.setdefault("class_names", tuple(self.class_names) if self.class_names else None)
         return DenoiserInfo(process=self.process, sigma_min=float(self.sigma_min), sigma_max=float(self.sigma_max),
                             image_shape=self.image_shape, conditioning=kinds, num_classes=n_classes,
                             learned_variance=self.learned_variance, device=_param_device(self), **fields)

@@ -45,6 +45,7 @@ class DenoiserInfo:
     image_shape: tuple | None = None     # (C, H, W) where known (checkpoints)
     conditioning: tuple = ()             # the Cond fields the network uses: "labels", "pooled", ...
     num_classes: int | None = None
+    class_names: tuple | None = None     # names of the classes, where the data had them
     learned_variance: bool = False       # has denoise_with_variance
     device: torch.device | None = None
 

@@ -40,6 +40,9 @@ class TrainConfig:
     grad_clip: float | None = 1.0
     ema_decay: float = 0.9995
     ema_power: float = 2 / 3
+    cond: str = "none"               # none | class (labels of the data; the network gets num_classes)
+    p_uncond: float = 0.1            # class: conditioning dropout, the null label's share in training (CFG)
+    guidance: float | None = None    # class: the CFG scale s recorded as the checkpoint's sampling default
     guide_at: float | None = None    # fraction of training at which the EMA weights are copied into
     #                                  guide.safetensors (autoguidance's weaker model); None: none
     precision: str = "auto"          # auto | fp32 | bf16 | fp16

@@ -11,6 +11,7 @@ order is a pure function of (seed, step), so a resumed run continues exactly.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -36,6 +37,9 @@ from ..models.processes import validate
 from ..core.rng import per_sample_generators
 from .config import TrainConfig, default_model
 from .ema import EMA
+
+
+COND_KINDS = ("none", "class")
 
 
 class RunExistsError(CheckpointError):
@@ -120,7 +124,6 @@ class Trainer:
         if config is None:
             config = _config_from_diffusion(diffusion, **seed_kw) if diffusion is not None else TrainConfig(**seed_kw)
         elif seed_kw:
-            import dataclasses
             config = dataclasses.replace(config, **seed_kw)
         self.resume_from = None
         if resume and overwrite:
@@ -129,7 +132,6 @@ class Trainer:
             self.resume_from = resume_checkpoint(config.out_dir, strict=strict_resume)
             if self.resume_from is not None:  # the checkpoint's config wins, but budgets may grow
                 stored = TrainConfig.from_dict(read_config(self.resume_from)["train"])
-                import dataclasses
                 config = dataclasses.replace(stored, max_steps=config.max_steps, time_budget=config.time_budget,
                                              out_dir=config.out_dir, progress=config.progress)
         elif run_has_checkpoints(config.out_dir) and not overwrite:  # checked before anything is written
@@ -147,10 +149,18 @@ class Trainer:
 
         train_set, val_set = load_image_sets(cfg.data, cfg.image_size, cfg.model.channels, cfg.val_fraction, cfg.seed)
         self.train_data, self.val_data = train_set.images, val_set.images
-        self.use_labels = bool(cfg.model.num_classes)  # a class-conditional network trains on the labels
+        if cfg.cond not in COND_KINDS:
+            raise ValueError(f"unknown conditioning {cfg.cond!r}; choose from {', '.join(COND_KINDS)}")
+        if not 0.0 <= cfg.p_uncond <= 1.0:
+            raise ValueError(f"p_uncond is a probability, got {cfg.p_uncond}")
+        self.use_labels = cfg.cond == "class" or bool(cfg.model.num_classes)  # a class-conditional network
         if self.use_labels and train_set.labels is None:
-            raise ValueError(f"the model is class-conditional but data {cfg.data!r} has no labels "
+            raise ValueError(f"class conditioning needs labels, and data {cfg.data!r} has none "
                              "(a folder needs one sub-folder per class)")
+        self.class_names = train_set.class_names if self.use_labels else None
+        if cfg.cond == "class" and diffusion is None:  # the network's label table fits the data's classes
+            n_classes = len(train_set.class_names or []) or int(train_set.labels.max()) + 1
+            cfg = self.cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=n_classes))
         self.train_labels = train_set.labels.to(self.device) if self.use_labels else None
         self.val_labels = val_set.labels[: cfg.n_val].to(self.device) if self.use_labels else None
         if len(self.train_data) < cfg.batch_size:
@@ -204,6 +214,8 @@ class Trainer:
         total = 0.0
         for k in range(cfg.grad_accum):
             batch = self.batch(self.step * cfg.grad_accum + k)
+            if self.use_labels and cfg.p_uncond:  # conditioning dropout: the null label learns the unconditional model
+                batch = Batch(batch.x, batch.cond.drop(cfg.p_uncond, self.gen))
             loss = self.loss_fn(self.model, batch, generator=self.gen, autocast=self.autocast()).mean() / cfg.grad_accum
             (self.scaler.scale(loss) if self.scaler else loss).backward()
             total += loss.item()
@@ -250,10 +262,18 @@ class Trainer:
         gens = per_sample_generators(cfg.seed, range(cfg.n_grid))
         steps = cfg.sample_steps if cfg.diffusion.process != "ddpm" else min(cfg.sample_steps, cfg.diffusion.timesteps)
         x = sample(self.ema_denoiser(), (cfg.n_grid, cfg.model.channels, cfg.image_size, cfg.image_size),
-                   sampler=cfg.sample_sampler, steps=steps, generator=gens, device=self.device)
+                   sampler=cfg.sample_sampler, steps=steps, generator=gens, device=self.device,
+                   cond=self.sampling_cond(cfg.n_grid))
         path = self.out / "samples" / f"{name}.png"
         save_grid(x.float().cpu(), path, nrow=int(math.ceil(math.sqrt(cfg.n_grid))), upscale=2)
         return path
+
+    def sampling_cond(self, n: int):
+        """The condition of the trainer's grids and evaluations: class i % K for sample i of a
+        class-conditional model (a row of each class), None otherwise."""
+        if not self.use_labels:
+            return None
+        return Cond(labels=torch.arange(n, device=self.device) % self.cfg.model.num_classes)
 
     def evaluate(self) -> dict | None:
         """Sample ``eval_n`` images with the EMA weights (fixed per-sample seeds) and measure them
@@ -277,7 +297,7 @@ class Trainer:
 
         t0 = time.perf_counter()
         x = sample_many(self.ema_denoiser(), shape, cfg.eval_n, cfg.sample_sampler, steps, seed=cfg.seed + 1,
-                        batch_size=250, progress=False)
+                        batch_size=250, progress=False, cond=self.sampling_cond(cfg.eval_n))
         ref = reference_features(self._extractor, cfg.data, "heldout", cfg.image_size, cfg.model.channels,
                                  images=None if cfg.data in ("mnist", "digits") else self.val_data.cpu())
         floor = self.train_data[:cfg.eval_n].cpu() if self._floor_needed else None
@@ -294,6 +314,11 @@ class Trainer:
         if torch.cuda.is_available() and self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         config = checkpoint_config(self.diffusion, self.cfg.arch, self.model_config(), self.cfg.to_dict())
+        if self.use_labels:  # what sample / load_denoiser need to condition and guide it
+            config["conditioning"] = {"kind": "class", "num_classes": self.model_config().get("num_classes"),
+                                      "class_names": self.class_names}
+            config["sampling"] = {"sampler": self.cfg.sample_sampler, "steps": self.cfg.sample_steps,
+                                  "guidance": self.cfg.guidance}
         state = {"planned_steps": self.planned, "elapsed_train_seconds": self.elapsed, "ema_step": self.ema.step}
         if self.guide_step is not None:  # in config.json: loaders read it there, and so does resume
             config["guide_step"] = self.guide_step
