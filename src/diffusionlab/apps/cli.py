@@ -37,7 +37,12 @@ def _add_train(sub):
     p.add_argument("--channels", type=int, choices=[1, 3], help="1 (greyscale) or 3 (RGB)")
     p.add_argument("--hflip", action="store_true", default=None, help="random horizontal flips")
     p.add_argument("--arch", default=None,
-                   help="the network, a name of nn.NETWORKS (today: unet, the default); --dim ... set its config")
+                   help="the network, a name of nn.NETWORKS: unet (default) or dit (starts from nn.dit_demo_model: "
+                        "patch 4, width 256, depth 4); --dim ... set the U-Net, --hidden ... the DiT")
+    p.add_argument("--hidden", type=int, help="dit: width")
+    p.add_argument("--depth", type=int, help="dit: transformer blocks")
+    p.add_argument("--heads", type=int, help="dit: attention heads")
+    p.add_argument("--patch-size", type=int, help="unet, dit: pixels per patch side")
     p.add_argument("--dim", type=int, help="U-Net base width")
     p.add_argument("--dim-mults", type=_ints, help="e.g. 1,2,2")
     p.add_argument("--num-res-blocks", type=int)
@@ -117,8 +122,20 @@ def _train_config(a):
                                       "precision", "device", "num_threads", "seed", "out_dir", "sample_every",
                                       "checkpoint_every", "val_every", "eval_every", "eval_n", "eval_steps")
            if getattr(a, k) is not None}
-    model = {k: getattr(a, k) for k in ("dim", "dim_mults", "num_res_blocks", "block", "dropout", "channels",
-                                        "learned_variance") if getattr(a, k) is not None}
+    arch = a.arch or cfg.arch
+    if arch != cfg.arch:  # another network: its own demo-sized config, channels kept
+        from ..nn import NETWORKS, dit_demo_model
+
+        if arch not in NETWORKS:
+            raise ValueError(f"unknown --arch {arch!r}; choose from {', '.join(NETWORKS)}")
+        cfg = dataclasses.replace(cfg, arch=arch, model=dit_demo_model(channels=cfg.model.channels))
+    own = {"unet": ("dim", "dim_mults", "num_res_blocks", "block", "dropout"), "dit": ("hidden", "depth", "heads")}
+    for other, names in own.items():
+        given = [n for n in names if getattr(a, n) is not None]
+        if other != arch and given:
+            raise ValueError(f"--{given[0].replace('_', '-')} sets the {other} network, not --arch {arch}")
+    model = {k: getattr(a, k) for k in (*own.get(arch, ()), "channels", "learned_variance", "patch_size")
+             if getattr(a, k) is not None}
     diff = {k2: getattr(a, k1) for k1, k2 in (("objective", "objective"), ("schedule", "beta_schedule"),
                                               ("timesteps", "timesteps"), ("loss", "loss_type"),
                                               ("offset_noise", "offset_noise"), ("sigma_data", "sigma_data"),

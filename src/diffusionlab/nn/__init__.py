@@ -1,9 +1,10 @@
 """Networks. Each has its dataclass config beside it (``Unet`` / ``UnetConfig``), is built with
 ``from_config``, and is named in ``NETWORKS`` (the one registry the CLI, the trainer and the
 checkpoint loader use), so a new backbone (``--arch dit``) is one module plus one entry."""
+from .dit import DiT, DiTConfig, dit_demo_model
 from .unet import Unet, UnetConfig
 
-NETWORKS: dict = {"unet": Unet}   # arch -> class with .Config (a dataclass) and .from_config
+NETWORKS: dict = {"unet": Unet, "dit": DiT}   # arch -> class with .Config (a dataclass) and .from_config
 
 
 def network_class(arch: str):
@@ -23,4 +24,4 @@ def build_network(arch: str, config):
     return cls.from_config(config if isinstance(config, cls.Config) else network_config(arch, config))
 
 
-__all__ = ["Unet", "UnetConfig", "NETWORKS", "build_network", "network_config", "network_class"]
+__all__ = ["Unet", "UnetConfig", "DiT", "DiTConfig", "dit_demo_model", "NETWORKS", "build_network", "network_config", "network_class"]
