@@ -31,6 +31,8 @@ STAGES = [
     ("RESULTS_trained_samplers.md", "Fast samplers on a trained MNIST model (not part of make bench)",
      ".venv/bin/python bench/trained_samplers.py --ckpt runs/demo"),
     ("RESULTS_likelihood.md", "Likelihood: VLB and ODE bits/dim (not part of make bench)", "make bench-likelihood"),
+    ("RESULTS_class_guidance.md", "Class-conditional guidance on MNIST (not part of make bench)",
+     ".venv/bin/python bench/class_guidance.py --budget 600 --n 500"),
     ("RESULTS_demo.md", "The make demo run (not part of make bench)",
      "make demo && python bench/report.py --demo runs/demo"),
 ]
