@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from ..core.dataclass_io import from_dict
+
 PROCESSES = ("ddpm", "vp", "subvp", "ve", "edm", "ncsn")
 SDE_PROCESSES = ("vp", "subvp", "ve")
 
@@ -47,11 +49,8 @@ class DiffusionConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "DiffusionConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown DiffusionConfig fields: {sorted(unknown)}")
-        return cls(**d)
+        """From a stored dict (``core.dataclass_io.from_dict``)."""
+        return from_dict(cls, d)
 
 
 # field -> the processes that read it (process and loss_type: all)

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.dataclass_io import from_dict
 from ..core.cond import as_cond
 from .layers import sinusoidal_embedding
 
@@ -44,11 +45,8 @@ class DiTConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "DiTConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown DiTConfig fields: {sorted(unknown)}")
-        return cls(**d)
+        """From a stored dict (``core.dataclass_io.from_dict``)."""
+        return from_dict(cls, d)
 
 
 def _modulate(x, shift, scale):

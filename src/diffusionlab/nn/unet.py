@@ -14,13 +14,14 @@ where ``cond.null`` is set); with ``cond_dim`` set, ``cond.pooled`` [B, cond_dim
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.dataclass_io import from_dict
 from ..core.cond import as_cond
 
 from .layers import (Attention, ConvNextBlock, Downsample, LearnedSinusoidalPosEmb, LinearAttention,
@@ -64,12 +65,8 @@ class UnetConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "UnetConfig":
-        """From a stored dict (lists back to tuples); unknown fields are an error."""
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown UnetConfig fields: {sorted(unknown)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        """From a stored dict (``core.dataclass_io.from_dict``)."""
+        return from_dict(cls, d)
 
 
 class Unet(nn.Module):

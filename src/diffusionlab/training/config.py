@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from ..core.dataclass_io import from_dict
 from ..nn import UnetConfig, network_config
 from ..models.processes import DiffusionConfig  # noqa: F401 (re-exported: the process config lives in processes.py)
 
@@ -73,22 +74,7 @@ class TrainConfig:
         d = dict(d)
         d["model"] = network_config(d.get("arch", "unet"), d.get("model", {}))
         d["diffusion"] = DiffusionConfig.from_dict(d.get("diffusion", {}))
-        for k in ("adam_betas",):
-            if k in d:
-                d[k] = tuple(d[k])
-        return cls(**_known(cls, d))
-
-
-def _known(cls, d: dict) -> dict:
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(d) - names
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
-    out = dict(d)
-    for k in ("dim_mults", "full_attn"):
-        if out.get(k) is not None and k in names:
-            out[k] = tuple(out[k])
-    return out
+        return from_dict(cls, d)
 
 
 def demo_config(**overrides) -> TrainConfig:
