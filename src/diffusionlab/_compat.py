@@ -25,7 +25,7 @@ class _Alias(importlib.abc.Loader):
         return importlib.import_module(self.target)  # the real module: its attributes stay its own
 
     def exec_module(self, module):
-        pass
+        """Nothing to run: ``create_module`` returned the target module, already executed."""
 
 
 class _AliasFinder(importlib.abc.MetaPathFinder):

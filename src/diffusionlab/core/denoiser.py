@@ -232,7 +232,8 @@ class PreconditionedDenoiser(nn.Module):
         self.recorded_sampling: dict = {}  # the checkpoint's sampler / steps, where the family has none
 
     def prior_std(self, sigma: float) -> float:
-        return float(sigma)
+        """Std of x at noise level sigma when x0 is negligible: the declared prior (``info``)."""
+        return self.info.prior_std(sigma)
 
     def _info(self, **fields) -> DenoiserInfo:
         kinds, n_classes = net_conditioning(self.net)
@@ -309,10 +310,6 @@ class DiscreteDenoiser(PreconditionedDenoiser):
     def sigma_max(self) -> float:
         return float(self.table_sigmas[-1])
 
-    def prior_std(self, sigma: float) -> float:
-        """Std of x at noise level sigma when x0 is negligible: sqrt(1 + sigma^2) in VP."""
-        return math.sqrt(1 + sigma ** 2) if math.isfinite(sigma) else 1.0
-
     def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
         return self.precond.sigma_to_t(sigma)
 
@@ -349,9 +346,6 @@ class SDEDenoiser(PreconditionedDenoiser):
     @property
     def sigma_max(self) -> float:
         return self.sde.sigma_max
-
-    def prior_std(self, sigma: float) -> float:
-        return self.sde.prior_std(sigma)
 
     def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
         return self.sde.t_of_sigma(sigma)

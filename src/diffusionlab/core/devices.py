@@ -66,8 +66,8 @@ def cpu_info() -> dict:
                     model = value.strip()
                 elif key.strip() == "flags" and not flags:
                     flags = set(value.split())
-    except OSError:  # not Linux: the flags stay unknown
-        pass
+    except OSError:  # not Linux: model and flags stay unknown
+        model, flags = "unknown", set()
     have = [f for f in CPU_FLAGS if f in flags]
     kind = ("AMX + AVX-512 BF16" if {"amx_bf16", "avx512_bf16"} <= flags else "AVX-512" if "avx512f" in flags
             else "AVX2" if "avx2" in flags else "other")

@@ -40,6 +40,7 @@ it sits outside the process the samplers and likelihoods assume. Off by default.
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -184,14 +185,16 @@ class DiscreteTimesteps:
 
 
 class _Stateless:
+    """A draw that keeps no state: nothing to learn from the losses, nothing to checkpoint."""
+
     def update(self, draw: Draw, losses: torch.Tensor) -> None:
-        pass
+        """No state to update (only importance sampling learns from the losses)."""
 
     def state_dict(self) -> dict:
         return {}
 
     def load_state_dict(self, d: dict) -> None:
-        pass
+        """No state to restore."""
 
 
 class SDETimes(_Stateless):
@@ -228,12 +231,13 @@ class LadderSigma(_Stateless):
 
 
 # ------------------------------------------------------------------ weightings
-class Weighting:
+class Weighting(ABC):
     """lambda(sigma), the weight of the squared x0 error; ``output_weight`` is lambda c_out^2,
     the weight of the element loss on the network's output."""
 
+    @abstractmethod
     def x0_weight(self, sigma: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """lambda(sigma) for float64 sigma [B]."""
 
     def output_weight(self, sigma: torch.Tensor, c_out: torch.Tensor) -> torch.Tensor:
         return self.x0_weight(sigma) * c_out ** 2

@@ -15,6 +15,7 @@ bypass a wrapper.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Union
 
@@ -101,7 +102,7 @@ def _param_device(module: nn.Module) -> torch.device | None:
     return p.device if p is not None else None
 
 
-class DenoiserWrapper:
+class DenoiserWrapper(ABC):
     """Base of every ``Denoiser -> Denoiser`` wrapper (guidance, thresholding, counting).
 
     A subclass implements ``denoise(x, sigma, cond, inner)`` where ``inner(x, sigma, cond)`` is
@@ -117,8 +118,9 @@ class DenoiserWrapper:
     def info(self) -> DenoiserInfo:
         return info_of(self.inner)
 
+    @abstractmethod
     def denoise(self, x, sigma, cond, inner):
-        raise NotImplementedError
+        """The wrapped x0 prediction, from ``inner(x, sigma, cond)`` (the wrapped denoiser)."""
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond=None) -> torch.Tensor:
         return self.denoise(x, sigma, cond, self.inner)

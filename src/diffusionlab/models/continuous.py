@@ -10,6 +10,8 @@ sigma-space samplers.
 """
 from __future__ import annotations
 
+import dataclasses
+
 from torch import nn
 
 from ..core.denoiser import EDMDenoiser, NCSNDenoiser, SDEDenoiser, ncsn_levels_for
@@ -47,12 +49,13 @@ class ContinuousDiffusion(DiffusionModel):
         if unknown:
             raise ValueError(f"process {process!r} takes {sorted(PROCESS_DEFAULTS[process])}, not {sorted(unknown)}")
         is_sde = process in SDE_PROCESSES
-        validate(DiffusionConfig(process=process, objective=objective or "v", loss_type=loss_type,  # the one check
-                                 likelihood_weighting=likelihood_weighting, **params))
+        given = validate(DiffusionConfig(process=process, objective=objective or "v", loss_type=loss_type,  # the one check
+                                         likelihood_weighting=likelihood_weighting, sampling_steps=sampling_steps,
+                                         **params))
         super().__init__(model, image_size)
         self.process = process
         self.sampling_steps = sampling_steps
-        p = {k: (params.get(k) if params.get(k) is not None else v) for k, v in PROCESS_DEFAULTS[process].items()}
+        p = continuous_params(given)
         if process == "ncsn" and p["ncsn_levels"] is None:
             dim = self.channels * self.image_size[0] * self.image_size[1]
             p["ncsn_levels"] = ncsn_levels_for(dim, p["sigma_min"], p["sigma_max"])
@@ -69,9 +72,7 @@ class ContinuousDiffusion(DiffusionModel):
         self.denoiser = self.denoiser_for(model)
         if process == "ncsn":
             self.loss_fn = NCSNLoss(self.denoiser.ladder, loss_type)
-        self.process_config = DiffusionConfig(process=process, objective=self.objective or "v", loss_type=loss_type,
-                                              likelihood_weighting=likelihood_weighting, sampling_steps=sampling_steps,
-                                              **p)
+        self.process_config = dataclasses.replace(given, **p)  # the defaults filled in (ncsn: its ladder length)
 
     @classmethod
     def from_config(cls, model: nn.Module, image_size, d: dict, sampling_steps: int = 50) -> "ContinuousDiffusion":

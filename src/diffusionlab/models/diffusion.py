@@ -13,6 +13,7 @@ DDIM when ``sampling_timesteps < timesteps`` (a learned-variance model: DDPM on 
 from __future__ import annotations
 
 import dataclasses
+from abc import ABC, abstractmethod
 from contextlib import nullcontext
 
 import torch
@@ -34,7 +35,7 @@ def unnormalize(x: torch.Tensor) -> torch.Tensor:
     return ((x + 1) / 2).clamp(0, 1)
 
 
-class DiffusionModel(nn.Module):
+class DiffusionModel(nn.Module, ABC):
     """The one front-end base of the seed API: a network plus a process. Images enter
     ``forward`` in [0, 1] and ``sample`` returns [0, 1] (the library works in [-1, 1] inside).
     A subclass sets ``loss_fn`` and ``config``, builds its denoiser in ``denoiser_for`` and
@@ -55,13 +56,13 @@ class DiffusionModel(nn.Module):
         """The process config as a dict with ``image_size`` (``process_config`` is the typed one)."""
         return {**dataclasses.asdict(self.process_config), "image_size": list(self.image_size)}
 
+    @abstractmethod
     def denoiser_for(self, net: nn.Module, autocast_dtype=None):
         """``net`` (e.g. the EMA copy) wrapped as this process's sigma-space denoiser."""
-        raise NotImplementedError
 
+    @abstractmethod
     def sampling_defaults(self, steps: int | None) -> tuple[str, int, dict]:
         """(sampler, steps, knobs) when ``sample`` is given no sampler."""
-        raise NotImplementedError
 
     def loss(self, x: torch.Tensor, cond=None, generator=None, autocast=None) -> torch.Tensor:
         """Mean training loss for images already in [-1, 1]."""
@@ -106,11 +107,10 @@ class GaussianDiffusion(DiffusionModel):
         self.ddim_sampling_eta = ddim_sampling_eta
         if min_snr_loss_weight and min_snr_gamma is None:
             min_snr_gamma = 5.0
-        learned_variance = getattr(model, "out_channels", None) == 2 * self.channels
+        self.denoiser = DiscreteDenoiser(model, self.schedule, self.objective)
         self.loss_fn = DiscreteLoss(self.schedule, self.objective, loss_type, min_snr_gamma,
                                     offset_noise_strength, sigma_data, loss_kind=loss_kind, vlb_weight=vlb_weight,
-                                    t_sampling=t_sampling, learned_variance=learned_variance)
-        self.denoiser = DiscreteDenoiser(model, self.schedule, self.objective)
+                                    t_sampling=t_sampling, learned_variance=self.denoiser.learned_variance)
         self.process_config = DiffusionConfig(
             process="ddpm", timesteps=timesteps, objective=self.objective, beta_schedule=beta_schedule,
             loss_type=loss_type, min_snr_gamma=min_snr_gamma, offset_noise=offset_noise_strength,

@@ -14,7 +14,6 @@ the patch size works (position embeddings are computed for the input's grid).
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -22,8 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.dataclass_io import from_dict
-from ..core.cond import as_cond
-from .layers import sinusoidal_embedding
+from .layers import add_condition, sinusoidal_embedding
 
 
 @dataclass
@@ -131,19 +129,7 @@ class DiT(nn.Module):
         t = torch.as_tensor(t, device=device)
         t = t.expand(batch) if t.dim() == 0 else t
         c = self.time_mlp(sinusoidal_embedding(t.float(), self.freq_dim))
-        cond = as_cond(cond)
-        if cond.text is not None or cond.image is not None:
-            raise ValueError("this DiT takes class labels or a pooled vector, not text or image conditioning")
-        null = cond.null_mask(batch, device)
-        if cond.labels is not None:
-            if self.class_emb is None:
-                raise ValueError("this DiT was built without conditioning on class labels (num_classes)")
-            c = c + self.class_emb(torch.where(null, self.class_emb.num_embeddings - 1, cond.labels.long().to(device)))
-        if cond.pooled is not None:
-            if self.cond_proj is None:
-                raise ValueError("this DiT was built without conditioning on a vector (cond_dim)")
-            c = c + self.cond_proj(cond.pooled.to(device, c.dtype)) * (~null).to(c.dtype)[:, None]
-        return c
+        return add_condition(c, cond, self.class_emb, self.cond_proj, "DiT")
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
         B, C, H, W = x.shape

@@ -8,6 +8,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from ..core.cond import as_cond
+
 
 def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """Transformer sinusoidal embedding of (possibly fractional) timesteps t [B] -> [B, dim]
@@ -151,3 +153,25 @@ class Upsample(nn.Module):
 
     def forward(self, x):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+def add_condition(emb: torch.Tensor, cond, class_emb: nn.Embedding | None, cond_proj: nn.Linear | None,
+                  network: str) -> torch.Tensor:
+    """``emb`` [B, D] plus the embedding of a ``Cond``: the class row of ``class_emb`` (its last
+    row is the learned null label, used where ``cond.null``) and the projected pooled vector (zero
+    where null). Shared by the U-Net's time embedding and DiT's adaLN input; a condition the
+    network was not built for is an error naming it."""
+    cond = as_cond(cond)
+    if cond.text is not None or cond.image is not None:
+        raise ValueError(f"this {network} takes class labels or a pooled vector, not text or image conditioning")
+    batch, device = emb.shape[0], emb.device
+    null = cond.null_mask(batch, device)
+    if cond.labels is not None:
+        if class_emb is None:
+            raise ValueError(f"this {network} was built without conditioning on class labels (num_classes)")
+        emb = emb + class_emb(torch.where(null, class_emb.num_embeddings - 1, cond.labels.long().to(device)))
+    if cond.pooled is not None:
+        if cond_proj is None:
+            raise ValueError(f"this {network} was built without conditioning on a vector (cond_dim)")
+        emb = emb + cond_proj(cond.pooled.to(device, emb.dtype)) * (~null).to(emb.dtype)[:, None]
+    return emb

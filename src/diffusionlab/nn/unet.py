@@ -22,9 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.dataclass_io import from_dict
-from ..core.cond import as_cond
 
-from .layers import (Attention, ConvNextBlock, Downsample, LearnedSinusoidalPosEmb, LinearAttention,
+from .layers import (Attention, ConvNextBlock, add_condition, Downsample, LearnedSinusoidalPosEmb, LinearAttention,
                      ResnetBlock, SinusoidalPosEmb, Upsample, group_norm)
 
 
@@ -159,21 +158,7 @@ class Unet(nn.Module):
         t = torch.as_tensor(t, device=device)
         if t.dim() == 0:
             t = t.expand(batch)
-        emb = self.time_mlp(t)
-        cond = as_cond(cond)
-        if cond.text is not None or cond.image is not None:
-            raise ValueError("this Unet takes class labels or a pooled vector, not text or image conditioning")
-        null = cond.null_mask(batch, device)
-        if cond.labels is not None:
-            if self.class_emb is None:
-                raise ValueError("this Unet was built without conditioning on class labels (num_classes)")
-            null_label = self.class_emb.num_embeddings - 1
-            emb = emb + self.class_emb(torch.where(null, null_label, cond.labels.long().to(device)))
-        if cond.pooled is not None:
-            if self.cond_proj is None:
-                raise ValueError("this Unet was built without conditioning on a vector (cond_dim)")
-            emb = emb + self.cond_proj(cond.pooled.to(device, emb.dtype)) * (~null).to(emb.dtype)[:, None]
-        return emb
+        return add_condition(self.time_mlp(t), cond, self.class_emb, self.cond_proj, "Unet")
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
         side = 2 ** (self.levels - 1) * self.patch_size
