@@ -19,8 +19,8 @@ LAYERS = {
     "core.sampling": 1, "core.likelihood": 1, "core": 1,
     # L2 networks
     "nn": 2,
-    # L3 front-ends and storage
-    "models": 3, "data": 3,
+    # L3 front-ends and storage (data, prompts to conditions)
+    "models": 3, "data": 3, "text": 3,
     # L4 procedures
     "training": 4, "evaluation": 4, "pipelines": 4, "finetune": 4,
     # L5 applications

@@ -230,3 +230,44 @@ def test_labelled_folders_yield_class_names(tmp_path):
         assert torch.equal(bright, s.labels == 1)
     flat = tmp_path / "cat"
     assert load_image_sets(str(flat), 8, 1)[0].labels is None  # no class sub-folders: no labels
+
+
+def _flat_folder(root, n=24):
+    import numpy as np
+    from PIL import Image
+
+    root.mkdir(exist_ok=True)
+    for i in range(n):
+        Image.fromarray(np.full((8, 8), 10 + 10 * i, np.uint8)).save(root / f"img{i}.png")
+    return root
+
+
+def test_labels_csv_beside_the_images_gives_labels_and_names(tmp_path):
+    from diffusionlab.data import load_image_sets
+
+    root = _flat_folder(tmp_path / "flat")
+    rows = ["file,label"] + [f"img{i}.png,{'bright' if i >= 12 else 'dark'}" for i in range(24)]
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    train, val = load_image_sets(str(root), 8, 1, val_fraction=0.25)
+    assert train.class_names == ["bright", "dark"] and len(train) + len(val) == 24
+    for s in (train, val):
+        assert torch.equal(s.images.flatten(1).mean(1) > 0, s.labels == 0)   # labels follow their images
+    (root / "labels.csv").write_text("\n".join(f"img{i}.png,{i % 3 * 5}" for i in range(24)) + "\n")  # integers, no header
+    train, _ = load_image_sets(str(root), 8, 1)
+    assert train.class_names == ["0", "5", "10"]                                  # numeric order
+
+
+@pytest.mark.parametrize("rows,msg", [
+    ([f"img{i}.png,a" for i in range(23)], "have no label"),
+    ([f"img{i}.png,{i % 2}" for i in range(24)] + ["nope.png,1"], "is not an image of"),
+    ([f"img{i}.png,{i % 2}" for i in range(24)] + ["img0.png,1"], "second label"),
+    ([f"img{i}.png" for i in range(24)], "expected 2 columns"),
+    ([f"img{i}.png,same" for i in range(24)], "two classes or more"),
+])
+def test_bad_labels_csv_is_refused_with_the_line(tmp_path, rows, msg):
+    from diffusionlab.data import load_image_sets
+
+    root = _flat_folder(tmp_path / "flat")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(ValueError, match=msg):
+        load_image_sets(str(root), 8, 1)

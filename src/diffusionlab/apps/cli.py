@@ -30,8 +30,9 @@ def _ints(s: str) -> tuple:
 def _add_train(sub):
     p = sub.add_parser("train", help="train a diffusion model",
                        description="Train a U-Net diffusion model on MNIST-5k, the 8x8 digits or a folder of images.")
-    p.add_argument("--preset", choices=["default", "demo", "tiny"], default=None,
-                   help="start from a preset config (default: `default`, training.config.default_config)")
+    p.add_argument("--preset", choices=["default", "demo", "demo-text", "tiny"], default=None,
+                   help="start from a preset config (default: `default`, training.config.default_config); "
+                        "demo-text is `make demo`'s text-to-image run")
     p.add_argument("--data", help="mnist | digits | path/to/image/folder (default mnist)")
     p.add_argument("--image-size", type=int)
     p.add_argument("--channels", type=int, choices=[1, 3], help="1 (greyscale) or 3 (RGB)")
@@ -84,10 +85,17 @@ def _add_train(sub):
     p.add_argument("--lr-schedule", choices=["cosine", "constant"])
     p.add_argument("--grad-clip", type=float)
     p.add_argument("--ema-decay", type=float)
-    p.add_argument("--cond", choices=["none", "class"], help="class: condition on the data's labels (embedded "
-                   "sets; folders with one sub-folder per class), with a learned null label for CFG")
-    p.add_argument("--p-uncond", type=float, help="class: conditioning dropout, the null label's share (0.1)")
-    p.add_argument("--guidance", type=float, help="class: the CFG scale recorded as the checkpoint's sampling default")
+    p.add_argument("--cond", choices=["none", "class", "text"],
+                   help="class: condition on the data's labels (embedded sets; folders with one sub-folder per "
+                        "class or a labels.csv); text: on captions (the embedded digits' are made from their "
+                        "labels; folders need a captions.jsonl), by cross-attention; both with a learned null "
+                        "condition for CFG")
+    p.add_argument("--text-encoder", choices=["minilm", "small"],
+                   help="text: minilm (frozen all-MiniLM-L6-v2, offline; default) or small (a byte-level "
+                        "transformer trained with the network)")
+    p.add_argument("--p-uncond", type=float, help="class / text: conditioning dropout, the null condition's share (0.1)")
+    p.add_argument("--guidance", type=float, help="class / text: the CFG scale recorded as the checkpoint's "
+                   "sampling default")
     p.add_argument("--guide-at", type=float,
                    help="keep the EMA weights at this fraction of training (e.g. 0.3) as the autoguidance "
                         "guide (sample --autoguidance W)")
@@ -117,7 +125,7 @@ def _train_config(a):
     from ..training import PRESETS
 
     cfg = PRESETS[a.preset or "default"]()  # no --preset: the explicit default preset
-    top = {k: getattr(a, k) for k in ("cond", "p_uncond", "guidance", "arch", "data", "image_size", "hflip", "max_steps", "time_budget", "batch_size",
+    top = {k: getattr(a, k) for k in ("cond", "text_encoder", "p_uncond", "guidance", "arch", "data", "image_size", "hflip", "max_steps", "time_budget", "batch_size",
                                       "grad_accum", "lr", "warmup_steps", "lr_schedule", "grad_clip", "ema_decay", "guide_at",
                                       "precision", "device", "num_threads", "seed", "out_dir", "sample_every",
                                       "checkpoint_every", "val_every", "eval_every", "eval_n", "eval_steps")
@@ -207,13 +215,20 @@ def _add_guidance(p):
     p.add_argument("--guide", default=None, metavar="CKPT",
                    help="the guide for --autoguidance: another checkpoint (default: the guide snapshot stored "
                         "in --ckpt by train --guide-at)")
-    c = p.add_argument_group("class-conditional models (train --cond class): classifier-free guidance")
+    c = p.add_argument_group("conditional models (train --cond class | text): classifier-free guidance")
     c.add_argument("--class", dest="class_", default=None, metavar="K",
-                   help="the class to draw: an index or a class name (default: the null label, unconditional)")
+                   help="class models: the class to draw, an index or a class name (default: the null label, "
+                        "unconditional)")
+    c.add_argument("--prompt", default=None, metavar="TEXT",
+                   help="text models: the prompt (at most 1,024 characters; \"\" is the empty prompt = the null "
+                        "condition; default: the null condition)")
+    c.add_argument("--negative-prompt", default=None, metavar="TEXT",
+                   help="text models: steer away from this prompt (it replaces the null condition in CFG)")
     c.add_argument("--guidance", type=float, default=None, metavar="S",
                    help="classifier-free guidance scale s = 1 + w (the seeds' w): 1 = the conditional model, "
                         "0 = the unconditional one; default: the checkpoint's recorded value, else 1")
-    c.add_argument("--negative-class", default=None, metavar="K", help="steer away from this class (replaces the null one)")
+    c.add_argument("--negative-class", default=None, metavar="K",
+                   help="class models: steer away from this class (it replaces the null label in CFG)")
     c.add_argument("--guidance-rescale", type=float, default=0.0, metavar="PHI",
                    help="guidance rescale (Lin et al. 2023), 0..1; 0 = plain CFG")
     c.add_argument("--guidance-interval", type=_floats, default=None, metavar="LO,HI",
@@ -320,58 +335,20 @@ def _load(a):
     return threshold(den, getattr(a, "threshold", "none"), getattr(a, "threshold_p", 0.995))
 
 
-def _class_label(spec, info, flag: str) -> int:
-    """A class index or name of a class-conditional model, range-checked."""
-    names = list(info.class_names or [])
-    if spec in names:
-        return names.index(spec)
-    try:
-        k = int(spec)
-    except ValueError:
-        raise ValueError(f"{flag} {spec!r} is not a class of this model; its classes: "
-                         f"{', '.join(names) if names else f'0..{info.num_classes - 1}'}")
-    if not 0 <= k < info.num_classes:
-        raise ValueError(f"{flag} {k} is outside the model's classes 0..{info.num_classes - 1}")
-    return k
-
-
 def _classifier_free(a, den):
-    """Class conditioning and CFG from the flags: records the label in ``a.label`` and wraps
-    ``den`` in classifier-free guidance when the scale is not 1 (or a negative class is given)."""
-    import torch
+    """The class / prompt flags and CFG (``pipelines.conditioning.conditioned``): records the
+    sample condition in ``a.conditioning`` and returns the guided denoiser."""
+    from ..pipelines.conditioning import conditioned
 
-    from ..core.cfg import classifier_free
-    from ..core.cond import Cond
-    from ..core.protocol import info_of
-
-    info = info_of(den)
-    conditional = "labels" in info.conditioning
-    asked = [f for f, v in (("--class", a.class_), ("--negative-class", a.negative_class),
-                            ("--guidance", a.guidance), ("--guidance-interval", a.guidance_interval)) if v is not None]
-    if not conditional:
-        if asked or a.guidance_rescale:
-            raise ValueError(f"{', '.join(asked) or '--guidance-rescale'}: this checkpoint is unconditional "
-                             "(train with --cond class)")
-        a.label = None
-        return den
-    a.label = _class_label(a.class_, info, "--class") if a.class_ is not None else None
-    scale = a.guidance if a.guidance is not None else (info.default_guidance or 1.0)
-    neg = (Cond(labels=torch.tensor([_class_label(a.negative_class, info, "--negative-class")]))
-           if a.negative_class is not None else None)
-    return classifier_free(den, scale, negative=neg, rescale=a.guidance_rescale, interval=a.guidance_interval)
+    den, a.conditioning = conditioned(den, class_=a.class_, prompt=getattr(a, "prompt", None),
+                                      negative_class=a.negative_class, negative_prompt=getattr(a, "negative_prompt", None),
+                                      guidance=a.guidance, rescale=a.guidance_rescale, interval=a.guidance_interval)
+    return den
 
 
 def _sampling_cond(a, den, n: int):
-    """The condition of n samples: the asked class, the null label of a conditional model, else None."""
-    import torch
-
-    from ..core.cfg import null_cond
-    from ..core.cond import Cond
-    from ..core.protocol import info_of
-
-    if "labels" not in info_of(den).conditioning:
-        return None
-    return null_cond(den, n) if a.label is None else Cond(labels=torch.full((n,), a.label, dtype=torch.long))
+    """The condition of n samples: the asked class or prompt, the null one of a conditional model, else None."""
+    return a.conditioning(n)
 
 
 def cmd_sample(a) -> int:
@@ -697,24 +674,28 @@ def cmd_samplers(a) -> int:
 
 
 def _add_demo(sub):
-    p = sub.add_parser("demo", help="train on MNIST-5k, sample, draw and measure (what `make demo` runs)")
+    p = sub.add_parser("demo", help="text-to-image on MNIST-5k: train, sample, draw and measure (what `make demo` runs)")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--time-budget", type=float, default=600.0, help="training seconds (default 600)")
-    p.add_argument("--n-eval", type=int, default=1000)
-    p.add_argument("--sampler", default="ddpm")
-    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the demo's, 25)")
-    p.add_argument("--autoguidance", type=float, default=None, metavar="W",
-                   help="autoguidance weight with the run's early EMA snapshot as the guide (default: the demo's, "
-                        "see `diffusionlab.demo.DEMO_AUTOGUIDANCE`; 1 = off)")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="train exactly this many steps instead of a time budget (e.g. a slower CPU's step count)")
+    p.add_argument("--n-eval", type=int, default=500, help="samples per measured cell (500)")
+    p.add_argument("--sampler", default=None, help="recorded sampling default (the demo's: dpmpp_2m)")
+    p.add_argument("--steps", type=int, default=None, help="recorded sampler steps (the demo's: 12)")
+    p.add_argument("--guidance", type=float, default=None, help="recorded CFG scale (the demo's: 3)")
+    p.add_argument("--p-uncond", type=float, default=None, help="conditioning dropout (the demo's: 0.2)")
+    p.add_argument("--text-encoder", choices=["minilm", "small"], default=None, help="the demo's: minilm")
     p.add_argument("--no-progress", action="store_true")
 
 
 def cmd_demo(a) -> int:
-    from .demo import DEMO_AUTOGUIDANCE, DEMO_STEPS, run_demo
+    from .demo import run_demo
 
-    w = DEMO_AUTOGUIDANCE if a.autoguidance is None else a.autoguidance
-    res = run_demo(a.out, a.time_budget, a.n_eval, a.sampler, a.steps or DEMO_STEPS, progress=not a.no_progress,
-                   autoguidance=w)
+    over = {k: v for k, v in (("sample_sampler", a.sampler), ("sample_steps", a.steps), ("guidance", a.guidance),
+                              ("p_uncond", a.p_uncond), ("text_encoder", a.text_encoder), ("max_steps", a.max_steps))
+            if v is not None}
+    budget = None if a.max_steps is not None else a.time_budget
+    res = run_demo(a.out, budget, a.n_eval, progress=not a.no_progress, **over)
     print((Path(a.out) / "report.md").read_text())
     print(json.dumps(res["metrics"], indent=2))
     return 0

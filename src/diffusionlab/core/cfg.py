@@ -40,6 +40,14 @@ def null_cond(denoiser, batch: int, device=None) -> Cond:
     fields = {}
     if "labels" in info.conditioning:
         fields["labels"] = torch.zeros(batch, dtype=torch.long, device=device)
+    if "text" in info.conditioning:  # one placeholder token; the network puts its learned null context there
+        fields["text"] = torch.zeros(batch, 1, info.text_dim, device=device)
+        fields["mask"] = torch.ones(batch, 1, dtype=torch.bool, device=device)
+    if "tokens" in info.conditioning:
+        fields["tokens"] = torch.zeros(batch, 1, dtype=torch.long, device=device)
+        fields["mask"] = torch.ones(batch, 1, dtype=torch.bool, device=device)
+    if "pooled" in info.conditioning:
+        fields["pooled"] = torch.zeros(batch, info.pooled_dim, device=device)
     if not fields:
         raise ValueError("classifier-free guidance needs a conditional model (its info declares no conditioning)")
     return Cond(**fields, null=torch.ones(batch, dtype=torch.bool, device=device))
@@ -90,6 +98,10 @@ class ClassifierFree(DenoiserWrapper):
         pos, neg = self._halves(x, cond)
         sig = torch.as_tensor(sigma, device=x.device)
         sig = sig.expand(B) if sig.dim() == 0 else sig
+        if neg is pos:  # the null condition on both sides: D_u + s (D_u - D_u) = D_u, one forward
+            d_u = inner(x, sig, pos)
+            self.last = {"sigma": sig, "cond": d_u, "uncond": d_u}
+            return d_u
         both = inner(torch.cat([x, x]), torch.cat([sig, sig]), Cond.cat([pos, neg]))
         d_c, d_u = both[:B], both[B:]
         self.last = {"sigma": sig, "cond": d_c, "uncond": d_u}

@@ -1,8 +1,9 @@
 """The typed condition a denoiser receives, and the training batch that carries it.
 
 ``Cond`` holds what a network may be conditioned on: class ``labels`` [B] (long), a ``pooled``
-vector [B, D] (today's vector hook; next a sentence embedding), token embeddings ``text``
-[B, L, D] with their ``mask`` [B, L] (True = a real token), and a conditioning ``image``
+vector [B, D] (a sentence embedding, or any vector), token embeddings ``text`` [B, L, D] of a
+frozen text encoder, or the token ids ``tokens`` [B, L] (long) of a text encoder inside the
+network, with their ``mask`` [B, L] (True = a real token), and a conditioning ``image``
 [B, C, H, W]. ``null`` [B] (bool) marks the samples whose condition is the *null* condition:
 the network replaces their condition by its learned null embedding (classifier-free guidance's
 unconditional branch, conditioning dropout in training). An empty ``Cond()`` is "no condition";
@@ -24,7 +25,8 @@ import torch
 
 from . import rng
 
-FIELDS = ("labels", "pooled", "text", "mask", "image", "null")
+FIELDS = ("labels", "pooled", "text", "tokens", "mask", "image", "null")
+SEQUENCE_FIELDS = ("text", "tokens", "mask")  # [B, L, ...]: padded to a common L by ``cat``
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,7 @@ class Cond:
     labels: torch.Tensor | None = None
     pooled: torch.Tensor | None = None
     text: torch.Tensor | None = None
+    tokens: torch.Tensor | None = None
     mask: torch.Tensor | None = None
     image: torch.Tensor | None = None
     null: torch.Tensor | None = None
@@ -40,8 +43,13 @@ class Cond:
         sizes = {f: v.shape[0] for f, v in self._items()}
         if len(set(sizes.values())) > 1:
             raise ValueError(f"Cond fields disagree on the batch size: {sizes}")
-        if self.mask is not None and self.text is None:
-            raise ValueError("Cond.mask belongs to Cond.text (token embeddings)")
+        seq = self.text if self.text is not None else self.tokens
+        if self.text is not None and self.tokens is not None:
+            raise ValueError("Cond carries token embeddings (text) or token ids (tokens), not both")
+        if self.mask is not None and seq is None:
+            raise ValueError("Cond.mask belongs to Cond.text (token embeddings) or Cond.tokens (token ids)")
+        if self.mask is not None and tuple(self.mask.shape) != tuple(seq.shape[:2]):
+            raise ValueError(f"Cond.mask {tuple(self.mask.shape)} does not match the tokens {tuple(seq.shape[:2])}")
 
     def _items(self):
         return [(f, getattr(self, f)) for f in FIELDS if getattr(self, f) is not None]
@@ -105,10 +113,24 @@ class Cond:
             if any(c.null is not None for c in conds):
                 raise ValueError("Cond.cat: an empty Cond has no batch size to mark null")
             return Cond()
-        out = {f: torch.cat([getattr(c, f) for c in conds]) for f, _ in conds[0]._items() if f != "null"}
+        length = max((c.text if c.text is not None else c.tokens).shape[1] for c in conds) \
+            if conds[0].text is not None or conds[0].tokens is not None else None
+        out = {f: torch.cat([_pad(c, f, length) for c in conds]) for f, _ in conds[0]._items() if f != "null"}
         if any(c.null is not None for c in conds):
             out["null"] = torch.cat([c.null_mask(c.batch_size, c._items()[0][1].device) for c in conds])
         return Cond(**out)
+
+
+def _pad(cond: Cond, name: str, length: int | None) -> torch.Tensor:
+    """Field ``name`` of ``cond``; a sequence field padded to ``length`` tokens (zeros, mask
+    False: padding that attention ignores)."""
+    v = getattr(cond, name)
+    if name not in SEQUENCE_FIELDS or v.shape[1] == length:
+        return v
+    if cond.mask is None:
+        raise ValueError("Cond.cat: token sequences of different lengths need their masks to be padded")
+    pad = v.new_zeros((v.shape[0], length - v.shape[1], *v.shape[2:]))
+    return torch.cat([v, pad], dim=1)
 
 
 def as_cond(cond) -> Cond:

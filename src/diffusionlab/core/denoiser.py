@@ -236,15 +236,14 @@ class PreconditionedDenoiser(nn.Module):
         return self.info.prior_std(sigma)
 
     def _info(self, **fields) -> DenoiserInfo:
-        kinds, n_classes = net_conditioning(self.net)
+        fields = {**net_conditioning(self.net), **fields}
         fields.setdefault("default_schedule", self.default_schedule)
         fields.setdefault("default_guidance", self.default_guidance)
         fields.setdefault("default_sampler", self.recorded_sampling.get("sampler"))
         fields.setdefault("default_steps", self.recorded_sampling.get("steps"))
         fields.setdefault("class_names", tuple(self.class_names) if self.class_names else None)
         return DenoiserInfo(process=self.process, sigma_min=float(self.sigma_min), sigma_max=float(self.sigma_max),
-                            image_shape=self.image_shape, conditioning=kinds, num_classes=n_classes,
-                            learned_variance=self.learned_variance, device=_param_device(self), **fields)
+                            image_shape=self.image_shape, learned_variance=self.learned_variance, device=_param_device(self), **fields)
 
     @property
     def info(self) -> DenoiserInfo:

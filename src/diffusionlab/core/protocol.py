@@ -44,8 +44,11 @@ class DenoiserInfo:
     default_steps: int | None = None
     default_guidance: float | None = None
     image_shape: tuple | None = None     # (C, H, W) where known (checkpoints)
-    conditioning: tuple = ()             # the Cond fields the network uses: "labels", "pooled", ...
+    conditioning: tuple = ()             # the Cond fields the network uses: "labels", "pooled", "text", "tokens"
     num_classes: int | None = None
+    text_encoder: str | None = None      # the text encoder whose output the network reads ("minilm", "small")
+    text_dim: int | None = None          # the width of its token embeddings
+    pooled_dim: int | None = None        # the width of the pooled vector (cond_dim, or the text width)
     class_names: tuple | None = None     # names of the classes, where the data had them
     learned_variance: bool = False       # has denoise_with_variance
     device: torch.device | None = None
@@ -90,11 +93,19 @@ def call_net(net, x: torch.Tensor, c_noise: torch.Tensor, cond) -> torch.Tensor:
     return net(x, c_noise, cond)
 
 
-def net_conditioning(net) -> tuple[tuple, int | None]:
-    """(Cond fields, number of classes) a library network was built for (from its config)."""
+def net_conditioning(net) -> dict:
+    """The ``DenoiserInfo`` fields of what a library network was built for (from its config):
+    ``conditioning`` (the Cond fields), ``num_classes``, ``text_encoder`` and ``text_dim``. A text
+    network reads token embeddings ``text`` (+ ``pooled``) of an encoder outside it, or the token
+    ids ``tokens`` of its own small encoder (``text_encoder`` "small")."""
     cfg = getattr(net, "config", None) or {}
+    enc = cfg.get("text_encoder") if cfg.get("text_dim") else None
+    text = (("tokens",) if enc == "small" else ("text", "pooled")) if enc else ()
     kinds = tuple(k for k, on in (("labels", cfg.get("num_classes")), ("pooled", cfg.get("cond_dim"))) if on)
-    return kinds, cfg.get("num_classes")
+    kinds += tuple(k for k in text if k not in kinds)
+    return {"conditioning": kinds, "num_classes": cfg.get("num_classes"), "text_encoder": enc,
+            "text_dim": cfg.get("text_dim") if enc else None,
+            "pooled_dim": cfg.get("cond_dim") or (cfg.get("text_dim") if "pooled" in text else None)}
 
 
 def _param_device(module: nn.Module) -> torch.device | None:

@@ -12,17 +12,23 @@ from .embedded import EMBEDDED_DATASETS
 @dataclass
 class ImageSet:
     """Images float32 [N, C, H, W] in [-1, 1], their class ``labels`` [N] (long) where the data has
-    them (embedded sets; folders with one sub-folder per class), and the ``class_names``."""
+    them (embedded sets; folders with one sub-folder per class or a ``labels.csv``), the
+    ``class_names``, and one caption per image where the data has them (a folder's
+    ``captions.jsonl``; the embedded digits' captions are made from their labels by
+    ``text.captions``)."""
 
     images: torch.Tensor
     labels: torch.Tensor | None = None
     class_names: list | None = None
+    captions: list | None = None
 
     def __len__(self) -> int:
         return len(self.images)
 
     def subset(self, idx) -> "ImageSet":
-        return ImageSet(self.images[idx], None if self.labels is None else self.labels[idx], self.class_names)
+        idx = torch.as_tensor(idx, dtype=torch.long).reshape(-1)
+        caps = None if self.captions is None else [self.captions[int(i)] for i in idx]
+        return ImageSet(self.images[idx], None if self.labels is None else self.labels[idx], self.class_names, caps)
 
 
 def load_image_sets(data: str, image_size: int, channels: int, val_fraction: float = 0.05,
@@ -42,7 +48,7 @@ def load_image_sets(data: str, image_size: int, channels: int, val_fraction: flo
                                 f"({', '.join(EMBEDDED_DATASETS)}) nor an existing folder")
     ds = ImageFolderDataset(data, image_size, channels=channels)
     labels, names = ds.class_labels()
-    full = ImageSet(ds.load_all(), labels, names)
+    full = ImageSet(ds.load_all(), labels, names, ds.captions())
     n_val = int(round(len(full) * val_fraction)) if len(full) >= 20 else 0
     order = torch.randperm(len(full), generator=torch.Generator().manual_seed(seed))
     val = full.subset(order[:n_val]) if n_val else full.subset(order[:1])

@@ -29,6 +29,9 @@ __all__ = ["ImageFolderDataset", "random_hflip", "export_pngs", "IMAGE_EXTENSION
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp", "bmp", "gif", "tif", "tiff")
 
+LABELS_CSV = "labels.csv"          # file,label rows beside the images
+CAPTIONS_JSONL = "captions.jsonl"  # {"file", "caption"} lines beside the images
+
 _EXAMPLES = 3  # how many example file names go into warnings / errors
 
 
@@ -225,9 +228,17 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         raise RuntimeError(f"no image in {str(self.root)!r} could be read")
 
     def class_labels(self) -> tuple[torch.Tensor, list[str]] | tuple[None, None]:
-        """(labels [N] long, class names) when the folder has the ImageFolder layout - every image
-        in a first-level sub-folder, at least two of them; class k is the k-th name in sorted
-        order. (None, None) otherwise."""
+        """(labels [N] long, class names), or (None, None) when the folder has no labels.
+
+        Two layouts give labels: a ``labels.csv`` beside the images (``file,label`` rows, file
+        paths relative to the root, an optional ``file,label`` header; labels are class names
+        or integers), which wins when present; or the ImageFolder layout - every image in a
+        first-level sub-folder, at least two of them. Class k is the k-th name in sorted order
+        (integer labels in numeric order, named by their digits). A ``labels.csv`` that misses an
+        image, names a file that is not an image of the folder, or repeats a file is an error."""
+        csv_path = self.root / LABELS_CSV
+        if csv_path.is_file():
+            return self._csv_labels(csv_path)
         parts = [p.relative_to(self.root).parts for p in self.files]
         if not parts or any(len(q) < 2 for q in parts):
             return None, None
@@ -236,6 +247,79 @@ class ImageFolderDataset(torch.utils.data.Dataset):
             return None, None
         index = {n: k for k, n in enumerate(names)}
         return torch.tensor([index[q[0]] for q in parts], dtype=torch.long), names
+
+    def _table(self, path: Path, rows: list[tuple[int, str, str]], what: str) -> list[str]:
+        """Values of ``rows`` (line, file, value) in the order of ``self.files``; every usable
+        image needs exactly one row (skipped unreadable images may have one)."""
+        known = {self._rel(p): i for i, p in enumerate(self.files)}
+        skipped = {self._rel(p) for p, _ in self.skipped}
+        out: list[str | None] = [None] * len(self.files)
+        for line, file, value in rows:
+            rel = Path(file).as_posix().removeprefix("./")
+            if rel in skipped:
+                continue
+            if rel not in known:
+                raise ValueError(f"{path}:{line}: {file!r} is not an image of {str(self.root)!r}")
+            if out[known[rel]] is not None:
+                raise ValueError(f"{path}:{line}: {file!r} has a second {what}")
+            out[known[rel]] = value
+        missing = [self._rel(p) for p, v in zip(self.files, out) if v is None]
+        if missing:
+            more = " ..." if len(missing) > _EXAMPLES else ""
+            raise ValueError(f"{path}: {len(missing)} image(s) have no {what} "
+                             f"(e.g. {', '.join(missing[:_EXAMPLES])}{more})")
+        return out  # type: ignore[return-value]
+
+    def _csv_labels(self, path: Path) -> tuple[torch.Tensor, list[str]]:
+        import csv
+
+        rows = []
+        with open(path, newline="", encoding="utf-8") as f:
+            for line, rec in enumerate(csv.reader(f), start=1):
+                if not rec or all(not c.strip() for c in rec):
+                    continue
+                if len(rec) != 2:
+                    raise ValueError(f"{path}:{line}: expected 2 columns (file,label), got {len(rec)}")
+                file, label = rec[0].strip(), rec[1].strip()
+                if line == 1 and (file.lower(), label.lower()) == ("file", "label"):
+                    continue
+                if not label:
+                    raise ValueError(f"{path}:{line}: empty label for {file!r}")
+                rows.append((line, file, label))
+        values = self._table(path, rows, "label")
+        uniq = set(values)
+        if all(v.lstrip("-").isdigit() for v in uniq):
+            names = [str(v) for v in sorted({int(v) for v in uniq})]
+            values = [str(int(v)) for v in values]
+        else:
+            names = sorted(uniq)
+        if len(names) < 2:
+            raise ValueError(f"{path}: every image has the label {names[0]!r}; class conditioning needs two classes or more")
+        index = {n: k for k, n in enumerate(names)}
+        return torch.tensor([index[v] for v in values], dtype=torch.long), names
+
+    def captions(self) -> list[str] | None:
+        """One caption per image from a ``captions.jsonl`` beside the images (one JSON object
+        per line, ``{"file": ..., "caption": ...}``, file paths relative to the root), in the
+        order of ``files``; None without the file. Missing or unknown files are errors."""
+        import json
+
+        path = self.root / CAPTIONS_JSONL
+        if not path.is_file():
+            return None
+        rows = []
+        with open(path, encoding="utf-8") as f:
+            for line, text in enumerate(f, start=1):
+                if not text.strip():
+                    continue
+                try:
+                    rec = json.loads(text)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{line}: not JSON ({e.msg})") from None
+                if not isinstance(rec, dict) or not isinstance(rec.get("file"), str) or not isinstance(rec.get("caption"), str):
+                    raise ValueError(f'{path}:{line}: expected {{"file": "...", "caption": "..."}}')
+                rows.append((line, rec["file"], rec["caption"]))
+        return self._table(path, rows, "caption")
 
     def load_all(self) -> torch.Tensor:
         """Every image, in order, as one tensor ``[N, C, S, S]`` (for small folders)."""

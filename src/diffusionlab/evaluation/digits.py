@@ -388,7 +388,8 @@ def _load_real(split: str, size: tuple[int, int]) -> torch.Tensor:
 def digit_metrics(samples: torch.Tensor, classifier: DigitClassifier | None = None,
                   real_reference: torch.Tensor | None = None,
                   real_train: torch.Tensor | None = None,
-                  confidence: float = 0.9) -> dict:
+                  confidence: float = 0.9, requested: torch.Tensor | None = None,
+                  avoid: int | None = None) -> dict:
     """Quality, diversity and memorisation metrics for generated digits.
 
     ``samples`` are [N, 1, H, W] in [-1, 1] (clamped to that range first). The reference
@@ -422,6 +423,11 @@ def digit_metrics(samples: torch.Tensor, classifier: DigitClassifier | None = No
       below ``copy_threshold`` = 0.5 x the 5th percentile of the held-out digits'
       nearest-training distances, i.e. far closer to a training digit than almost any
       unseen real digit is. Near-copies of training images land here; ~0 is expected.
+
+    With ``requested`` (the digit asked for, [N]): ``requested_accuracy``, the fraction whose
+    predicted digit is the requested one. With ``avoid`` (a digit steered away from):
+    ``avoided_share``, the fraction predicted as that digit, and ``rest_confident_fraction``,
+    the confident fraction of the other samples.
 
     Also returned: ``confidence`` and ``copy_threshold``. Cost: a few seconds on a CPU for
     1,000 samples (two 1,000 x 4,000 pixel distance matrices plus ~6,000 forward passes).
@@ -465,7 +471,19 @@ def digit_metrics(samples: torch.Tensor, classifier: DigitClassifier | None = No
     def _ratio(a, b):
         return float(a / b) if b > 0 else float("inf") if a > 0 else float("nan")
 
+    extra = {}
+    pred, top = p_s.argmax(1), p_s.max(1)
+    if requested is not None:
+        req = np.asarray(torch.as_tensor(requested).cpu()).reshape(-1)
+        if len(req) != n:
+            raise ValueError(f"{len(req)} requested digits for {n} samples")
+        extra["requested_accuracy"] = float((pred == req).mean()) if n else float("nan")
+    if avoid is not None:
+        rest = pred != int(avoid)
+        extra["avoided_share"] = float((~rest).mean()) if n else float("nan")
+        extra["rest_confident_fraction"] = float((top[rest] > confidence).mean()) if rest.any() else float("nan")
     return {
+        **extra,
         "n": int(n),
         "confidence": float(confidence),
         "confident_fraction": conf,

@@ -93,6 +93,32 @@ def save_grid(images, path, nrow: int = 8, upscale: int = 1, padding: int = 2,
     return Path(path)
 
 
+def save_labelled_grid(images, path, nrow: int, col_labels: Sequence[str] = (), row_labels: Sequence[str] = (),
+                       upscale: int = 3, padding: int = 2) -> Path:
+    """``save_grid`` with a caption above each column and / or left of each row (Pillow's
+    built-in bitmap font: no font files, nothing downloaded)."""
+    from PIL import ImageDraw, ImageFont
+
+    grid = Image.fromarray(_upscale(make_grid(images, nrow=nrow, padding=padding), upscale)).convert("L")
+    font = ImageFont.load_default()
+    cell = (grid.width - padding * upscale) / max(1, min(nrow, len(_as_batch(images))))
+    rows = math.ceil(len(_as_batch(images)) / max(1, nrow))
+    row_h = (grid.height - padding * upscale) / max(1, rows)
+    left = max([int(font.getlength(t)) for t in row_labels] + [0]) + (8 if row_labels else 0)
+    top = 14 if col_labels else 0
+    canvas = Image.new("L", (grid.width + left, grid.height + top), 255)
+    canvas.paste(grid, (left, top))
+    draw = ImageDraw.Draw(canvas)
+    for k, t in enumerate(col_labels):
+        w = font.getlength(t)
+        draw.text((left + padding * upscale + k * cell + (cell - w) / 2, 1), t, fill=0, font=font)
+    for r, t in enumerate(row_labels):
+        draw.text((2, top + padding * upscale + r * row_h + row_h / 2 - 6), t, fill=0, font=font)
+    with _atomic_path(path, ".png") as tmp:
+        canvas.save(tmp, format="PNG")
+    return Path(path)
+
+
 def _subsample_indices(n: int, max_frames: int) -> list[int]:
     """Evenly spaced indices into ``range(n)``, at most ``max_frames``, first and last kept."""
     if n <= max_frames:

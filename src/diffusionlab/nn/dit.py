@@ -10,6 +10,11 @@ at zero, so every block starts as the identity and the network's output starts a
 paper's best-performing variant, Table 4). The class table has a learned null row
 (``num_classes``) for classifier-free guidance, as the U-Net's. Any image whose sides divide by
 the patch size works (position embeddings are computed for the input's grid).
+
+Text (``text_dim`` + ``text_encoder``): every block gets a cross-attention layer between its
+self-attention and its MLP (queries from the patch tokens, keys / values from the prompt's
+token embeddings, padding masked; PixArt-alpha's placement), zero-initialised so the block still
+starts as the identity; the pooled text embedding enters c (``nn.text``).
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ from torch import nn
 
 from ..core.dataclass_io import from_dict
 from .layers import add_condition, sinusoidal_embedding
+from .text import CrossAttention, TextContext, check_text_settings
 
 
 @dataclass
@@ -40,6 +46,8 @@ class DiTConfig:
     num_classes: int | None = None
     cond_dim: int | None = None
     freq_dim: int = 256              # sinusoidal features of the noise label before the time MLP
+    text_dim: int | None = None      # width of the prompt's token embeddings (cross-attention)
+    text_encoder: str | None = None  # "minilm" (embeddings come in the Cond) or "small" (built in)
 
     @classmethod
     def from_dict(cls, d: dict) -> "DiTConfig":
@@ -64,9 +72,10 @@ def sincos_2d(h: int, w: int, dim: int, device=None) -> torch.Tensor:
 class DiTBlock(nn.Module):
     """Self-attention and an MLP, each behind adaLN-Zero modulation by c."""
 
-    def __init__(self, hidden: int, heads: int, mlp_ratio: float):
+    def __init__(self, hidden: int, heads: int, mlp_ratio: float, text_dim: int | None = None):
         super().__init__()
         self.heads = heads
+        self.cross = CrossAttention(hidden, text_dim, heads, hidden // heads) if text_dim else None
         self.norm1 = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
         self.qkv = nn.Linear(hidden, 3 * hidden)
         self.proj = nn.Linear(hidden, hidden)
@@ -83,9 +92,11 @@ class DiTBlock(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(B, N, D))
 
-    def forward(self, x, c):
+    def forward(self, x, c, context=None):
         s1, sc1, g1, s2, sc2, g2 = self.ada(c).chunk(6, dim=-1)
         x = x + g1[:, None] * self.attention(_modulate(self.norm1(x), s1, sc1))
+        if self.cross is not None:
+            x = self.cross(x, *context)
         return x + g2[:, None] * self.mlp(_modulate(self.norm2(x), s2, sc2))
 
 
@@ -115,7 +126,9 @@ class DiT(nn.Module):
         self.time_mlp = nn.Sequential(nn.Linear(c.freq_dim, c.hidden), nn.SiLU(), nn.Linear(c.hidden, c.hidden))
         self.class_emb = nn.Embedding(c.num_classes + 1, c.hidden) if c.num_classes else None
         self.cond_proj = nn.Linear(c.cond_dim, c.hidden) if c.cond_dim else None
-        self.blocks = nn.ModuleList(DiTBlock(c.hidden, c.heads, c.mlp_ratio) for _ in range(c.depth))
+        check_text_settings(c, "DiT")
+        self.text = TextContext(c.text_dim, c.hidden, c.text_encoder) if c.text_dim else None
+        self.blocks = nn.ModuleList(DiTBlock(c.hidden, c.heads, c.mlp_ratio, c.text_dim) for _ in range(c.depth))
         self.final_norm = nn.LayerNorm(c.hidden, elementwise_affine=False, eps=1e-6)
         self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(c.hidden, 2 * c.hidden))
         self.final = nn.Linear(c.hidden, c.patch_size ** 2 * self.out_channels)
@@ -124,12 +137,13 @@ class DiT(nn.Module):
             nn.init.zeros_(layer.bias)
         nn.init.xavier_uniform_(self.patchify.weight.view(c.hidden, -1))
 
-    def embed(self, t, cond, batch: int, device) -> torch.Tensor:
-        """c = time embedding + class embedding (null row where cond.null) + projected pooled vector."""
+    def embed(self, t, cond, batch: int, device):
+        """(c, context): c = time embedding + class embedding (null row where cond.null) + projected
+        pooled vector or pooled text embedding; context = the prompt's (tokens, mask) or None."""
         t = torch.as_tensor(t, device=device)
         t = t.expand(batch) if t.dim() == 0 else t
         c = self.time_mlp(sinusoidal_embedding(t.float(), self.freq_dim))
-        return add_condition(c, cond, self.class_emb, self.cond_proj, "DiT")
+        return add_condition(c, cond, self.class_emb, self.cond_proj, "DiT", self.text)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
         B, C, H, W = x.shape
@@ -139,9 +153,9 @@ class DiT(nn.Module):
         h, w = H // p, W // p
         tokens = self.patchify(x).flatten(2).transpose(1, 2)            # [B, h w, hidden]
         tokens = tokens + sincos_2d(h, w, self.hidden, x.device).to(tokens.dtype)
-        c = self.embed(t, cond, B, x.device)
+        c, context = self.embed(t, cond, B, x.device)
         for block in self.blocks:
-            tokens = block(tokens, c)
+            tokens = block(tokens, c, context)
         shift, scale = self.final_ada(c).chunk(2, dim=-1)
         out = self.final(_modulate(self.final_norm(tokens), shift, scale))  # [B, h w, p p C_out]
         out = out.reshape(B, h, w, p, p, self.out_channels).permute(0, 5, 1, 3, 2, 4)

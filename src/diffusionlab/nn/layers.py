@@ -156,22 +156,31 @@ class Upsample(nn.Module):
 
 
 def add_condition(emb: torch.Tensor, cond, class_emb: nn.Embedding | None, cond_proj: nn.Linear | None,
-                  network: str) -> torch.Tensor:
+                  network: str, text=None):
     """``emb`` [B, D] plus the embedding of a ``Cond``: the class row of ``class_emb`` (its last
-    row is the learned null label, used where ``cond.null``) and the projected pooled vector (zero
-    where null). Shared by the U-Net's time embedding and DiT's adaLN input; a condition the
-    network was not built for is an error naming it."""
+    row is the learned null label, used where ``cond.null``), the projected pooled vector (zero
+    where null) and, for a text network (``text``: its ``nn.text.TextContext``), the pooled text
+    embedding (the learned null one where null). Shared by the U-Net's time embedding and DiT's
+    adaLN input; a condition the network was not built for is an error naming it.
+
+    Returns ``(emb, context)``: ``context`` is None without text, else (tokens [B, L, D], mask
+    [B, L]) for the network's cross-attention."""
     cond = as_cond(cond)
-    if cond.text is not None or cond.image is not None:
-        raise ValueError(f"this {network} takes class labels or a pooled vector, not text or image conditioning")
+    if cond.image is not None:
+        raise ValueError(f"this {network} takes no image conditioning")
+    if text is None and (cond.text is not None or cond.tokens is not None):
+        raise ValueError(f"this {network} was built without text conditioning (train with --cond text)")
     batch, device = emb.shape[0], emb.device
     null = cond.null_mask(batch, device)
     if cond.labels is not None:
         if class_emb is None:
             raise ValueError(f"this {network} was built without conditioning on class labels (num_classes)")
         emb = emb + class_emb(torch.where(null, class_emb.num_embeddings - 1, cond.labels.long().to(device)))
+    if text is not None:
+        ctx, mask, pooled = text(cond, batch, device, emb.dtype)
+        return emb + pooled.to(emb.dtype), (ctx, mask)
     if cond.pooled is not None:
         if cond_proj is None:
             raise ValueError(f"this {network} was built without conditioning on a vector (cond_dim)")
         emb = emb + cond_proj(cond.pooled.to(device, emb.dtype)) * (~null).to(emb.dtype)[:, None]
-    return emb
+    return emb, None

@@ -9,7 +9,11 @@ Conditioning: ``forward(x, t, cond)`` with a ``diffusionlab.Cond`` (always given
 library; None or a tensor are coerced by ``cond.as_cond``). With ``num_classes`` set,
 ``cond.labels`` are embedded (the extra row ``num_classes`` is the learned null label, used
 where ``cond.null`` is set); with ``cond_dim`` set, ``cond.pooled`` [B, cond_dim] is projected
-(zero where null). Either is added to the time embedding that every block receives.
+(zero where null). Either is added to the time embedding that every block receives. With
+``text_dim`` + ``text_encoder`` set, a cross-attention layer (``nn.text.CrossAttention``: queries
+from the feature map, keys / values from the prompt's tokens, padding masked) follows every
+level that has attention and the middle attention, and the pooled text embedding joins the
+time embedding; the learned null context stands in where ``cond.null`` is set.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from torch import nn
 
 from ..core.dataclass_io import from_dict
 
+from .text import CrossAttention, TextContext, check_text_settings
 from .layers import (Attention, ConvNextBlock, add_condition, Downsample, LearnedSinusoidalPosEmb, LinearAttention,
                      ResnetBlock, SinusoidalPosEmb, Upsample, group_norm)
 
@@ -61,6 +66,8 @@ class UnetConfig:
     cond_dim: int | None = None
     learned_variance: bool = False
     patch_size: int = 1
+    text_dim: int | None = None      # width of the prompt's token embeddings (cross-attention)
+    text_encoder: str | None = None  # "minilm" (embeddings come in the Cond) or "small" (built in)
 
     @classmethod
     def from_dict(cls, d: dict) -> "UnetConfig":
@@ -109,6 +116,11 @@ class Unet(nn.Module):
         self.time_mlp = nn.Sequential(pos, nn.Linear(pos_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.class_emb = nn.Embedding(num_classes + 1, emb_dim) if num_classes else None
         self.cond_proj = nn.Linear(cond_dim, emb_dim) if cond_dim else None
+        check_text_settings(c, "Unet")
+        self.text = TextContext(c.text_dim, emb_dim, c.text_encoder) if c.text_dim else None
+
+        def cross(d, full, linear):  # cross-attention where the level attends
+            return CrossAttention(d, c.text_dim, attn_heads, attn_dim_head) if c.text_dim and (full or linear) else None
 
         def attn(d, full, linear):
             if full:
@@ -120,7 +132,7 @@ class Unet(nn.Module):
         # at the end: the U-Net then runs at 1/p resolution, p^2 times fewer activations.
         self.patch_size = patch_size
         self.init_conv = nn.Conv2d(channels * patch_size ** 2, dim, 3, padding=1)
-        self.down = nn.ModuleList()
+        self.down, self.down_cross, self.up_cross = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
         d_prev = dim
         for i, d in enumerate(dims):
             last = i == levels - 1
@@ -128,10 +140,12 @@ class Unet(nn.Module):
                                     for j in range(num_res_blocks)])
             self.down.append(nn.ModuleList([blocks, attn(d, full_attn[i], linear_attn[i]),
                                             Downsample(d, d) if not last else nn.Identity()]))
+            self.down_cross.append(cross(d, full_attn[i], linear_attn[i]))
             d_prev = d
         mid = dims[-1]
         self.mid1 = Block(mid, mid, emb_dim, groups=groups, dropout=dropout)
         self.mid_attn = Attention(mid, attn_heads, attn_dim_head) if mid_attn else nn.Identity()
+        self.mid_cross = cross(mid, mid_attn, False)
         self.mid2 = Block(mid, mid, emb_dim, groups=groups, dropout=dropout)
 
         # skip channels in push order: init conv; per level each block output, then the
@@ -149,6 +163,7 @@ class Unet(nn.Module):
                 d_cur = d
             self.up.append(nn.ModuleList([blocks, attn(d, full_attn[i], linear_attn[i]),
                                           Upsample(d, d) if i > 0 else nn.Identity()]))
+            self.up_cross.append(cross(d, full_attn[i], linear_attn[i]))
         self.final_norm = group_norm(d_cur, groups)
         self.final_conv = nn.Conv2d(d_cur, self.out_channels * patch_size ** 2, 3, padding=1)
         nn.init.zeros_(self.final_conv.weight)
@@ -158,31 +173,35 @@ class Unet(nn.Module):
         t = torch.as_tensor(t, device=device)
         if t.dim() == 0:
             t = t.expand(batch)
-        return add_condition(self.time_mlp(t), cond, self.class_emb, self.cond_proj, "Unet")
+        return add_condition(self.time_mlp(t), cond, self.class_emb, self.cond_proj, "Unet", self.text)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
         side = 2 ** (self.levels - 1) * self.patch_size
         if x.shape[-1] % side or x.shape[-2] % side:
             raise ValueError(f"image size {tuple(x.shape[-2:])} must be divisible by {side} for "
                              f"{self.levels} levels")
-        emb = self._embed(t, cond, x.shape[0], x.device)
+        emb, context = self._embed(t, cond, x.shape[0], x.device)
+
+        def xattn(layer, h):
+            return h if layer is None else layer(h, *context)
+
         p = self.patch_size
         h = self.init_conv(F.pixel_unshuffle(x, p) if p > 1 else x)
         hs = [h]
-        for i, (blocks, att, down) in enumerate(self.down):
+        for i, ((blocks, att, down), cross) in enumerate(zip(self.down, self.down_cross)):
             for j, blk in enumerate(blocks):
                 h = blk(h, emb)
                 if j == len(blocks) - 1:
-                    h = att(h)
+                    h = xattn(cross, att(h))
                 hs.append(h)
             if i < self.levels - 1:
                 h = down(h)
                 hs.append(h)
-        h = self.mid2(self.mid_attn(self.mid1(h, emb)), emb)
-        for blocks, att, up in self.up:
+        h = self.mid2(xattn(self.mid_cross, self.mid_attn(self.mid1(h, emb))), emb)
+        for (blocks, att, up), cross in zip(self.up, self.up_cross):
             for blk in blocks:
                 h = blk(torch.cat([h, hs.pop()], dim=1), emb)
-            h = up(att(h))
+            h = up(xattn(cross, att(h)))
         assert not hs
         out = self.final_conv(F.silu(self.final_norm(h)))
         return F.pixel_shuffle(out, p) if p > 1 else out

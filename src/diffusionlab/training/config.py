@@ -41,9 +41,10 @@ class TrainConfig:
     grad_clip: float | None = 1.0
     ema_decay: float = 0.9995
     ema_power: float = 2 / 3
-    cond: str = "none"               # none | class (labels of the data; the network gets num_classes)
-    p_uncond: float = 0.1            # class: conditioning dropout, the null label's share in training (CFG)
-    guidance: float | None = None    # class: the CFG scale s recorded as the checkpoint's sampling default
+    cond: str = "none"               # none | class (the data's labels) | text (captions; training.conditioning)
+    text_encoder: str = "minilm"     # text: minilm (frozen, offline) | small (trained with the network)
+    p_uncond: float = 0.1            # class / text: conditioning dropout, the null condition's share in training (CFG)
+    guidance: float | None = None    # class / text: the CFG scale s recorded as the checkpoint's sampling default
     guide_at: float | None = None    # fraction of training at which the EMA weights are copied into
     #                                  guide.safetensors (autoguidance's weaker model); None: none
     precision: str = "auto"          # auto | fp32 | bf16 | fp16
@@ -93,6 +94,18 @@ def demo_config(**overrides) -> TrainConfig:
     return dataclasses.replace(cfg, **overrides)
 
 
+def demo_text_config(**overrides) -> TrainConfig:
+    """The text-to-image `make demo` run: ``demo_config``'s MNIST recipe conditioned on captions
+    of the digits (training phrasings, ``text.captions``) encoded by the frozen MiniLM, with
+    conditioning dropout 0.2 (the null path also serves unconditional uses) and the sampling
+    defaults the checkpoint records: DPM-Solver++(2M), 12 steps, CFG scale 3 (bench/NOTES.md
+    "Text-to-image demo" has the study behind them). No autoguidance snapshot, no grids during
+    training (sampling time is the demo's)."""
+    cfg = demo_config(cond="text", text_encoder="minilm", p_uncond=0.2, guidance=3.0, guide_at=None,
+                      sample_sampler="dpmpp_2m", sample_steps=12, sample_every=0)
+    return dataclasses.replace(cfg, **overrides)
+
+
 def tiny_config(**overrides) -> TrainConfig:
     """A seconds-long run for tests and smoke checks."""
     cfg = TrainConfig(model=default_model(dim=8, dim_mults=(1, 2), mid_attn=False, groups=4, patch_size=1),
@@ -107,4 +120,4 @@ def default_config(**overrides) -> TrainConfig:
     return dataclasses.replace(TrainConfig(), **overrides)
 
 
-PRESETS = {"default": default_config, "demo": demo_config, "tiny": tiny_config}
+PRESETS = {"default": default_config, "demo": demo_config, "demo-text": demo_text_config, "tiny": tiny_config}

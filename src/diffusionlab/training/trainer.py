@@ -28,6 +28,7 @@ import torch
 from ..models.checkpoint import (CheckpointError, find_checkpoint, load_checkpoint, read_config, resume_checkpoint,
                           run_has_checkpoints, save_checkpoint, write_json_atomic)
 from ..core.cond import Batch, Cond
+from .conditioning import COND_KINDS, condition_source  # noqa: F401 (COND_KINDS re-exported)
 from ..data.folder import random_hflip
 from ..core.devices import cpu_has_fast_bf16, cpu_info, pick_device, pick_precision, set_threads  # noqa: F401
 from ..models.diffusion import GaussianDiffusion
@@ -39,7 +40,6 @@ from .config import TrainConfig, default_model
 from .ema import EMA
 
 
-COND_KINDS = ("none", "class")
 
 
 class RunExistsError(CheckpointError):
@@ -149,20 +149,15 @@ class Trainer:
 
         train_set, val_set = load_image_sets(cfg.data, cfg.image_size, cfg.model.channels, cfg.val_fraction, cfg.seed)
         self.train_data, self.val_data = train_set.images, val_set.images
-        if cfg.cond not in COND_KINDS:
-            raise ValueError(f"unknown conditioning {cfg.cond!r}; choose from {', '.join(COND_KINDS)}")
         if not 0.0 <= cfg.p_uncond <= 1.0:
             raise ValueError(f"p_uncond is a probability, got {cfg.p_uncond}")
-        self.use_labels = cfg.cond == "class" or bool(cfg.model.num_classes)  # a class-conditional network
-        if self.use_labels and train_set.labels is None:
-            raise ValueError(f"class conditioning needs labels, and data {cfg.data!r} has none "
-                             "(a folder needs one sub-folder per class)")
-        self.class_names = train_set.class_names if self.use_labels else None
-        if cfg.cond == "class" and diffusion is None:  # the network's label table fits the data's classes
-            n_classes = len(train_set.class_names or []) or int(train_set.labels.max()) + 1
-            cfg = self.cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=n_classes))
-        self.train_labels = train_set.labels.to(self.device) if self.use_labels else None
-        self.val_labels = val_set.labels[: cfg.n_val].to(self.device) if self.use_labels else None
+        kind = "class" if cfg.cond == "none" and cfg.model.num_classes else cfg.cond  # a class-conditional network
+        self.conditioning = condition_source(kind, train_set, val_set.subset(range(min(cfg.n_val, len(val_set)))),
+                                             cfg.data, self.device, text_encoder=cfg.text_encoder,
+                                             num_classes=cfg.model.num_classes)
+        if diffusion is None:  # the network's condition settings fit the data (class table, text width)
+            settings = self.conditioning.model_settings()
+            cfg = self.cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **settings))
         if len(self.train_data) < cfg.batch_size:
             raise ValueError(f"only {len(self.train_data)} training images for batch size {cfg.batch_size}")
         self.diffusion = diffusion if diffusion is not None else build_diffusion(cfg)
@@ -205,7 +200,7 @@ class Trainer:
         if self.cfg.hflip:
             x = random_hflip(x, self.gen)
         x = x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
-        return Batch(x, Cond(labels=self.train_labels[idx]) if self.use_labels else Cond())
+        return Batch(x, self.conditioning.train(idx, self.gen))
 
     def train_step(self) -> tuple[float, float]:
         cfg = self.cfg
@@ -214,7 +209,7 @@ class Trainer:
         total = 0.0
         for k in range(cfg.grad_accum):
             batch = self.batch(self.step * cfg.grad_accum + k)
-            if self.use_labels and cfg.p_uncond:  # conditioning dropout: the null label learns the unconditional model
+            if self.conditioning.kind != "none" and cfg.p_uncond:  # conditioning dropout: the null condition learns the unconditional model
                 batch = Batch(batch.x, batch.cond.drop(cfg.p_uncond, self.gen))
             loss = self.loss_fn(self.model, batch, generator=self.gen, autocast=self.autocast()).mean() / cfg.grad_accum
             (self.scaler.scale(loss) if self.scaler else loss).backward()
@@ -246,7 +241,7 @@ class Trainer:
         for start in range(0, len(self.val_data), 128):
             chunk = self.val_data[start:start + 128]
             x = chunk.contiguous(memory_format=torch.channels_last) if self.channels_last else chunk
-            cond = Cond(labels=self.val_labels[start:start + 128]) if self.use_labels else Cond()
+            cond = self.conditioning.val(start, start + len(chunk))
             losses.append(self.loss_fn(model, Batch(x, cond), generator=gen, autocast=self.autocast(), train=False))
         model.train(was)
         return torch.cat(losses).mean().item()
@@ -269,11 +264,10 @@ class Trainer:
         return path
 
     def sampling_cond(self, n: int):
-        """The condition of the trainer's grids and evaluations: class i % K for sample i of a
-        class-conditional model (a row of each class), None otherwise."""
-        if not self.use_labels:
-            return None
-        return Cond(labels=torch.arange(n, device=self.device) % self.cfg.model.num_classes)
+        """The condition of the trainer's grids and evaluations (``ConditionSource.sampling``):
+        class i % K for sample i of a class-conditional model, prompts of a text model, None
+        otherwise."""
+        return self.conditioning.sampling(n, self.device)
 
     def evaluate(self) -> dict | None:
         """Sample ``eval_n`` images with the EMA weights (fixed per-sample seeds) and measure them
@@ -314,9 +308,9 @@ class Trainer:
         if torch.cuda.is_available() and self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         config = checkpoint_config(self.diffusion, self.cfg.arch, self.model_config(), self.cfg.to_dict())
-        if self.use_labels:  # what sample / load_denoiser need to condition and guide it
-            config["conditioning"] = {"kind": "class", "num_classes": self.model_config().get("num_classes"),
-                                      "class_names": self.class_names}
+        record = self.conditioning.record()
+        if record:  # what sample / load_denoiser need to condition and guide it
+            config["conditioning"] = record
             config["sampling"] = {"sampler": self.cfg.sample_sampler, "steps": self.cfg.sample_steps,
                                   "guidance": self.cfg.guidance}
         state = {"planned_steps": self.planned, "elapsed_train_seconds": self.elapsed, "ema_step": self.ema.step}
