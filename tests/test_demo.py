@@ -21,7 +21,7 @@ def test_the_text_to_image_demo_writes_every_file_and_its_report(tmp_path):
               "metrics.jsonl", "run.json", "report.md", "eval.json"):
         assert (out / f).is_file(), f
     s = res["sampling"]
-    assert (s["sampler"], s["steps"], s["guidance"]) == ("dpmpp_2m", 3, 3.0)   # the checkpoint's recorded defaults
+    assert (s["sampler"], s["steps"], s["guidance"]) == ("dpmpp_2m_sde", 3, 3.0)   # the checkpoint's recorded defaults
     assert res["metrics"]["n"] == 20 and res["metrics_empty"]["n"] == 20
     assert 0.0 <= res["metrics"]["requested_accuracy"] <= 1.0
     report = (out / "report.md").read_text()
@@ -39,7 +39,7 @@ def test_the_text_to_image_demo_writes_every_file_and_its_report(tmp_path):
 
     den = load_denoiser(out)
     prompts, _ = _prompts(4)
-    x = _batched_draw(den, den.info.image_shape, 4, "dpmpp_2m", 3, False, prompt=[prompts[3]] * 4)
+    x = _batched_draw(den, den.info.image_shape, 4, "dpmpp_2m_sde", 3, False, prompt=[prompts[3]] * 4)
     npy = tmp_path / "s.npy"
     assert main(["sample", "--ckpt", str(out), "--prompt", prompts[3], "--n", "4", "--npy", str(npy),
                  "--out", str(tmp_path / "s.png"), "--precision", "fp32"]) == 0

@@ -19,6 +19,7 @@ from .models.diffusion import GaussianDiffusion, p_losses
 from .models.loading import load_denoiser, load_diffusion
 from .nn import Unet, UnetConfig
 from .training import TrainConfig, Trainer
+from . import text  # noqa: E402 (prompts to conditions: dl.text.get_encoder, captions)
 
 _compat.install()  # the flat tree's module paths (diffusionlab.denoiser, .cli, ...) keep importing
 
@@ -30,4 +31,4 @@ __all__ = ["Unet", "GaussianDiffusion", "Trainer", "TrainConfig", "sample", "SAM
            "BETA_SCHEDULES", "linear_beta_schedule", "cosine_beta_schedule", "quadratic_beta_schedule",
            "sigmoid_beta_schedule", "exponential_beta_schedule", "q_sample", "q_posterior", "p_sample",
            "p_losses", "log_likelihood", "vlb", "ode_bits_per_dim", "Cond", "Batch", "DenoiserInfo", "info_of",
-           "per_sample_generators", "sample_many", "UnetConfig"]
+           "per_sample_generators", "sample_many", "UnetConfig", "text"]

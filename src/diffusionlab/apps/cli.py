@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -229,6 +230,11 @@ def _add_guidance(p):
                         "0 = the unconditional one; default: the checkpoint's recorded value, else 1")
     c.add_argument("--negative-class", default=None, metavar="K",
                    help="class models: steer away from this class (it replaces the null label in CFG)")
+    c.add_argument("--classifier", default=None, metavar="CLS",
+                   help="classifier guidance (Dhariwal & Nichol 2021) toward --class with the noise-aware classifier "
+                        "in CLS (train-classifier); works on unconditional models and composes with CFG")
+    c.add_argument("--classifier-scale", type=float, default=None, metavar="S",
+                   help="classifier guidance scale: x0 + S sigma^2 grad log p(class | x, sigma) (default 1)")
     c.add_argument("--guidance-rescale", type=float, default=0.0, metavar="PHI",
                    help="guidance rescale (Lin et al. 2023), 0..1; 0 = plain CFG")
     c.add_argument("--guidance-interval", type=_floats, default=None, metavar="LO,HI",
@@ -340,9 +346,17 @@ def _classifier_free(a, den):
     sample condition in ``a.conditioning`` and returns the guided denoiser."""
     from ..pipelines.conditioning import conditioned
 
+    classifier = None
+    if getattr(a, "classifier", None) is not None:
+        from ..training.classifier import load_classifier
+
+        classifier = load_classifier(a.classifier)
+    elif getattr(a, "classifier_scale", None) is not None:
+        raise ValueError("--classifier-scale needs --classifier CLS")
     den, a.conditioning = conditioned(den, class_=a.class_, prompt=getattr(a, "prompt", None),
                                       negative_class=a.negative_class, negative_prompt=getattr(a, "negative_prompt", None),
-                                      guidance=a.guidance, rescale=a.guidance_rescale, interval=a.guidance_interval)
+                                      guidance=a.guidance, rescale=a.guidance_rescale, interval=a.guidance_interval,
+                                      classifier=classifier, classifier_scale=getattr(a, "classifier_scale", None) or 1.0)
     return den
 
 
@@ -406,6 +420,120 @@ def write_npy(path, x) -> None:
     buf = io.BytesIO()
     np.save(buf, arr)
     atomic_write(path, buf.getvalue())
+
+
+def _add_pipeline_common(p):
+    p.add_argument("--ckpt", required=True, help="run directory or checkpoint directory")
+    p.add_argument("--input", required=True,
+                   help="an image file, a folder of images, or a .npy batch (float32 [N, C, H, W] in [-1, 1], what "
+                        "`sample --npy` writes); 28x28 inputs to a 32x32 model are padded like MNIST")
+    p.add_argument("--sampler", default="auto", help="a registered sampler (default: the checkpoint's)")
+    p.add_argument("--steps", type=int, default=None, help="grid steps (default: the checkpoint's, else 50)")
+    p.add_argument("--seed", type=int, default=0, help="input i uses seed stream i of this seed")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--out", default="out.png", help="PNG grid of the outputs, in input order")
+    p.add_argument("--npy", default=None, help="also save the outputs (float32 [N, C, H, W] in [-1, 1])")
+    p.add_argument("--no-ema", action="store_true")
+    _add_guidance(p)
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
+
+
+def _add_train_classifier(sub):
+    p = sub.add_parser("train-classifier", help="train a noise-aware classifier for classifier guidance",
+                       description="Train a classifier of p(class | x, sigma) on noised labelled images, sigma "
+                                   "log-uniform over a model's range, for `sample --classifier CLS --class K`.")
+    p.add_argument("--data", default="mnist", help="mnist | digits | a labelled folder")
+    p.add_argument("--out", required=True)
+    p.add_argument("--ckpt", default=None, help="take the sigma range from this model (default 0.002..160)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default 2000 without --time-budget)")
+    p.add_argument("--time-budget", type=float, default=None, help="training seconds")
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--channels", type=int, default=1, choices=[1, 3])
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+
+
+def cmd_train_classifier(a) -> int:
+    from ..training.classifier import train_classifier
+
+    rng = {}
+    if a.ckpt:
+        from ..models.loading import load_denoiser
+
+        info = load_denoiser(a.ckpt).info
+        rng = {"sigma_min": info.sigma_min, "sigma_max": info.finite_sigma_max(),
+               "image_size": info.image_shape[-1], "channels": info.image_shape[0]}
+    steps = a.steps if a.steps is not None or a.time_budget is not None else 2000
+    meta = train_classifier(a.data, a.out, steps, a.time_budget, batch_size=a.batch_size, seed=a.seed,
+                            overwrite=a.overwrite, **{"image_size": a.image_size, "channels": a.channels, **rng})
+    print(json.dumps({k: meta[k] for k in ("steps", "seconds", "heldout_accuracy_at_sigma")}, indent=2))
+    return 0
+
+
+def _add_pipelines(sub):
+    p = sub.add_parser("img2img", help="SDEdit: noise the inputs part of the way and denoise them back",
+                       description="img2img by SDEdit (Meng et al. 2022): with N steps on the model's grid, the input "
+                                   "is noised to the sigma where the last round(S * N) steps begin, and those steps "
+                                   "run. --strength 0 returns the input, 1 ignores it.")
+    _add_pipeline_common(p)
+    p.add_argument("--strength", type=float, required=True, metavar="S", help="0..1")
+    from ..pipelines.inpaint import DEFAULT_JUMP, DEFAULT_RESAMPLE
+
+    p = sub.add_parser("inpaint", help="fill a masked region with any model (RePaint)",
+                       description="Inpainting by RePaint (Lugmayr et al. 2022): the known region is replaced by the "
+                                   "input re-noised to the current sigma at every step, and every J steps the image "
+                                   "is noised back J steps and re-denoised, R passes in all. The known region of "
+                                   "the output equals the input exactly.")
+    _add_pipeline_common(p)
+    p.add_argument("--mask", required=True,
+                   help="left|right|top|bottom (that half is filled), a rectangle x0,y0,x1,y1 (half-open model "
+                        "pixels, x = column), or a PNG of the model's size (white = fill)")
+    p.add_argument("--jump-length", type=int, default=DEFAULT_JUMP, metavar="J",
+                   help=f"RePaint jump length (default {DEFAULT_JUMP}; the paper's 10)")
+    p.add_argument("--resample", type=int, default=DEFAULT_RESAMPLE, metavar="R",
+                   help=f"RePaint passes per jump (default {DEFAULT_RESAMPLE}; 1 = no resampling; the paper's 10): "
+                        "the network runs about R x steps times per input. Measured on 32x32 digits, 16 steps, a "
+                        "2-core AMX CPU (bench/RESULTS_pipelines.md): J 5 R 3 about 12 s per 100 inputs, R 1 about "
+                        "4 s, J 10 R 10 about 27 s")
+
+
+def _run_pipeline(a, fn) -> int:
+    import torch
+
+    from ..evaluation.viz import save_grid
+    from ..pipelines.inputs import load_inputs
+
+    den = _load(a)
+    shape = den.info.image_shape
+    x = load_inputs(a.input, shape)
+    cond = a.conditioning(len(x))
+    with torch.no_grad():
+        out = fn(den, x, cond)
+    save_grid(out, a.out, nrow=max(1, int(math.ceil(math.sqrt(len(out))))), upscale=2)
+    if a.npy:
+        write_npy(a.npy, out)
+    print(f"wrote {a.out}" + (f", {a.npy}" if a.npy else "") + f" ({len(out)} image(s))")
+    return 0
+
+
+def cmd_img2img(a) -> int:
+    from ..pipelines.img2img import img2img
+
+    if not 0.0 <= a.strength <= 1.0:
+        raise ValueError(f"--strength is in [0, 1] (0 returns the input, 1 ignores it), got {a.strength:g}")
+    return _run_pipeline(a, lambda den, x, cond: img2img(den, x, a.strength, a.steps, a.sampler, cond, a.seed,
+                                                         a.batch_size))
+
+
+def cmd_inpaint(a) -> int:
+    from ..pipelines.inpaint import inpaint, parse_mask
+
+    def run(den, x, cond):
+        mask = parse_mask(a.mask, den.info.image_shape)
+        return inpaint(den, x, mask, a.steps, a.sampler, cond, a.seed, a.jump_length, a.resample, a.batch_size)
+
+    return _run_pipeline(a, run)
 
 
 def _add_noise(sub):
@@ -685,6 +813,8 @@ def _add_demo(sub):
     p.add_argument("--guidance", type=float, default=None, help="recorded CFG scale (the demo's: 3)")
     p.add_argument("--p-uncond", type=float, default=None, help="conditioning dropout (the demo's: 0.2)")
     p.add_argument("--text-encoder", choices=["minilm", "small"], default=None, help="the demo's: minilm")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=None,
+                   help="auto (bf16 where the CPU has it natively, else fp32) or forced")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -692,7 +822,8 @@ def cmd_demo(a) -> int:
     from .demo import run_demo
 
     over = {k: v for k, v in (("sample_sampler", a.sampler), ("sample_steps", a.steps), ("guidance", a.guidance),
-                              ("p_uncond", a.p_uncond), ("text_encoder", a.text_encoder), ("max_steps", a.max_steps))
+                              ("p_uncond", a.p_uncond), ("text_encoder", a.text_encoder), ("max_steps", a.max_steps),
+                              ("precision", a.precision))
             if v is not None}
     budget = None if a.max_steps is not None else a.time_budget
     res = run_demo(a.out, budget, a.n_eval, progress=not a.no_progress, **over)
@@ -702,7 +833,8 @@ def cmd_demo(a) -> int:
 
 
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "noise": cmd_noise, "eval": cmd_eval,
-            "samplers": cmd_samplers, "demo": cmd_demo}
+            "samplers": cmd_samplers, "demo": cmd_demo, "img2img": cmd_img2img, "inpaint": cmd_inpaint,
+            "train-classifier": cmd_train_classifier}
 
 HINTS = {
     "FileNotFoundError": "check the path (run dirs hold checkpoints/; --data takes mnist, digits or a folder)",
@@ -723,6 +855,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("samplers", help="list the registered samplers")
     sp.add_argument("-v", "--verbose", action="store_true", help="also list each sampler's knobs")
     _add_demo(sub)
+    _add_pipelines(sub)
+    _add_train_classifier(sub)
     return parser
 
 

@@ -6,7 +6,7 @@ Recipe: ``training.demo_text_config`` (the demo's MNIST U-Net with cross-attenti
 MiniLM token embeddings, conditioning dropout 0.2). The checkpoint records its sampling defaults
 (sampler, steps, CFG scale), and every number in the report is what ``diffusionlab sample --ckpt
 runs/demo --prompt P`` gives with them: both go through ``pipelines.conditioning.conditioned``
-and the same per-sample seeds (sample i of seed s is ``s * 1_000_003 + i``). No other wrapper
+and the same per-sample seeds (``rng.per_sample_generators``). No other wrapper
 (autoguidance, thresholding) is used, so there is nothing hidden to turn off.
 
 Measured on ``n_eval`` samples each: prompts in the held-out phrasings (never seen in training)

@@ -64,7 +64,8 @@ def prior_std(denoiser, sigma: float) -> float:
 def sample(denoiser, shape, sampler: str = "ddim", steps: int = 50, sigmas=None,
            sigma_min: float | None = None, sigma_max: float | None = None, schedule: str = "auto",
            cond=None, generator=None, callback=None, noise: torch.Tensor | None = None,
-           device=None, return_info: bool = False, seed: int | None = None, **knobs):
+           device=None, return_info: bool = False, seed: int | None = None, init: torch.Tensor | None = None,
+           partial: bool = False, **knobs):
     """Sample from ``denoiser`` (x = x0 + sigma n interface). Returns x0 in model space
     ([-1, 1] for images), or ``(x0, info)`` with ``return_info=True`` (info: nfe, sigmas).
 
@@ -73,6 +74,10 @@ def sample(denoiser, shape, sampler: str = "ddim", steps: int = 50, sigmas=None,
     ``seed``: shorthand for ``generator=per_sample_generators(seed, range(batch))``, the
     generators the CLI, the demo and evaluation use (rng.py). None of both: torch's global RNG.
     ``callback(dict(i, x, sigma, sigma_next, denoised, nfe))`` is called after every step.
+    ``init``: the starting x at the grid's first (finite) sigma instead of prior noise - a
+    partly noised image (img2img); no initial noise is drawn then. ``partial``: run the given
+    ``sigmas`` as they are, without the final step to 0 (a piece of a grid: RePaint's steps);
+    the result is x at the last sigma, not x0.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose from {sorted(SAMPLERS)}")
@@ -80,12 +85,24 @@ def sample(denoiser, shape, sampler: str = "ddim", steps: int = 50, sigmas=None,
         if generator is not None:
             raise ValueError("give seed or generator, not both")
         generator = per_sample_generators(seed, range(tuple(shape)[0]))
-    grid = resolve_sigmas(denoiser, steps, sigmas, sigma_min, sigma_max, schedule)
+    if partial:
+        if sigmas is None:
+            raise ValueError("partial runs a given piece of a grid: pass sigmas")
+        grid = torch.as_tensor(sigmas, dtype=torch.float64).flatten()
+        if len(grid) < 2 or bool((grid[1:] > grid[:-1]).any()):
+            raise ValueError("partial sigmas must be at least two, non-increasing")
+    else:
+        grid = resolve_sigmas(denoiser, steps, sigmas, sigma_min, sigma_max, schedule)
     device = torch.device(device) if device is not None else (info_of(denoiser).device or torch.device("cpu"))
-    if noise is None:
-        noise = randn(tuple(shape), generator, device)
     s0 = float(grid[0])
-    x = noise.to(device) * prior_std(denoiser, s0) if math.isfinite(s0) else noise.to(device)
+    if init is not None:
+        if not math.isfinite(s0):
+            raise ValueError("init starts the sampler at a finite sigma; the grid starts at sigma = inf")
+        x = init.to(device)
+    else:
+        if noise is None:
+            noise = randn(tuple(shape), generator, device)
+        x = noise.to(device) * prior_std(denoiser, s0) if math.isfinite(s0) else noise.to(device)
     counted = CountingDenoiser(denoiser)
     cb = None
     if callback is not None:

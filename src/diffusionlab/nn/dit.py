@@ -165,8 +165,9 @@ class DiT(nn.Module):
 
 
 def dit_demo_model(**overrides) -> DiTConfig:
-    """A CPU DiT matched to the demo U-Net (4.58 M parameters): patch 4, width 256, depth 4,
-    4 heads, greyscale; about 4.9 M parameters."""
+    """A CPU DiT matched to the demo U-Net (4.58 M parameters, 0.489 GFLOPs per class-conditional
+    32x32 image): patch 4, width 256, depth 4, 4 heads, greyscale; 5.01 M parameters (+9%) and
+    0.424 GFLOPs (-13%), both within 15% (bench/dit_vs_unet.py measures the pair)."""
     import dataclasses
 
     return dataclasses.replace(DiTConfig(patch_size=4, hidden=256, depth=4, heads=4, channels=1), **overrides)

@@ -80,20 +80,32 @@ class Conditioning:
 
 
 def conditioned(den, class_=None, prompt=None, negative_class=None, negative_prompt: str | None = None,
-                guidance: float | None = None, rescale: float = 0.0, interval=None):
+                guidance: float | None = None, rescale: float = 0.0, interval=None, classifier=None,
+                classifier_scale: float = 1.0):
     """(guided denoiser, Conditioning); see the module docstring. ``class_`` is an index or a
     class name; ``prompt`` one prompt, or a list of one per sample; ``guidance`` the CFG scale
-    s = 1 + w."""
+    s = 1 + w. With a noise-aware ``classifier`` (``training.classifier.load_classifier``),
+    ``class_`` is the class it guides toward (Dhariwal & Nichol 2021, ``ClassifierGuided``, on
+    top of CFG where the model is conditional); it then works on unconditional models too."""
     info = info_of(den)
     kind = model_kind(info)
+    guided_class = None
+    if classifier is not None:
+        if class_ is None:
+            raise ValueError("--classifier guides toward a class: give --class K")
+        names = list((getattr(classifier, "meta", None) or {}).get("class_names") or [])
+        guided_class = names.index(str(class_)) if str(class_) in names else _classifier_label(class_, classifier)
+        if kind != "class":
+            class_ = None  # the class is the classifier's, not the model's
     asked = {"--class": class_, "--prompt": prompt, "--negative-class": negative_class,
              "--negative-prompt": negative_prompt, "--guidance": guidance, "--guidance-interval": interval}
     asked = [k for k, v in asked.items() if v is not None] + (["--guidance-rescale"] if rescale else [])
     if kind == "none":
         if asked:
+            hint = " (or add --classifier CLS to guide it toward --class)" if "--class" in asked else ""
             raise ValueError(f"{', '.join(asked)}: this checkpoint is unconditional "
-                             "(train with --cond class or --cond text)")
-        return den, Conditioning(den, None)
+                             f"(train with --cond class or --cond text){hint}")
+        return _with_classifier(den, classifier, guided_class, classifier_scale), Conditioning(den, None)
     wrong = ("--prompt", "--negative-prompt") if kind == "class" else ("--class", "--negative-class")
     bad = [k for k in asked if k in wrong]
     if bad:
@@ -107,4 +119,24 @@ def conditioned(den, class_=None, prompt=None, negative_class=None, negative_pro
         pos = encode_prompts(den, [prompt] if isinstance(prompt, str) else list(prompt)) if prompt is not None else None
         neg = encode_prompts(den, [negative_prompt]) if negative_prompt is not None else None
     scale = guidance if guidance is not None else (info.default_guidance or 1.0)
-    return classifier_free(den, scale, negative=neg, rescale=rescale, interval=interval), Conditioning(den, pos)
+    guided = classifier_free(den, scale, negative=neg, rescale=rescale, interval=interval)
+    return _with_classifier(guided, classifier, guided_class, classifier_scale), Conditioning(den, pos)
+
+
+def _classifier_label(spec, classifier) -> int:
+    k = (getattr(classifier, "config", None) or {}).get("num_classes")
+    try:
+        label = int(spec)
+    except (TypeError, ValueError):
+        raise ValueError(f"--class {spec!r} is not a class of the classifier") from None
+    if k is not None and not 0 <= label < k:
+        raise ValueError(f"--class {label} is outside the classifier's classes 0..{k - 1}")
+    return label
+
+
+def _with_classifier(den, classifier, label, scale):
+    if classifier is None:
+        return den
+    from ..core.guidance import ClassifierGuided
+
+    return ClassifierGuided(den, classifier, label, scale)

@@ -1,0 +1,135 @@
+"""Inpainting with any model, unconditional included: RePaint (Lugmayr et al. 2022).
+
+At every step of the grid the sampler takes one step on the whole image, then the known region
+is replaced by the input noised to the new sigma (x0 + sigma n, fresh noise). RePaint's
+resampling harmonises the two: after every ``jump_length`` J steps the image is noised back J
+steps (x += sqrt(sigma_back^2 - sigma^2) n, the forward process in sigma-space) and those J
+steps are run again, ``resample`` R passes in all (R = 1: no resampling; the paper uses J = 10,
+R = 10). The network runs about R x N times for N steps. After the last step the known region
+is pasted back in fp32 after the final clamp, so it equals the input exactly.
+
+Any sampler works, one grid interval at a time (a multistep sampler's history restarts at each
+interval, so it runs as its first-order form). The mask is ``True`` / white where the image is
+to be filled (``parse_mask``).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..core.protocol import info_of
+from ..core.rng import per_sample_generators, randn
+from ..core.sampling import resolve_sigmas, sample
+
+HALVES = ("left", "right", "top", "bottom")
+DEFAULT_JUMP, DEFAULT_RESAMPLE = 5, 3
+
+
+def parse_mask(spec: str, shape: tuple) -> torch.Tensor:
+    """A fill mask [1, 1, H, W] (bool, True = fill) for a model's (C, H, W) ``shape``: one of
+    ``left|right|top|bottom`` (that half is filled), a rectangle ``x0,y0,x1,y1`` (half-open, model
+    pixels, x = column), or a PNG (white = fill, black = keep; greyscale > 127 counts as white)
+    of the model's size."""
+    _, h, w = shape
+    spec = str(spec)
+    m = torch.zeros(1, 1, h, w, dtype=torch.bool)
+    if spec in HALVES:
+        if spec == "left":
+            m[..., : w // 2] = True
+        elif spec == "right":
+            m[..., w // 2:] = True
+        elif spec == "top":
+            m[..., : h // 2, :] = True
+        else:
+            m[..., h // 2:, :] = True
+        return m
+    if "," in spec and not spec.lower().endswith(".png"):
+        try:
+            x0, y0, x1, y1 = (int(v) for v in spec.split(","))
+        except ValueError:
+            raise ValueError(f"--mask {spec!r}: a rectangle is x0,y0,x1,y1 (four integers)") from None
+        if not (0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h):
+            raise ValueError(f"--mask {spec!r}: the rectangle must satisfy 0 <= x0 < x1 <= {w} and "
+                             f"0 <= y0 < y1 <= {h} (half-open, model pixels, x = column)")
+        m[..., y0:y1, x0:x1] = True
+        return m
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    if not Path(spec).is_file():
+        raise ValueError(f"--mask {spec!r}: not left|right|top|bottom, a rectangle x0,y0,x1,y1, or a PNG file")
+    with Image.open(spec) as im:
+        arr = np.asarray(im.convert("L"))
+    if arr.shape != (h, w):
+        raise ValueError(f"--mask {spec}: {arr.shape[1]}x{arr.shape[0]}; this model takes {w}x{h}")
+    m[0, 0] = torch.from_numpy(arr > 127)
+    return m
+
+
+def inpaint(den, images: torch.Tensor, mask: torch.Tensor, steps: int | None = None, sampler: str | None = None,
+            cond=None, seed: int = 0, jump_length: int = DEFAULT_JUMP, resample: int = DEFAULT_RESAMPLE,
+            batch_size: int = 256, **knobs) -> torch.Tensor:
+    """Fill ``mask`` (True = fill; [1 or N, 1, H, W]) of ``images`` [N, C, H, W] in [-1, 1]
+    (module docstring); returns [N, C, H, W] float32 on the CPU, equal to ``images`` outside
+    the mask."""
+    if jump_length < 1 or resample < 1:
+        raise ValueError(f"--jump-length and --resample are >= 1, got {jump_length} and {resample}")
+    images = images.float()
+    mask = mask.to(torch.bool)
+    if mask.shape[-2:] != images.shape[-2:] or mask.shape[0] not in (1, len(images)):
+        raise ValueError(f"a mask of shape {tuple(mask.shape)} does not fit images {tuple(images.shape)}")
+    info = info_of(den)
+    sampler = sampler or info.default_sampler or "ddim"
+    steps = int(steps or info.default_steps or 50)
+    grid = resolve_sigmas(den, steps, **{k: knobs.pop(k) for k in ("schedule",) if k in knobs})
+    out = []
+    for start in range(0, len(images), batch_size):
+        stop = min(len(images), start + batch_size)
+        x0, m = images[start:stop], (mask if mask.shape[0] == 1 else mask[start:stop]).float()
+        c = cond[start:stop] if cond is not None and cond.batch_size not in (None, 1) else cond
+        out.append(_repaint(den, x0, m, grid, sampler, c, per_sample_generators(seed, range(start, stop)),
+                            jump_length, resample, knobs))
+    return torch.cat(out)
+
+
+def _repaint(den, x0, m, grid, sampler, cond, gens, J, R, knobs):
+    shape = tuple(x0.shape)
+    info = info_of(den)
+    n = len(grid) - 1
+    s0 = float(grid[0])
+    noise = randn(shape, gens, x0.device)
+    x = noise * info.prior_std(s0) if math.isfinite(s0) else noise
+
+    def known(sigma):
+        return x0 if sigma == 0 else x0 + sigma * randn(shape, gens, x0.device)
+
+    def paste(x, sigma):
+        if not math.isfinite(sigma):
+            return x
+        return m * x + (1 - m) * known(sigma)
+
+    x = paste(x, s0)
+    i = 0
+    while i < n:
+        seg_end = min(i + J, n)
+        for r in range(R):
+            for j in range(i, seg_end):
+                x = sample(den, shape, sampler, sigmas=grid[j:j + 2], steps=1, cond=cond, generator=gens, init=x,
+                           partial=True, **knobs) if math.isfinite(float(grid[j])) else \
+                    sample(den, shape, sampler, sigmas=grid[j:j + 2], steps=1, cond=cond, generator=gens,
+                           noise=x, partial=True, **knobs)
+                x = paste(x, float(grid[j + 1]))
+            if r < R - 1 and seg_end < n:  # jump back J steps: the forward process from sigma_end to sigma_i
+                s_hi, s_lo = float(grid[i]), float(grid[seg_end])
+                if math.isfinite(s_hi):
+                    x = x + math.sqrt(s_hi ** 2 - s_lo ** 2) * randn(shape, gens, x.device)
+                else:
+                    x = randn(shape, gens, x.device)
+                x = paste(x, s_hi)
+            elif seg_end >= n:
+                break
+        i = seg_end
+    return torch.where(m.bool(), x.float().clamp(-1, 1), x0).cpu()

@@ -1,0 +1,84 @@
+"""The ``--input`` of every pipeline: an image file, a folder of images or a ``.npy`` batch.
+
+``load_inputs(spec, shape)`` returns float32 [N, C, H, W] in [-1, 1] at the model's ``shape``
+(C, H, W), in a stable order (a folder's files sorted by name). A ``.npy`` is what ``sample
+--npy`` writes: float32 [N, C, H, W] in [-1, 1] ([C, H, W] is one image). 28x28 inputs to a
+32x32 model are padded with 2 black pixels per side, the way the embedded MNIST digits are
+(``data.embedded``); any other size is refused with the size the model takes.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+PAD_FROM = {32: 28}  # model side -> the native side that is padded to it (MNIST's 28 -> 32)
+
+
+def _fit(x: torch.Tensor, shape: tuple, what: str, size: tuple | None = None) -> torch.Tensor:
+    c, h, w = shape if size is None else (shape[0], *size)
+    if x.shape[1] != c:
+        raise ValueError(f"{what}: {x.shape[1]} channel(s); this model takes {c}")
+    got = tuple(x.shape[-2:])
+    if got == (h, w):
+        return x
+    if h == w and PAD_FROM.get(h) == got[0] == got[1]:
+        p = (h - got[0]) // 2
+        return F.pad(x, (p, p, p, p), value=-1.0)
+    pad = f" (or {PAD_FROM[h]}x{PAD_FROM[h]}, padded)" if h == w and h in PAD_FROM else ""
+    raise ValueError(f"{what}: images are {got[0]}x{got[1]}; this model takes {h}x{w}{pad}")
+
+
+def _image(path: Path, channels: int) -> torch.Tensor:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im.convert("L" if channels == 1 else "RGB"), dtype=np.float32)
+    except Exception as e:  # PIL raises many types for unreadable files
+        raise ValueError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
+    t = torch.from_numpy(arr / 127.5 - 1.0)
+    return t[None] if channels == 1 else t.permute(2, 0, 1)
+
+
+def load_inputs(spec, shape: tuple, size: tuple | None = None) -> torch.Tensor:
+    """See the module docstring. ``size`` (H, W) overrides the expected side (super-resolution
+    inputs are smaller than the model's output)."""
+    from ..data.folder import IMAGE_EXTENSIONS
+
+    path = Path(spec)
+    if not path.exists():
+        raise FileNotFoundError(f"--input {spec}: no such file or folder")
+    c = shape[0]
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS)
+        if not files:
+            raise ValueError(f"--input {spec}: no images in the folder ({', '.join(IMAGE_EXTENSIONS)})")
+        imgs = [_image(p, c) for p in files]
+        sizes = {tuple(t.shape[-2:]) for t in imgs}
+        if len(sizes) > 1:
+            raise ValueError(f"--input {spec}: images of different sizes {sorted(sizes)}")
+        x = torch.stack(imgs)
+    elif path.suffix.lower() == ".npy":
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except Exception as e:
+            raise ValueError(f"--input {spec}: not a readable .npy ({e})") from None
+        if arr.ndim == 3:
+            arr = arr[None]
+        if arr.ndim != 4:
+            raise ValueError(f"--input {spec}: expected [N, C, H, W] images, got shape {arr.shape}")
+        x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+        if not torch.isfinite(x).all():
+            raise ValueError(f"--input {spec}: holds NaN or infinite values")
+        if x.abs().max() > 1.0 + 1e-3:
+            raise ValueError(f"--input {spec}: values in [{float(x.min()):.3g}, {float(x.max()):.3g}]; "
+                             "expected [-1, 1] (what `sample --npy` writes)")
+        x = x.clamp(-1, 1)
+    else:
+        x = _image(path, c)[None]
+    if len(x) == 0:
+        raise ValueError(f"--input {spec}: no images")
+    return _fit(x, shape, f"--input {spec}", size)
