@@ -494,8 +494,8 @@ def _add_pipelines(sub):
     p.add_argument("--resample", type=int, default=DEFAULT_RESAMPLE, metavar="R",
                    help=f"RePaint passes per jump (default {DEFAULT_RESAMPLE}; 1 = no resampling; the paper's 10): "
                         "the network runs about R x steps times per input. Measured on 32x32 digits, 16 steps, a "
-                        "2-core AMX CPU (bench/RESULTS_pipelines.md): J 5 R 3 about 12 s per 100 inputs, R 1 about "
-                        "4 s, J 10 R 10 about 27 s")
+                        "2-core AMX CPU (bench/RESULTS_pipelines.md): J 5 R 3 about 6 s per 100 inputs, R 1 about "
+                        "2 s, J 10 R 10 about 14 s")
 
 
 def _run_pipeline(a, fn) -> int:
