@@ -34,6 +34,7 @@ def main() -> None:
     p.add_argument("--classifier-budget", type=float, default=180.0, help="seconds of classifier training")
     p.add_argument("--classifier-scales", default="0,1,3,10")
     p.add_argument("--parts", default="inpaint,img2img,classifier")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the checkpoint's)")
     p.add_argument("--out", default=str(HERE / "RESULTS_pipelines.md"))
     a = p.parse_args()
 
@@ -48,7 +49,7 @@ def main() -> None:
 
     den = dl.load_denoiser(a.ckpt, autocast_dtype=torch.bfloat16 if cpu_info()["fast_bf16"] else None)
     info = den.info
-    sampler, steps = info.default_sampler, info.default_steps
+    sampler, steps = info.default_sampler, a.steps or info.default_steps
     guided, cond = conditioned(den)            # no prompt: the null condition
     x_all, y_all = load_mnist("heldout", 32, return_labels=True)
     x, y = x_all[: a.n], y_all[: a.n]
