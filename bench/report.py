@@ -39,6 +39,8 @@ STAGES = [
      ".venv/bin/python bench/text_conditioning.py --run runs/demo --class-run runs/class --n 500"),
     ("RESULTS_pipelines.md", "Inpainting, img2img and classifier guidance (not part of make bench)",
      ".venv/bin/python bench/pipelines.py --ckpt runs/demo --n 500"),
+    ("RESULTS_classifier_guidance.md", "Classifier guidance on the demo's null path (not part of make bench)",
+     ".venv/bin/python bench/pipelines.py --ckpt runs/demo --parts classifier --out bench/RESULTS_classifier_guidance.md"),
     ("RESULTS_demo_avx2.md", "The make demo run at the AVX2 machine's step count (not part of make bench)",
      "see the section"),
     ("RESULTS_demo.md", "The make demo run (not part of make bench)",
