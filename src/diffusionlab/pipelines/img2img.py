@@ -12,8 +12,9 @@ from __future__ import annotations
 import torch
 
 from ..core.protocol import info_of
-from ..core.rng import per_sample_generators, randn
+from ..core.rng import randn
 from ..core.sampling import resolve_sigmas, sample
+from .inputs import batches
 
 
 def img2img(den, images: torch.Tensor, strength: float, steps: int | None = None, sampler: str | None = None,
@@ -33,11 +34,7 @@ def img2img(den, images: torch.Tensor, strength: float, steps: int | None = None
     if k == 0:
         return images.clone().cpu()
     out = []
-    for start in range(0, len(images), batch_size):
-        idx = range(start, min(len(images), start + batch_size))
-        x0 = images[start:idx.stop]
-        c = cond[start:idx.stop] if cond is not None and cond.batch_size not in (None, 1) else cond
-        gens = per_sample_generators(seed, idx)
+    for _, _, x0, c, gens in batches(images, cond, batch_size, seed):
         if k == n_steps:  # the whole grid from the prior: the input plays no part
             out.append(sample(den, tuple(x0.shape), sampler, sigmas=grid, steps=n_steps, cond=c, generator=gens,
                               **knobs).float().cpu())

@@ -19,8 +19,9 @@ import math
 import torch
 
 from ..core.protocol import info_of
-from ..core.rng import per_sample_generators, randn
+from ..core.rng import randn
 from ..core.sampling import resolve_sigmas, sample
+from .inputs import batches
 
 HALVES = ("left", "right", "top", "bottom")
 DEFAULT_JUMP, DEFAULT_RESAMPLE = 5, 3
@@ -86,12 +87,9 @@ def inpaint(den, images: torch.Tensor, mask: torch.Tensor, steps: int | None = N
     steps = int(steps or info.default_steps or 50)
     grid = resolve_sigmas(den, steps, **{k: knobs.pop(k) for k in ("schedule",) if k in knobs})
     out = []
-    for start in range(0, len(images), batch_size):
-        stop = min(len(images), start + batch_size)
-        x0, m = images[start:stop], (mask if mask.shape[0] == 1 else mask[start:stop]).float()
-        c = cond[start:stop] if cond is not None and cond.batch_size not in (None, 1) else cond
-        out.append(_repaint(den, x0, m, grid, sampler, c, per_sample_generators(seed, range(start, stop)),
-                            jump_length, resample, knobs))
+    for start, stop, x0, c, gens in batches(images, cond, batch_size, seed):
+        m = (mask if mask.shape[0] == 1 else mask[start:stop]).float()
+        out.append(_repaint(den, x0, m, grid, sampler, c, gens, jump_length, resample, knobs))
     return torch.cat(out)
 
 

@@ -82,3 +82,14 @@ def load_inputs(spec, shape: tuple, size: tuple | None = None) -> torch.Tensor:
     if len(x) == 0:
         raise ValueError(f"--input {spec}: no images")
     return _fit(x, shape, f"--input {spec}", size)
+
+
+def batches(images: torch.Tensor, cond, batch_size: int, seed: int):
+    """(start, stop, images, cond, generators) per batch of a pipeline's inputs: ``cond`` sliced
+    when it has one row per input, input i with ``per_sample_generators(seed, [i])``."""
+    from ..core.rng import per_sample_generators
+
+    for start in range(0, len(images), batch_size):
+        stop = min(len(images), start + batch_size)
+        c = cond[start:stop] if cond is not None and cond.batch_size not in (None, 1) else cond
+        yield start, stop, images[start:stop], c, per_sample_generators(seed, range(start, stop))

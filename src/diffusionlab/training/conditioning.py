@@ -88,7 +88,7 @@ class TextCondition(ConditionSource):
     kind = "text"
 
     def __init__(self, train_set, val_set, data: str, device, encoder: str):
-        from ..text import caption_table, get_encoder, prompt_for
+        from ..text import caption_ids, caption_table, get_encoder, prompt_for
 
         self.encoder_name, self.device = encoder, device
         self.digits = train_set.captions is None and train_set.labels is not None and data in ("mnist", "digits")
@@ -97,8 +97,6 @@ class TextCondition(ConditionSource):
             self.train_labels, self.val_labels = train_set.labels.to(device), val_set.labels.to(device)
             self.source = "digit captions (text.captions, training phrasings)"
             g = torch.Generator().manual_seed(12345)
-            from ..text import caption_ids
-
             self.val_ids = caption_ids(val_set.labels, g).to(device)
             self.grid_prompts = [prompt_for(i % 10, "heldout", i // 10) for i in range(100)]
         else:
