@@ -1,6 +1,7 @@
 """Feature-space metrics against direct computations and limiting cases."""
 import numpy as np
 import pytest
+import torch
 
 from diffusionlab.evaluation.digits import feature_stats, frechet_distance
 from diffusionlab.evaluation.metrics import density_coverage, fid_from_features, kid, precision_recall
@@ -110,3 +111,22 @@ def test_fid_and_kid_equal_torchmetrics_on_the_same_features_and_subsets():
     m_tm, s_tm = (float(v) for v in kid_tm.compute())
     m, s = kid(real.astype(np.float32), fake.astype(np.float32), subset_indices=subsets)
     assert np.isclose(m, m_tm, rtol=1e-4, atol=1e-7) and np.isclose(s, s_tm, rtol=1e-3, atol=1e-7), (m, m_tm, s, s_tm)
+
+
+def test_psnr_and_ssim_equal_scikit_image():
+    skm = pytest.importorskip("skimage.metrics")
+    from diffusionlab.evaluation.metrics import psnr, ssim
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(3, 1, 32, 32, generator=g) * 2 - 1
+    b = (a + 0.3 * torch.randn(a.shape, generator=g)).clamp(-1, 1)
+    for i in range(3):
+        ref = skm.structural_similarity(a[i, 0].numpy(), b[i, 0].numpy(), gaussian_weights=True, sigma=1.5,
+                                        use_sample_covariance=False, data_range=2.0)
+        assert abs(float(ssim(a, b)[i]) - ref) < 1e-6
+        assert abs(float(psnr(a, b)[i]) - skm.peak_signal_noise_ratio(a[i].numpy(), b[i].numpy(), data_range=2.0)) < 1e-4
+    rgb = torch.rand(2, 3, 16, 16, generator=g)
+    ref = skm.structural_similarity(rgb[0].numpy(), (rgb[0] * 0.8).numpy(), gaussian_weights=True, sigma=1.5,
+                                    use_sample_covariance=False, data_range=1.0, channel_axis=0)
+    assert abs(float(ssim(rgb, rgb * 0.8, data_range=1.0)[0]) - ref) < 1e-5
+    assert float(ssim(a, a).min()) == pytest.approx(1.0) and torch.isinf(psnr(a, a)).logical_not().all()

@@ -48,6 +48,10 @@ def null_cond(denoiser, batch: int, device=None) -> Cond:
         fields["mask"] = torch.ones(batch, 1, dtype=torch.bool, device=device)
     if "pooled" in info.conditioning:
         fields["pooled"] = torch.zeros(batch, info.pooled_dim, device=device)
+    if "image" in info.conditioning:  # the network puts zeros (the null image) there
+        if info.image_shape is None:
+            raise ValueError("the null condition of an image-conditioned denoiser needs info.image_shape")
+        fields["image"] = torch.zeros(batch, info.cond_channels, *info.image_shape[1:], device=device)
     if not fields:
         raise ValueError("classifier-free guidance needs a conditional model (its info declares no conditioning)")
     return Cond(**fields, null=torch.ones(batch, dtype=torch.bool, device=device))

@@ -229,6 +229,7 @@ class PreconditionedDenoiser(nn.Module):
         self.net, self.precond, self.autocast_dtype = net, precond, autocast_dtype
         self.image_shape = None
         self.class_names, self.default_guidance = None, None  # set by the checkpoint loader
+        self.lowres = None  # a super-resolution checkpoint's input size (H, W)
         self.recorded_sampling: dict = {}  # the checkpoint's sampler / steps, where the family has none
 
     def prior_std(self, sigma: float) -> float:
@@ -242,6 +243,7 @@ class PreconditionedDenoiser(nn.Module):
         fields.setdefault("default_sampler", self.recorded_sampling.get("sampler"))
         fields.setdefault("default_steps", self.recorded_sampling.get("steps"))
         fields.setdefault("class_names", tuple(self.class_names) if self.class_names else None)
+        fields.setdefault("lowres", tuple(self.lowres) if self.lowres else None)
         return DenoiserInfo(process=self.process, sigma_min=float(self.sigma_min), sigma_max=float(self.sigma_max),
                             image_shape=self.image_shape, learned_variance=self.learned_variance, device=_param_device(self), **fields)
 

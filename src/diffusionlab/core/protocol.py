@@ -44,12 +44,14 @@ class DenoiserInfo:
     default_steps: int | None = None
     default_guidance: float | None = None
     image_shape: tuple | None = None     # (C, H, W) where known (checkpoints)
-    conditioning: tuple = ()             # the Cond fields the network uses: "labels", "pooled", "text", "tokens"
+    conditioning: tuple = ()             # the Cond fields the network uses: "labels", "pooled", "text", "tokens", "image"
     num_classes: int | None = None
     text_encoder: str | None = None      # the text encoder whose output the network reads ("minilm", "small")
     text_dim: int | None = None          # the width of its token embeddings
     pooled_dim: int | None = None        # the width of the pooled vector (cond_dim, or the text width)
     class_names: tuple | None = None     # names of the classes, where the data had them
+    cond_channels: int | None = None     # channels of the conditioning image (concatenated to the input)
+    lowres: tuple | None = None          # (H, W) of a super-resolution model's low-resolution input
     learned_variance: bool = False       # has denoise_with_variance
     device: torch.device | None = None
 
@@ -95,7 +97,8 @@ def call_net(net, x: torch.Tensor, c_noise: torch.Tensor, cond) -> torch.Tensor:
 
 def net_conditioning(net) -> dict:
     """The ``DenoiserInfo`` fields of what a library network was built for (from its config):
-    ``conditioning`` (the Cond fields), ``num_classes``, ``text_encoder`` and ``text_dim``. A text
+    ``conditioning`` (the Cond fields), ``num_classes``, ``text_encoder``, ``text_dim`` and
+    ``cond_channels`` (a conditioning image concatenated to the input). A text
     network reads token embeddings ``text`` (+ ``pooled``) of an encoder outside it, or the token
     ids ``tokens`` of its own small encoder (``text_encoder`` "small")."""
     cfg = getattr(net, "config", None) or {}
@@ -103,7 +106,9 @@ def net_conditioning(net) -> dict:
     text = (("tokens",) if enc == "small" else ("text", "pooled")) if enc else ()
     kinds = tuple(k for k, on in (("labels", cfg.get("num_classes")), ("pooled", cfg.get("cond_dim"))) if on)
     kinds += tuple(k for k in text if k not in kinds)
+    kinds += ("image",) if cfg.get("cond_channels") else ()
     return {"conditioning": kinds, "num_classes": cfg.get("num_classes"), "text_encoder": enc,
+            "cond_channels": cfg.get("cond_channels") or None,
             "text_dim": cfg.get("text_dim") if enc else None,
             "pooled_dim": cfg.get("cond_dim") or (cfg.get("text_dim") if "pooled" in text else None)}
 

@@ -12,6 +12,8 @@ All take features as [N, D] arrays (numpy or torch) and compute in float64.
   inside the fake manifold.
 - ``density_coverage``: Naeem et al. 2020: density = (1 / kM) sum_j #{i : fake_j in B(real_i, r_i)},
   coverage = fraction of reals whose ball contains at least one fake (k = 5).
+- ``psnr`` and ``ssim``: per-image distortion of a reconstruction against its reference (super-
+  resolution), SSIM as scikit-image computes it with Gaussian weights.
 """
 from __future__ import annotations
 
@@ -145,3 +147,35 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
         covmean = covmean.real
     fd = diff.dot(diff) + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(covmean)
     return float(max(fd, 0.0))
+
+
+def psnr(x: torch.Tensor, ref: torch.Tensor, data_range: float = 2.0) -> torch.Tensor:
+    """Peak signal-to-noise ratio per image [N] in dB of ``x`` against ``ref`` ([N, C, H, W];
+    ``data_range`` 2 for images in [-1, 1]): 10 log10(range^2 / MSE)."""
+    mse = (x.double() - ref.double()).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(data_range ** 2 / mse.clamp_min(1e-20))
+
+
+def ssim(x: torch.Tensor, ref: torch.Tensor, data_range: float = 2.0, sigma: float = 1.5) -> torch.Tensor:
+    """Structural similarity per image [N] (Wang et al. 2004): Gaussian window of std 1.5 and
+    radius 5 (11 x 11), K1 0.01, K2 0.03, population statistics, averaged over the positions
+    where the window fits inside the image and over channels - the same as scikit-image's
+    ``structural_similarity(gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+    data_range=...)`` (tests/test_metrics.py)."""
+    import torch.nn.functional as F
+
+    x, ref = x.double(), ref.double()
+    c = x.shape[1]
+    r = int(3.5 * sigma + 0.5)
+    g = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=torch.float64) / sigma) ** 2)
+    g = g / g.sum()
+    w = (g[:, None] * g[None, :]).expand(c, 1, 2 * r + 1, 2 * r + 1)
+
+    def blur(t):
+        return F.conv2d(t, w, groups=c)
+
+    mx, my = blur(x), blur(ref)
+    vx, vy, cxy = blur(x * x) - mx ** 2, blur(ref * ref) - my ** 2, blur(x * ref) - mx * my
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
+    return s.flatten(1).mean(1)

@@ -74,6 +74,8 @@ def load_diffusion(path, use_ema: bool = True, device=None, weights: str | None 
         raise CheckpointError(f"weights in {ck['path']} do not fit its config: {e}") from e
     diffusion.checkpoint_path = str(ck["path"])
     diffusion.class_names = (cfg.get("conditioning") or {}).get("class_names")
+    lowres = (cfg.get("conditioning") or {}).get("lowres")
+    diffusion.lowres = (int(lowres), int(lowres)) if lowres else None
     diffusion.default_guidance = (cfg.get("sampling") or {}).get("guidance")
     diffusion.recorded_sampling = dict(cfg.get("sampling") or {})
     diffusion.checkpoint_step = cfg.get("guide_step") if weights == "guide" else cfg.get("step")
@@ -88,5 +90,6 @@ def load_denoiser(path, use_ema: bool = True, device=None, autocast_dtype=None, 
     den = diffusion.denoiser_for(diffusion.model, autocast_dtype)
     den.image_shape = (diffusion.channels, *diffusion.image_size)
     den.class_names, den.default_guidance = diffusion.class_names, diffusion.default_guidance
+    den.lowres = diffusion.lowres
     den.recorded_sampling = {k: v for k, v in diffusion.recorded_sampling.items() if k in ("sampler", "steps")}
     return den.eval()

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.dataclass_io import from_dict
-from .layers import add_condition, sinusoidal_embedding
+from .layers import add_condition, concat_image, sinusoidal_embedding
 from .text import CrossAttention, TextContext, check_text_settings
 
 
@@ -48,6 +48,7 @@ class DiTConfig:
     freq_dim: int = 256              # sinusoidal features of the noise label before the time MLP
     text_dim: int | None = None      # width of the prompt's token embeddings (cross-attention)
     text_encoder: str | None = None  # "minilm" (embeddings come in the Cond) or "small" (built in)
+    cond_channels: int = 0           # channels of a conditioning image concatenated to the input (SR3)
 
     @classmethod
     def from_dict(cls, d: dict) -> "DiTConfig":
@@ -122,7 +123,8 @@ class DiT(nn.Module):
         self.channels, self.patch_size, self.hidden = c.channels, c.patch_size, c.hidden
         self.out_channels = c.out_channels or c.channels * (2 if c.learned_variance else 1)
         self.freq_dim = c.freq_dim
-        self.patchify = nn.Conv2d(c.channels, c.hidden, c.patch_size, stride=c.patch_size)
+        self.cond_channels = c.cond_channels
+        self.patchify = nn.Conv2d(c.channels + c.cond_channels, c.hidden, c.patch_size, stride=c.patch_size)
         self.time_mlp = nn.Sequential(nn.Linear(c.freq_dim, c.hidden), nn.SiLU(), nn.Linear(c.hidden, c.hidden))
         self.class_emb = nn.Embedding(c.num_classes + 1, c.hidden) if c.num_classes else None
         self.cond_proj = nn.Linear(c.cond_dim, c.hidden) if c.cond_dim else None
@@ -151,7 +153,7 @@ class DiT(nn.Module):
         if H % p or W % p:
             raise ValueError(f"image size {(H, W)} must divide by the patch size {p}")
         h, w = H // p, W // p
-        tokens = self.patchify(x).flatten(2).transpose(1, 2)            # [B, h w, hidden]
+        tokens = self.patchify(concat_image(x, cond, self.cond_channels, "DiT")).flatten(2).transpose(1, 2)  # [B, h w, hidden]
         tokens = tokens + sincos_2d(h, w, self.hidden, x.device).to(tokens.dtype)
         c, context = self.embed(t, cond, B, x.device)
         for block in self.blocks:

@@ -155,6 +155,29 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
+def concat_image(x: torch.Tensor, cond, channels: int, network: str) -> torch.Tensor:
+    """Image conditioning by concatenation (SR3, Saharia et al. 2021): ``x`` [B, C, H, W] with
+    ``cond.image`` [B, channels, H, W] appended along the channels; zeros (the null image) where
+    ``cond.null`` is set or no image is given. A network built without image channels
+    (``channels`` 0) refuses an image; the one place both networks take it."""
+    cond = as_cond(cond)
+    img = cond.image
+    if not channels:
+        if img is not None:
+            raise ValueError(f"this {network} takes no image conditioning (train with --cond image)")
+        return x
+    b, _, h, w = x.shape
+    if img is None:
+        return torch.cat([x, x.new_zeros(b, channels, h, w)], dim=1)
+    if img.dim() != 4 or tuple(img.shape[1:]) != (channels, h, w) or img.shape[0] not in (1, b):
+        raise ValueError(f"this {network} takes a conditioning image [B, {channels}, {h}, {w}] "
+                         f"(the upsampled low-resolution input); got {tuple(img.shape)}")
+    img = img.to(x.device, x.dtype).expand(b, -1, -1, -1)
+    if cond.null is not None:
+        img = img * (~cond.null_mask(b, x.device)).to(x.dtype)[:, None, None, None]
+    return torch.cat([x, img], dim=1)
+
+
 def add_condition(emb: torch.Tensor, cond, class_emb: nn.Embedding | None, cond_proj: nn.Linear | None,
                   network: str, text=None):
     """``emb`` [B, D] plus the embedding of a ``Cond``: the class row of ``class_emb`` (its last
@@ -166,8 +189,6 @@ def add_condition(emb: torch.Tensor, cond, class_emb: nn.Embedding | None, cond_
     Returns ``(emb, context)``: ``context`` is None without text, else (tokens [B, L, D], mask
     [B, L]) for the network's cross-attention."""
     cond = as_cond(cond)
-    if cond.image is not None:
-        raise ValueError(f"this {network} takes no image conditioning")
     if text is None and (cond.text is not None or cond.tokens is not None):
         raise ValueError(f"this {network} was built without text conditioning (train with --cond text)")
     batch, device = emb.shape[0], emb.device

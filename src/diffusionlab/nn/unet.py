@@ -13,7 +13,11 @@ where ``cond.null`` is set); with ``cond_dim`` set, ``cond.pooled`` [B, cond_dim
 ``text_dim`` + ``text_encoder`` set, a cross-attention layer (``nn.text.CrossAttention``: queries
 from the feature map, keys / values from the prompt's tokens, padding masked) follows every
 level that has attention and the middle attention, and the pooled text embedding joins the
-time embedding; the learned null context stands in where ``cond.null`` is set.
+time embedding; the learned null context stands in where ``cond.null`` is set. With
+``cond_channels`` set, ``cond.image`` (same height and width) is concatenated to the input
+(``nn.layers.concat_image``; SR3's super-resolution conditioning). A conditioning vector
+(``cond_dim``) enters every block by FiLM: it joins the time embedding, which each residual
+block turns into a per-channel scale and shift after its group norm (adaptive group norm).
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ from torch import nn
 from ..core.dataclass_io import from_dict
 
 from .text import CrossAttention, TextContext, check_text_settings
-from .layers import (Attention, ConvNextBlock, add_condition, Downsample, LearnedSinusoidalPosEmb, LinearAttention,
+from .layers import (Attention, ConvNextBlock, add_condition, concat_image, Downsample, LearnedSinusoidalPosEmb, LinearAttention,
                      ResnetBlock, SinusoidalPosEmb, Upsample, group_norm)
 
 
@@ -68,6 +72,7 @@ class UnetConfig:
     patch_size: int = 1
     text_dim: int | None = None      # width of the prompt's token embeddings (cross-attention)
     text_encoder: str | None = None  # "minilm" (embeddings come in the Cond) or "small" (built in)
+    cond_channels: int = 0           # channels of a conditioning image concatenated to the input (SR3)
 
     @classmethod
     def from_dict(cls, d: dict) -> "UnetConfig":
@@ -131,7 +136,8 @@ class Unet(nn.Module):
         # patch_size p > 1 folds p x p pixels into channels first (pixel-unshuffle) and unfolds
         # at the end: the U-Net then runs at 1/p resolution, p^2 times fewer activations.
         self.patch_size = patch_size
-        self.init_conv = nn.Conv2d(channels * patch_size ** 2, dim, 3, padding=1)
+        self.cond_channels = c.cond_channels
+        self.init_conv = nn.Conv2d((channels + c.cond_channels) * patch_size ** 2, dim, 3, padding=1)
         self.down, self.down_cross, self.up_cross = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
         d_prev = dim
         for i, d in enumerate(dims):
@@ -186,6 +192,7 @@ class Unet(nn.Module):
             return h if layer is None else layer(h, *context)
 
         p = self.patch_size
+        x = concat_image(x, cond, self.cond_channels, "Unet")
         h = self.init_conv(F.pixel_unshuffle(x, p) if p > 1 else x)
         hs = [h]
         for i, ((blocks, att, down), cross) in enumerate(zip(self.down, self.down_cross)):

@@ -20,7 +20,8 @@ import torch
 
 from ..core.cond import Cond
 
-COND_KINDS = ("none", "class", "text")
+COND_KINDS = ("none", "class", "text", "image")
+IMAGE_TASKS = ("superres",)
 
 
 class ConditionSource(ABC):
@@ -35,12 +36,13 @@ class ConditionSource(ABC):
         return None
 
     @abstractmethod
-    def train(self, idx: torch.Tensor, generator) -> Cond:
-        """The condition of training images ``idx``."""
+    def train(self, idx: torch.Tensor, generator, x: torch.Tensor | None = None) -> Cond:
+        """The condition of training images ``idx`` (``x``: those images as the batch holds them,
+        after augmentation)."""
 
     @abstractmethod
-    def val(self, start: int, stop: int) -> Cond:
-        """The condition of validation images start..stop (fixed across evaluations)."""
+    def val(self, start: int, stop: int, x: torch.Tensor | None = None) -> Cond:
+        """The condition of validation images start..stop (fixed across evaluations; ``x`` the images)."""
 
     def sampling(self, n: int, device) -> Cond | None:
         """The condition of the trainer's grids and evaluations (None: unconditional)."""
@@ -48,10 +50,10 @@ class ConditionSource(ABC):
 
 
 class NoCondition(ConditionSource):
-    def train(self, idx, generator) -> Cond:
+    def train(self, idx, generator, x=None) -> Cond:
         return Cond()
 
-    def val(self, start, stop) -> Cond:
+    def val(self, start, stop, x=None) -> Cond:
         return Cond()
 
 
@@ -73,10 +75,10 @@ class ClassCondition(ConditionSource):
     def record(self) -> dict:
         return {"kind": "class", "num_classes": self.num_classes, "class_names": self.names}
 
-    def train(self, idx, generator) -> Cond:
+    def train(self, idx, generator, x=None) -> Cond:
         return Cond(labels=self.train_labels[idx])
 
-    def val(self, start, stop) -> Cond:
+    def val(self, start, stop, x=None) -> Cond:
         return Cond(labels=self.val_labels[start:stop])
 
     def sampling(self, n, device) -> Cond:
@@ -122,7 +124,7 @@ class TextCondition(ConditionSource):
         return {"kind": "text", "encoder": self.encoder_name, "max_tokens": self.encoder.max_tokens,
                 "captions": self.source}
 
-    def train(self, idx, generator) -> Cond:
+    def train(self, idx, generator, x=None) -> Cond:
         if self.digits:
             from ..text import caption_ids
 
@@ -131,7 +133,7 @@ class TextCondition(ConditionSource):
             ids = self.train_ids[idx]
         return self.table[ids]
 
-    def val(self, start, stop) -> Cond:
+    def val(self, start, stop, x=None) -> Cond:
         return self.table[self.val_ids[start:stop]]
 
     def sampling(self, n, device) -> Cond:
@@ -140,10 +142,58 @@ class TextCondition(ConditionSource):
         return self.encoder.encode(prompts).to(device)
 
 
+class ImageCondition(ConditionSource):
+    """Super-resolution (SR3): the condition of an image is its own degraded copy."""
+
+    kind = "image"
+
+    def __init__(self, val_set, task: str, lowres: int, image_size: int, channels: int, device):
+        from ..data.degrade import check_lowres
+
+        if task not in IMAGE_TASKS:
+            raise ValueError(f"--task {task!r}: image conditioning does {', '.join(IMAGE_TASKS)}")
+        check_lowres(lowres, image_size)
+        self.task, self.lowres, self.size, self.channels = task, int(lowres), int(image_size), int(channels)
+        self.val_images = val_set.images.to(device)
+
+    def condition(self, x: torch.Tensor) -> Cond:
+        from ..data.degrade import downsample, superres_condition
+
+        return Cond(image=superres_condition(downsample(x, self.lowres), self.size).to(x.dtype))
+
+    def model_settings(self) -> dict:
+        return {"cond_channels": self.channels}
+
+    def record(self) -> dict:
+        return {"kind": "image", "task": self.task, "lowres": self.lowres, "degradation": "area",
+                "upsampling": "bicubic"}
+
+    def train(self, idx, generator, x=None) -> Cond:
+        if x is None:
+            raise ValueError("image conditioning is made from the batch's images (pass x)")
+        return self.condition(x)
+
+    def val(self, start, stop, x=None) -> Cond:
+        return self.condition(self.val_images[start:stop] if x is None else x)
+
+    def sampling(self, n, device) -> Cond:
+        """The low-resolution copies of the first validation images, cycled."""
+        idx = torch.arange(n) % len(self.val_images)
+        return self.condition(self.val_images[idx.to(self.val_images.device)]).to(device)
+
+
 def condition_source(kind: str, train_set, val_set, data: str, device, text_encoder: str = "minilm",
-                     num_classes: int | None = None) -> ConditionSource:
+                     num_classes: int | None = None, task: str | None = None, lowres: int | None = None,
+                     image_size: int | None = None) -> ConditionSource:
     if kind not in COND_KINDS:
         raise ValueError(f"unknown conditioning {kind!r}; choose from {', '.join(COND_KINDS)}")
+    if kind != "image" and task is not None:
+        raise ValueError(f"--task {task!r} belongs to --cond image")
+    if kind == "image":
+        if task is None or lowres is None:
+            raise ValueError("--cond image needs --task superres and --lowres SIZE (e.g. 16)")
+        size = image_size or int(train_set.images.shape[-1])
+        return ImageCondition(val_set, task, lowres, size, int(train_set.images.shape[1]), device)
     if kind == "class":
         return ClassCondition(train_set, val_set, data, device, num_classes)
     if kind == "text":

@@ -41,7 +41,9 @@ class TrainConfig:
     grad_clip: float | None = 1.0
     ema_decay: float = 0.9995
     ema_power: float = 2 / 3
-    cond: str = "none"               # none | class (the data's labels) | text (captions; training.conditioning)
+    cond: str = "none"               # none | class (the data's labels) | text (captions) | image (training.conditioning)
+    task: str | None = None          # image: superres (SR3: condition on the image downsampled to lowres)
+    lowres: int | None = None        # image, superres: the low-resolution side (e.g. 16 for 32x32 images)
     text_encoder: str = "minilm"     # text: minilm (frozen, offline) | small (trained with the network)
     p_uncond: float = 0.1            # class / text: conditioning dropout, the null condition's share in training (CFG)
     guidance: float | None = None    # class / text: the CFG scale s recorded as the checkpoint's sampling default

@@ -154,7 +154,8 @@ class Trainer:
         kind = "class" if cfg.cond == "none" and cfg.model.num_classes else cfg.cond  # a class-conditional network
         self.conditioning = condition_source(kind, train_set, val_set.subset(range(min(cfg.n_val, len(val_set)))),
                                              cfg.data, self.device, text_encoder=cfg.text_encoder,
-                                             num_classes=cfg.model.num_classes)
+                                             num_classes=cfg.model.num_classes, task=cfg.task, lowres=cfg.lowres,
+                                             image_size=cfg.image_size)
         if diffusion is None:  # the network's condition settings fit the data (class table, text width)
             settings = self.conditioning.model_settings()
             cfg = self.cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **settings))
@@ -200,7 +201,7 @@ class Trainer:
         if self.cfg.hflip:
             x = random_hflip(x, self.gen)
         x = x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
-        return Batch(x, self.conditioning.train(idx, self.gen))
+        return Batch(x, self.conditioning.train(idx, self.gen, x))
 
     def train_step(self) -> tuple[float, float]:
         cfg = self.cfg
@@ -241,7 +242,7 @@ class Trainer:
         for start in range(0, len(self.val_data), 128):
             chunk = self.val_data[start:start + 128]
             x = chunk.contiguous(memory_format=torch.channels_last) if self.channels_last else chunk
-            cond = self.conditioning.val(start, start + len(chunk))
+            cond = self.conditioning.val(start, start + len(chunk), chunk)
             losses.append(self.loss_fn(model, Batch(x, cond), generator=gen, autocast=self.autocast(), train=False))
         model.train(was)
         return torch.cat(losses).mean().item()
