@@ -14,7 +14,7 @@ from diffusionlab.apps.cli import main
 from diffusionlab.core.denoiser import DenoiserWrapper, DiscreteDenoiser
 from diffusionlab.core.cfg import ClassifierFree
 from diffusionlab.core.cond import Cond
-from diffusionlab.core.guidance import Autoguided, ClassifierGuided, Clipped, DynamicThreshold
+from diffusionlab.core.guidance import Autoguided, ClassifierGuided, Clipped, DynamicThreshold, ReconstructionGuided
 from diffusionlab.core.rng import per_sample_generators
 from diffusionlab.core.sampling import CountingDenoiser, sample_many
 from diffusionlab.core.schedules import DiscreteSchedule
@@ -57,6 +57,7 @@ WRAPPERS = {
     CountingDenoiser: lambda d: CountingDenoiser(d),
     ClassifierFree: lambda d: ClassifierFree(d, 2.0, negative=Cond(labels=torch.tensor([1]))),
     ClassifierGuided: lambda d: ClassifierGuided(d, lambda x, s: 3 * x.flatten(1)[:, :3], 1, 2.0),
+    ReconstructionGuided: lambda d: ReconstructionGuided(d, torch.full((1, 1, 4, 4), 0.5), torch.ones(1, 1, 4, 4), 1.0),
 }
 
 

@@ -1,5 +1,6 @@
-"""The pipelines (issue 17, first part): img2img (SDEdit) and inpainting (RePaint) over any
-sampler, their inputs and masks, and the CLI commands on conditional and unconditional models."""
+"""The pipelines (issue 17): img2img (SDEdit), inpainting (RePaint) over any sampler, classifier
+guidance, super-resolution (SR3: image conditioning by concatenation), their inputs and masks,
+and the CLI commands on conditional and unconditional models."""
 import numpy as np
 import pytest
 import torch
@@ -74,6 +75,53 @@ def test_repaint_fills_toward_the_data_and_resampling_costs_r_times():
     torch.testing.assert_close(out[fill], GaussImages().mu.expand_as(out)[fill], atol=0.2, rtol=0)
 
 
+class CorrelatedGauss:
+    """Images ~ N(0, S), S = A A^T + 0.05^2 I with four smooth factors: the exact denoiser
+    S (S + sigma^2 I)^-1 x and the exact inpainting posterior mean S_uk S_kk^-1 x_k."""
+
+    def __init__(self):
+        u = torch.linspace(0, 1, 8)
+        yy, xx = (t.flatten() for t in torch.meshgrid(u, u, indexing="ij"))
+        a = torch.stack([torch.ones(64), xx * 2 - 1, yy * 2 - 1, (xx - 0.5) * (yy - 0.5) * 4], 1).double() * 0.5
+        self.S = a @ a.T + 0.05 ** 2 * torch.eye(64, dtype=torch.float64)
+        self.info = DenoiserInfo(sigma_min=0.01, sigma_max=40.0, image_shape=SHAPE)
+
+    def __call__(self, x, sigma, cond=None):
+        s = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1).expand(x.shape[0])
+        eye = torch.eye(64, dtype=torch.float64)
+        out = torch.stack([self.S @ torch.linalg.solve(self.S + si ** 2 * eye, v) for si, v in zip(s, x.double().flatten(1))])
+        return out.reshape(x.shape).to(x.dtype)
+
+
+def test_reconstruction_guidance_moves_the_fill_to_the_exact_posterior_mean():
+    den, m = CorrelatedGauss(), parse_mask("right", SHAPE)
+    torch.manual_seed(1)
+    x = (torch.randn(1, 64, dtype=torch.float64) @ torch.linalg.cholesky(den.S).T).float().reshape(1, *SHAPE)
+    u, k = m.flatten().nonzero().flatten(), (~m.flatten()).nonzero().flatten()
+    exact = den.S[u][:, k] @ torch.linalg.solve(den.S[k][:, k], x.double().flatten()[k])
+    err = {}
+    for w in (0.0, 5.0):
+        out = inpaint(den, x.expand(64, *SHAPE), m, steps=8, sampler="euler_ancestral", seed=0, jump_length=1,
+                      resample=1, reconstruction=w, reconstruction_sigma_min=0.0)
+        err[w] = float((out.flatten(1)[:, u].double().mean(0) - exact).abs().mean())
+    assert err[0.0] > 0.2 and err[5.0] < 0.05, err          # replacement alone misses the posterior; guided, it is hit
+
+
+def test_reconstruction_guidance_leaves_independent_pixels_alone():
+    den, x, m = GaussImages(), _inputs(3), parse_mask("left", SHAPE)
+    a = inpaint(den, x, m, steps=6, sampler="euler_ancestral", seed=2, reconstruction=0.0)
+    b = inpaint(den, x, m, steps=6, sampler="euler_ancestral", seed=2, reconstruction=20.0)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)     # no pixel coupling: nothing for the gradient to carry
+    from diffusionlab.core.guidance import ReconstructionGuided
+
+    den = CorrelatedGauss()
+    g = ReconstructionGuided(den, x, (~m).float(), 20.0, sigma_min=0.5)
+    assert torch.equal(g(x, torch.full((3,), 0.4)), den(x, torch.full((3,), 0.4)))      # off below the floor
+    assert not torch.allclose(g(x, torch.full((3,), 0.6)), den(x, torch.full((3,), 0.6)))
+    with pytest.raises(ValueError, match="--reconstruction is a weight"):
+        inpaint(den, x, m, steps=2, reconstruction=-1.0)
+
+
 def test_mask_parsing(tmp_path):
     from PIL import Image
 
@@ -122,7 +170,7 @@ def test_inputs_npy_png_folder_padding_and_refusals(tmp_path):
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipe")
     for name, extra in (("text", ["--cond", "text", "--text-encoder", "small"]), ("class", ["--cond", "class"]),
-                        ("plain", [])):
+                        ("plain", []), ("sr", ["--cond", "image", "--task", "superres", "--lowres", "16"])):
         assert main(["train", "--preset", "tiny", *extra, "--out", str(root / name), "--no-progress"]) == 0
     x = np.random.default_rng(1).uniform(-1, 1, (3, 1, 32, 32)).astype(np.float32)
     np.save(root / "x.npy", x)
@@ -143,7 +191,8 @@ def test_the_inpaint_command_on_a_text_model_without_a_prompt(runs, tmp_path):
 
 
 @pytest.mark.parametrize("model,extra", [("text", ["--prompt", "a handwritten two", "--guidance", "2"]),
-                                         ("class", ["--class", "3", "--guidance", "2"]), ("plain", [])])
+                                         ("class", ["--class", "3", "--guidance", "2"]), ("plain", []),
+                                         ("sr", ["--guidance", "2"])])
 def test_img2img_and_inpaint_commands_on_every_kind_of_model(runs, tmp_path, model, extra):
     for cmd in (["img2img", "--strength", "0.5"], ["inpaint", "--mask", "2,2,20,30"]):
         npy = tmp_path / f"{cmd[0]}.npy"
@@ -186,6 +235,9 @@ def test_classifier_guidance_with_the_exact_classifier_is_the_conditional_denois
     torch.testing.assert_close(sharper - uncond(x, sigma), 3 * (guided(x, sigma).double() - uncond(x, sigma)),
                                atol=5e-5, rtol=1e-4)
     assert torch.equal(ClassifierGuided(uncond, classifier, labels, 0.0)(x, sigma), uncond(x, sigma))
+    capped = ClassifierGuided(uncond, classifier, labels, 1.0, sigma_max=1.0)(x, sigma).double()
+    torch.testing.assert_close(capped[3:], uncond(x, sigma)[3:].double())          # sigma 2, 4, 9: no term
+    torch.testing.assert_close(capped[:3], guided(x, sigma).double()[:3])            # sigma <= 1: the full term
 
 
 def test_train_a_classifier_and_guide_an_unconditional_model(runs, tmp_path, capsys):
@@ -206,3 +258,124 @@ def test_train_a_classifier_and_guide_an_unconditional_model(runs, tmp_path, cap
     assert "--classifier" in capsys.readouterr().err
     assert main([*base, "--classifier", str(cls)]) == 2
     assert "give --class" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- super-resolution (SR3)
+
+class GaussSR:
+    """Full-resolution images ~ N(up(y), s^2 I) given the low-resolution y: the exact conditional
+    denoiser c + s^2 / (s^2 + sigma^2) (x - c), c = cond.image (the upsampled y)."""
+
+    def __init__(self, s=0.1):
+        self.s = s
+        self.info = DenoiserInfo(sigma_min=0.01, sigma_max=20.0, image_shape=SHAPE, conditioning=("image",),
+                                 cond_channels=1, lowres=(4, 4))
+
+    def __call__(self, x, sigma, cond=None):
+        sigma = torch.as_tensor(sigma, dtype=x.dtype).reshape(-1, 1, 1, 1)
+        c = cond.image.to(x.dtype)
+        return c + self.s ** 2 / (self.s ** 2 + sigma ** 2) * (x - c)
+
+
+def test_upscale_conditions_on_the_bicubic_upsampled_input_and_averages_samples():
+    from diffusionlab.data.degrade import superres_condition
+    from diffusionlab.pipelines.upscale import upscale
+
+    den = GaussSR()
+    low = torch.rand(64, 1, 4, 4, generator=torch.Generator().manual_seed(0)) * 1.6 - 0.8
+    up = superres_condition(low, (8, 8))
+    d = upscale(den, low, steps=30, sampler="heun", seed=3) - up        # a sample of N(up(y), s^2 I)
+    assert abs(float(d.mean())) < 0.01 and abs(float(d.std()) - den.s) < 0.005
+    one = upscale(den, low, steps=30, sampler="euler_ancestral", seed=3)
+    two = upscale(den, low, steps=30, sampler="euler_ancestral", seed=3, samples=2)
+    nxt = upscale(den, low, steps=30, sampler="euler_ancestral", seed=4)
+    torch.testing.assert_close(two, (one + nxt) / 2, atol=1e-6, rtol=0)   # mean of seeds s, s + 1
+    part = upscale(den, low[:9], steps=30, sampler="euler_ancestral", seed=3, batch_size=4)
+    torch.testing.assert_close(part, one[:9], atol=1e-6, rtol=0)      # input i has seed stream i, whatever the batch
+    with pytest.raises(ValueError, match="upscale takes 4x4 inputs"):
+        upscale(den, torch.zeros(2, 1, 8, 8))
+    with pytest.raises(ValueError, match="super-resolution checkpoint"):
+        upscale(GaussImages(), low)
+
+
+def test_degradation_is_block_means_and_bicubic_keeps_constants():
+    from diffusionlab.data.degrade import check_lowres, downsample, upsample
+
+    x = torch.arange(16.0).reshape(1, 1, 4, 4) / 16
+    torch.testing.assert_close(downsample(x, 2), x.reshape(1, 1, 2, 2, 2, 2).permute(0, 1, 2, 4, 3, 5).reshape(1, 1, 2, 2, 4)
+                               .mean(-1), atol=1e-7, rtol=0)
+    torch.testing.assert_close(upsample(torch.full((1, 1, 4, 4), 0.3), 8), torch.full((1, 1, 8, 8), 0.3))
+    assert float(upsample(torch.tensor([[[[-1.0, 1.0], [1.0, -1.0]]]]), 8).abs().max()) <= 1.0   # clamped
+    for bad in (32, 0, 12):
+        with pytest.raises(ValueError, match="--lowres"):
+            check_lowres(bad, 32)
+
+
+@pytest.mark.parametrize("arch", ["unet", "dit"])
+def test_the_concatenation_path_of_both_networks(arch):
+    from diffusionlab.nn import build_network
+
+    cfg = {"unet": dict(dim=8, dim_mults=(1, 2), channels=1, groups=4, mid_attn=False, cond_channels=1),
+           "dit": dict(patch_size=4, hidden=32, depth=1, heads=2, channels=1, cond_channels=1)}[arch]
+    torch.manual_seed(0)
+    net = build_network(arch, cfg)
+    for p in net.parameters():  # zero-initialised output layers would hide the input
+        torch.nn.init.normal_(p, std=0.05)
+    from diffusionlab.core.cond import Cond
+
+    x, t = torch.randn(3, 1, 16, 16), torch.tensor([5.0, 50.0, 500.0])
+    img = torch.randn(3, 1, 16, 16)
+    with torch.no_grad():
+        out = net(x, t, Cond(image=img))
+        assert out.shape == x.shape
+        assert (out - net(x, t, Cond(image=-img))).abs().max() > 1e-4            # the image is read
+        null = net(x, t, Cond(image=img, null=torch.tensor([True, False, True])))
+        zero = net(x, t, Cond(image=torch.zeros_like(img)))
+        torch.testing.assert_close(null[[0, 2]], zero[[0, 2]])                   # null = the zero image
+        torch.testing.assert_close(null[1], out[1])
+        torch.testing.assert_close(net(x, t, Cond()), zero)                       # none given: the null image
+    with pytest.raises(ValueError, match=r"conditioning image \[B, 1, 16, 16\]"):
+        net(x, t, Cond(image=torch.zeros(3, 1, 8, 8)))
+    plain = build_network(arch, {**cfg, "cond_channels": 0})
+    with pytest.raises(ValueError, match="takes no image conditioning"):
+        plain(x, t, Cond(image=img))
+
+
+def test_the_training_condition_is_the_degraded_batch_after_augmentation(tmp_path):
+    from diffusionlab.data.degrade import downsample, superres_condition
+    from diffusionlab.training import tiny_config
+    from diffusionlab.training.trainer import Trainer
+
+    t = Trainer(config=tiny_config(cond="image", task="superres", lowres=8, hflip=True, out_dir=str(tmp_path)))
+    assert t.model.config["cond_channels"] == 1
+    b = t.batch(0)
+    torch.testing.assert_close(b.cond.image, superres_condition(downsample(b.x, 8), 32))
+    for bad, msg in ((dict(lowres=None), "needs --task superres and --lowres"), (dict(lowres=10), "--lowres 10"),
+                     (dict(cond="class"), "belongs to --cond image")):
+        with pytest.raises(ValueError, match=msg):
+            Trainer(config=tiny_config(**{"cond": "image", "task": "superres", "lowres": 8, **bad},
+                                       out_dir=str(tmp_path / "x")))
+
+
+def test_the_upscale_command(runs, tmp_path, capsys):
+    from diffusionlab.data.degrade import downsample
+
+    x = np.load(runs / "x.npy")
+    np.save(tmp_path / "low.npy", downsample(torch.from_numpy(x), 16).numpy())
+    base = ["upscale", "--ckpt", str(runs / "sr"), "--steps", "4", "--out", str(tmp_path / "u.png")]
+    assert main([*base, "--input", str(tmp_path / "low.npy"), "--seed", "2", "--npy", str(tmp_path / "a.npy")]) == 0
+    assert main([*base, "--input", str(runs / "x.npy"), "--degrade", "--seed", "2",
+                 "--npy", str(tmp_path / "b.npy")]) == 0
+    a = np.load(tmp_path / "a.npy")
+    assert a.shape == (3, 1, 32, 32) and (tmp_path / "u.png").is_file()
+    np.testing.assert_allclose(np.load(tmp_path / "b.npy"), a, atol=1e-6)   # --degrade makes the same input
+    assert main([*base, "--input", str(tmp_path / "low.npy"), "--samples", "2", "--guidance", "1.5"]) == 0
+    capsys.readouterr()
+    for args, msg in ((["--input", str(runs / "x.npy")], "add --degrade"), (["--input", str(tmp_path / "low.npy"),
+                      "--prompt", "a two"], "image-conditional"), (["--input", str(tmp_path / "low.npy"),
+                      "--samples", "0"], "--samples is at least 1")):
+        assert main([*base, *args]) == 2
+        assert msg in capsys.readouterr().err
+    assert main(["upscale", "--ckpt", str(runs / "plain"), "--input", str(tmp_path / "low.npy"),
+                 "--out", str(tmp_path / "p.png")]) == 2
+    assert "super-resolution checkpoint" in capsys.readouterr().err

@@ -86,15 +86,21 @@ def _add_train(sub):
     p.add_argument("--lr-schedule", choices=["cosine", "constant"])
     p.add_argument("--grad-clip", type=float)
     p.add_argument("--ema-decay", type=float)
-    p.add_argument("--cond", choices=["none", "class", "text"],
+    p.add_argument("--cond", choices=["none", "class", "text", "image"],
                    help="class: condition on the data's labels (embedded sets; folders with one sub-folder per "
                         "class or a labels.csv); text: on captions (the embedded digits' are made from their "
-                        "labels; folders need a captions.jsonl), by cross-attention; both with a learned null "
-                        "condition for CFG")
+                        "labels; folders need a captions.jsonl), by cross-attention; image: on an image made "
+                        "from each training image (--task superres), concatenated to the input; all with a "
+                        "null condition for CFG")
+    p.add_argument("--task", choices=["superres"],
+                   help="image: superres (SR3): condition on the image area-downsampled to --lowres and "
+                        "bicubic-upsampled back; sample with `diffusionlab upscale`")
+    p.add_argument("--lowres", type=int, help="image, superres: the low-resolution side (e.g. 16 for 32x32 images)")
     p.add_argument("--text-encoder", choices=["minilm", "small"],
                    help="text: minilm (frozen all-MiniLM-L6-v2, offline; default) or small (a byte-level "
                         "transformer trained with the network)")
-    p.add_argument("--p-uncond", type=float, help="class / text: conditioning dropout, the null condition's share (0.1)")
+    p.add_argument("--p-uncond", type=float, help="class / text / image: conditioning dropout, the null condition's "
+                   "share (0.1)")
     p.add_argument("--guidance", type=float, help="class / text: the CFG scale recorded as the checkpoint's "
                    "sampling default")
     p.add_argument("--guide-at", type=float,
@@ -126,7 +132,7 @@ def _train_config(a):
     from ..training import PRESETS
 
     cfg = PRESETS[a.preset or "default"]()  # no --preset: the explicit default preset
-    top = {k: getattr(a, k) for k in ("cond", "text_encoder", "p_uncond", "guidance", "arch", "data", "image_size", "hflip", "max_steps", "time_budget", "batch_size",
+    top = {k: getattr(a, k) for k in ("cond", "task", "lowres", "text_encoder", "p_uncond", "guidance", "arch", "data", "image_size", "hflip", "max_steps", "time_budget", "batch_size",
                                       "grad_accum", "lr", "warmup_steps", "lr_schedule", "grad_clip", "ema_decay", "guide_at",
                                       "precision", "device", "num_threads", "seed", "out_dir", "sample_every",
                                       "checkpoint_every", "val_every", "eval_every", "eval_n", "eval_steps")
@@ -235,6 +241,9 @@ def _add_guidance(p):
                         "in CLS (train-classifier); works on unconditional models and composes with CFG")
     c.add_argument("--classifier-scale", type=float, default=None, metavar="S",
                    help="classifier guidance scale: x0 + S sigma^2 grad log p(class | x, sigma) (default 1)")
+    c.add_argument("--classifier-sigma-max", type=float, default=None, metavar="SIGMA",
+                   help="classifier guidance only at sigma <= SIGMA (default 30: above it a learned classifier's "
+                        "gradient times sigma^2 grows with sigma and wrecks the first steps)")
     c.add_argument("--guidance-rescale", type=float, default=0.0, metavar="PHI",
                    help="guidance rescale (Lin et al. 2023), 0..1; 0 = plain CFG")
     c.add_argument("--guidance-interval", type=_floats, default=None, metavar="LO,HI",
@@ -351,12 +360,14 @@ def _classifier_free(a, den):
         from ..training.classifier import load_classifier
 
         classifier = load_classifier(a.classifier)
-    elif getattr(a, "classifier_scale", None) is not None:
-        raise ValueError("--classifier-scale needs --classifier CLS")
+    elif getattr(a, "classifier_scale", None) is not None or getattr(a, "classifier_sigma_max", None) is not None:
+        raise ValueError("--classifier-scale / --classifier-sigma-max need --classifier CLS")
     den, a.conditioning = conditioned(den, class_=a.class_, prompt=getattr(a, "prompt", None),
                                       negative_class=a.negative_class, negative_prompt=getattr(a, "negative_prompt", None),
                                       guidance=a.guidance, rescale=a.guidance_rescale, interval=a.guidance_interval,
-                                      classifier=classifier, classifier_scale=getattr(a, "classifier_scale", None) or 1.0)
+                                      classifier=classifier, classifier_scale=getattr(a, "classifier_scale", None) or 1.0,
+                                      **({"classifier_sigma_max": a.classifier_sigma_max}
+                                         if getattr(a, "classifier_sigma_max", None) is not None else {}))
     return den
 
 
@@ -422,11 +433,11 @@ def write_npy(path, x) -> None:
     atomic_write(path, buf.getvalue())
 
 
-def _add_pipeline_common(p):
+def _add_pipeline_common(p, size: str = "the model's size; 28x28 inputs to a 32x32 model are padded like MNIST"):
     p.add_argument("--ckpt", required=True, help="run directory or checkpoint directory")
     p.add_argument("--input", required=True,
                    help="an image file, a folder of images, or a .npy batch (float32 [N, C, H, W] in [-1, 1], what "
-                        "`sample --npy` writes); 28x28 inputs to a 32x32 model are padded like MNIST")
+                        f"`sample --npy` writes); {size}")
     p.add_argument("--sampler", default="auto", help="a registered sampler (default: the checkpoint's)")
     p.add_argument("--steps", type=int, default=None, help="grid steps (default: the checkpoint's, else 50)")
     p.add_argument("--seed", type=int, default=0, help="input i uses seed stream i of this seed")
@@ -478,12 +489,13 @@ def _add_pipelines(sub):
                                    "run. --strength 0 returns the input, 1 ignores it.")
     _add_pipeline_common(p)
     p.add_argument("--strength", type=float, required=True, metavar="S", help="0..1")
-    from ..pipelines.inpaint import DEFAULT_JUMP, DEFAULT_RESAMPLE
+    from ..pipelines.inpaint import DEFAULT_JUMP, DEFAULT_RECONSTRUCTION, DEFAULT_RESAMPLE
 
     p = sub.add_parser("inpaint", help="fill a masked region with any model (RePaint)",
                        description="Inpainting by RePaint (Lugmayr et al. 2022): the known region is replaced by the "
                                    "input re-noised to the current sigma at every step, and every J steps the image "
-                                   "is noised back J steps and re-denoised, R passes in all. The known region of "
+                                   "is noised back J steps and re-denoised, R passes in all; reconstruction "
+                                   "guidance pulls the denoised image toward the known pixels. The known region of "
                                    "the output equals the input exactly.")
     _add_pipeline_common(p)
     p.add_argument("--mask", required=True,
@@ -494,11 +506,31 @@ def _add_pipelines(sub):
     p.add_argument("--resample", type=int, default=DEFAULT_RESAMPLE, metavar="R",
                    help=f"RePaint passes per jump (default {DEFAULT_RESAMPLE}; 1 = no resampling; the paper's 10): "
                         "the network runs about R x steps times per input. Measured on 32x32 digits, 16 steps, a "
-                        "2-core AMX CPU (bench/RESULTS_pipelines.md): J 5 R 3 about 6 s per 100 inputs, R 1 about "
-                        "2 s, J 10 R 10 about 14 s")
+                        "2-core AMX CPU (bench/RESULTS_pipelines.md), seconds per 100 inputs: J 5 R 3 with the "
+                        "default reconstruction guidance about 9 (without: 5), R 1 about 3 (without: 2), J 10 R 10 "
+                        "about 12-15 without")
+    p.add_argument("--reconstruction", type=float, default=DEFAULT_RECONSTRUCTION, metavar="W",
+                   help=f"reconstruction guidance weight (default {DEFAULT_RECONSTRUCTION:g}; 0 = RePaint alone): "
+                        "pulls the denoised image toward the known pixels through the network's gradient, which "
+                        "makes the fill agree with the known region (held-out digit agreement with J 5 R 3, "
+                        "left / right half masked: 0.70 / 0.75 without, 0.84 / 0.90 with; "
+                        "bench/RESULTS_pipelines.md) at one extra backward pass per step; off below sigma 0.5")
+    p = sub.add_parser("upscale", help="super-resolution with a model trained with --cond image --task superres",
+                       description="Super-resolution by image conditioning (SR3, Saharia et al. 2021): each "
+                                   "low-resolution input (the checkpoint's --lowres size, e.g. 16x16) is bicubic-"
+                                   "upsampled, concatenated to the model's noisy input, and the model samples the "
+                                   "full-resolution image.")
+    _add_pipeline_common(p, "the checkpoint's low-resolution size (16x16 for --lowres 16); with --degrade, "
+                            "full-size images (28x28 padded like MNIST) downsampled first")
+    p.add_argument("--degrade", action="store_true",
+                   help="the inputs are full-size images: area-downsample them to the low resolution first "
+                        "(to compare an upscaled digit with its original)")
+    p.add_argument("--samples", type=int, default=1, metavar="K",
+                   help="draw K samples per input and output their mean (sharper with 1, closer to the "
+                        "original in PSNR with more)")
 
 
-def _run_pipeline(a, fn) -> int:
+def _run_pipeline(a, fn, size=None) -> int:
     import torch
 
     from ..evaluation.viz import save_grid
@@ -506,7 +538,7 @@ def _run_pipeline(a, fn) -> int:
 
     den = _load(a)
     shape = den.info.image_shape
-    x = load_inputs(a.input, shape)
+    x = load_inputs(a.input, shape, size(den) if size else None)
     cond = a.conditioning(len(x))
     with torch.no_grad():
         out = fn(den, x, cond)
@@ -531,9 +563,26 @@ def cmd_inpaint(a) -> int:
 
     def run(den, x, cond):
         mask = parse_mask(a.mask, den.info.image_shape)
-        return inpaint(den, x, mask, a.steps, a.sampler, cond, a.seed, a.jump_length, a.resample, a.batch_size)
+        return inpaint(den, x, mask, a.steps, a.sampler, cond, a.seed, a.jump_length, a.resample, a.batch_size,
+                       reconstruction=a.reconstruction)
 
     return _run_pipeline(a, run)
+
+
+def cmd_upscale(a) -> int:
+    from ..data.degrade import downsample
+    from ..pipelines.upscale import lowres_size, upscale
+
+    def run(den, x, cond):
+        low = downsample(x, lowres_size(den)) if a.degrade else x
+        return upscale(den, low, a.steps, a.sampler, a.seed, a.samples, a.batch_size)
+
+    try:
+        return _run_pipeline(a, run, size=None if a.degrade else lowres_size)
+    except ValueError as e:
+        if a.degrade or "this model takes" not in str(e):
+            raise
+        raise ValueError(f"{e} (the low resolution; for full-size images add --degrade)") from None
 
 
 def _add_noise(sub):
@@ -834,6 +883,7 @@ def cmd_demo(a) -> int:
 
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "noise": cmd_noise, "eval": cmd_eval,
             "samplers": cmd_samplers, "demo": cmd_demo, "img2img": cmd_img2img, "inpaint": cmd_inpaint,
+            "upscale": cmd_upscale,
             "train-classifier": cmd_train_classifier}
 
 HINTS = {

@@ -24,11 +24,13 @@ from ..core.protocol import info_of
 
 
 def model_kind(info) -> str:
-    """"class", "text" or "none": what a denoiser's network is conditioned on."""
+    """"class", "text", "image" or "none": what a denoiser's network is conditioned on."""
     if "labels" in info.conditioning:
         return "class"
     if "text" in info.conditioning or "tokens" in info.conditioning:
         return "text"
+    if "image" in info.conditioning:
+        return "image"
     return "none"
 
 
@@ -79,14 +81,22 @@ class Conditioning:
         return self.positive is not None
 
 
+CLASSIFIER_SIGMA_MAX = 30.0  # classifier guidance only for sigma <= 30 (ClassifierGuided.sigma_max; measured below)
+
+
 def conditioned(den, class_=None, prompt=None, negative_class=None, negative_prompt: str | None = None,
                 guidance: float | None = None, rescale: float = 0.0, interval=None, classifier=None,
-                classifier_scale: float = 1.0):
+                classifier_scale: float = 1.0, classifier_sigma_max: float | None = CLASSIFIER_SIGMA_MAX):
     """(guided denoiser, Conditioning); see the module docstring. ``class_`` is an index or a
     class name; ``prompt`` one prompt, or a list of one per sample; ``guidance`` the CFG scale
     s = 1 + w. With a noise-aware ``classifier`` (``training.classifier.load_classifier``),
     ``class_`` is the class it guides toward (Dhariwal & Nichol 2021, ``ClassifierGuided``, on
-    top of CFG where the model is conditional); it then works on unconditional models too."""
+    top of CFG where the model is conditional); it then works on unconditional models too.
+    ``classifier_sigma_max``: no classifier guidance above this sigma (None: everywhere). The demo
+    model's grid starts at sigma 64,179 (its near-zero terminal SNR); guided there, a learned
+    classifier's sigma^2 grad log p is of the order of sigma and wrecks the first step: requested-
+    class accuracy at scales 1 / 3 / 10 was 0.12 / 0.11 / 0.09 (chance 0.1) guiding everywhere and
+    0.365 / 0.78 / 0.90 with the limit at 30 (0.35 / 0.71 / 0.87 at 10; 200 samples; bench/NOTES.md)."""
     info = info_of(den)
     kind = model_kind(info)
     guided_class = None
@@ -105,13 +115,17 @@ def conditioned(den, class_=None, prompt=None, negative_class=None, negative_pro
             hint = " (or add --classifier CLS to guide it toward --class)" if "--class" in asked else ""
             raise ValueError(f"{', '.join(asked)}: this checkpoint is unconditional "
                              f"(train with --cond class or --cond text){hint}")
-        return _with_classifier(den, classifier, guided_class, classifier_scale), Conditioning(den, None)
-    wrong = ("--prompt", "--negative-prompt") if kind == "class" else ("--class", "--negative-class")
+        return _with_classifier(den, classifier, guided_class, classifier_scale, classifier_sigma_max), Conditioning(den, None)
+    wrong = {"class": ("--prompt", "--negative-prompt"), "text": ("--class", "--negative-class"),
+             "image": ("--class", "--negative-class", "--prompt", "--negative-prompt")}[kind]
     bad = [k for k in asked if k in wrong]
     if bad:
-        takes = "--class / --negative-class" if kind == "class" else "--prompt / --negative-prompt"
+        takes = {"class": "--class / --negative-class", "text": "--prompt / --negative-prompt",
+                 "image": "its low-resolution --input through `diffusionlab upscale`"}[kind]
         raise ValueError(f"{', '.join(bad)}: this checkpoint is {kind}-conditional; it takes {takes}")
-    if kind == "class":
+    if kind == "image":  # the pipeline (upscale) gives each sample its image; CFG against the null image
+        pos = neg = None
+    elif kind == "class":
         pos = Cond(labels=torch.tensor([class_label(class_, info)])) if class_ is not None else None
         neg = Cond(labels=torch.tensor([class_label(negative_class, info, "--negative-class")])) \
             if negative_class is not None else None
@@ -120,7 +134,8 @@ def conditioned(den, class_=None, prompt=None, negative_class=None, negative_pro
         neg = encode_prompts(den, [negative_prompt]) if negative_prompt is not None else None
     scale = guidance if guidance is not None else (info.default_guidance or 1.0)
     guided = classifier_free(den, scale, negative=neg, rescale=rescale, interval=interval)
-    return _with_classifier(guided, classifier, guided_class, classifier_scale), Conditioning(den, pos)
+    return _with_classifier(guided, classifier, guided_class, classifier_scale, classifier_sigma_max), \
+        Conditioning(den, pos)
 
 
 def _classifier_label(spec, classifier) -> int:
@@ -134,9 +149,9 @@ def _classifier_label(spec, classifier) -> int:
     return label
 
 
-def _with_classifier(den, classifier, label, scale):
+def _with_classifier(den, classifier, label, scale, sigma_max):
     if classifier is None:
         return den
     from ..core.guidance import ClassifierGuided
 
-    return ClassifierGuided(den, classifier, label, scale)
+    return ClassifierGuided(den, classifier, label, scale, sigma_max)

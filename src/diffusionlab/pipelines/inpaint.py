@@ -8,6 +8,19 @@ steps are run again, ``resample`` R passes in all (R = 1: no resampling; the pap
 R = 10). The network runs about R x N times for N steps. After the last step the known region
 is pasted back in fp32 after the final clamp, so it equals the input exactly.
 
+Replacement alone harmonises poorly at the few steps a CPU affords: the known region enters only
+through the noisy x, so the model often completes a digit other than the one the known half
+belongs to. ``reconstruction`` w > 0 adds reconstruction guidance (``core.guidance.
+ReconstructionGuided``): the denoised image is pulled toward agreeing with the known pixels
+through the network's gradient, one extra backward pass per step. Measured on the demo model's
+null path, 16 steps, 200 held-out digits, right / left half masked (bench/NOTES.md): J 5 R 3
+alone 0.69 / 0.65 classifier agreement; with w 3, 12, 25, 50: 0.80 / 0.76 (100 digits), 0.885 /
+0.825, 0.875 / 0.83, 0.87 / 0.825; w 25 without resampling 0.835 / 0.785. The default is
+``DEFAULT_RECONSTRUCTION`` = 20 (the plateau); 0 is RePaint as published. Guidance stops below
+sigma 0.5 (``RECONSTRUCTION_SIGMA_MIN``, about the data's scale): applied to the end, it left a
+grey haze in the fill (39% of its background pixels above -0.9 against 4% with the floor, at the
+same agreement; floors 0.25 / 0.5 / 1 / 2 gave 0.88 / 0.875 / 0.89 / 0.81 on 200 digits).
+
 Any sampler works, one grid interval at a time (a multistep sampler's history restarts at each
 interval, so it runs as its first-order form). The mask is ``True`` / white where the image is
 to be filled (``parse_mask``).
@@ -18,6 +31,7 @@ import math
 
 import torch
 
+from ..core.guidance import ReconstructionGuided
 from ..core.protocol import info_of
 from ..core.rng import randn
 from ..core.sampling import resolve_sigmas, sample
@@ -25,6 +39,8 @@ from .inputs import batches
 
 HALVES = ("left", "right", "top", "bottom")
 DEFAULT_JUMP, DEFAULT_RESAMPLE = 5, 3
+DEFAULT_RECONSTRUCTION = 20.0
+RECONSTRUCTION_SIGMA_MIN = 0.5  # no reconstruction guidance below (the data's scale): it would only add haze
 
 
 def parse_mask(spec: str, shape: tuple) -> torch.Tensor:
@@ -72,12 +88,15 @@ def parse_mask(spec: str, shape: tuple) -> torch.Tensor:
 
 def inpaint(den, images: torch.Tensor, mask: torch.Tensor, steps: int | None = None, sampler: str | None = None,
             cond=None, seed: int = 0, jump_length: int = DEFAULT_JUMP, resample: int = DEFAULT_RESAMPLE,
-            batch_size: int = 256, **knobs) -> torch.Tensor:
+            batch_size: int = 256, reconstruction: float = DEFAULT_RECONSTRUCTION,
+            reconstruction_sigma_min: float = RECONSTRUCTION_SIGMA_MIN, **knobs) -> torch.Tensor:
     """Fill ``mask`` (True = fill; [1 or N, 1, H, W]) of ``images`` [N, C, H, W] in [-1, 1]
     (module docstring); returns [N, C, H, W] float32 on the CPU, equal to ``images`` outside
     the mask."""
     if jump_length < 1 or resample < 1:
         raise ValueError(f"--jump-length and --resample are >= 1, got {jump_length} and {resample}")
+    if not reconstruction >= 0 or not math.isfinite(reconstruction):
+        raise ValueError(f"--reconstruction is a weight >= 0 (0: RePaint alone), got {reconstruction}")
     images = images.float()
     mask = mask.to(torch.bool)
     if mask.shape[-2:] != images.shape[-2:] or mask.shape[0] not in (1, len(images)):
@@ -89,7 +108,8 @@ def inpaint(den, images: torch.Tensor, mask: torch.Tensor, steps: int | None = N
     out = []
     for start, stop, x0, c, gens in batches(images, cond, batch_size, seed):
         m = (mask if mask.shape[0] == 1 else mask[start:stop]).float()
-        out.append(_repaint(den, x0, m, grid, sampler, c, gens, jump_length, resample, knobs))
+        d = ReconstructionGuided(den, x0, 1 - m, reconstruction, reconstruction_sigma_min) if reconstruction else den
+        out.append(_repaint(d, x0, m, grid, sampler, c, gens, jump_length, resample, knobs))
     return torch.cat(out)
 
 
