@@ -7,7 +7,8 @@ with the checkpoint's sampler and steps, exactly what `diffusionlab inpaint --ck
 --mask left|right` and `diffusionlab img2img --ckpt RUN --input X --strength S` do. Inputs: the
 first n of the project's 1,000 held-out digits (`load_mnist("heldout")`), seeds 0..n-1. Measured
 with the project's digit classifier: agreement with the original label; for inpainting also the
-masked half left blank (black) as the baseline, RePaint's resampling on / off, and the largest
+masked half left blank (black) as the baseline, RePaint's resampling on / off, with and without
+reconstruction guidance (`--reconstruction`), and the largest
 difference in the known half; for img2img the RMSE to the input. Writes bench/RESULTS_pipelines.md.
 """
 from __future__ import annotations
@@ -28,7 +29,9 @@ def main() -> None:
     p.add_argument("--ckpt", default="runs/demo")
     p.add_argument("--n", type=int, default=500)
     p.add_argument("--strengths", default="0.2,0.4,0.6,0.8,1.0")
-    p.add_argument("--repaint", default="1:1,5:3,10:10", help="J:R settings (R = 1: no resampling)")
+    p.add_argument("--repaint", default="1:1:0,5:3:0,1:1:20,5:3:20,10:10:0",
+                   help="J:R:W settings (R = 1: no resampling; W: reconstruction guidance weight, 0 = none)")
+    p.add_argument("--pictures", default=None, help="folder for the README's before / after grids")
     p.add_argument("--repaint-n", type=int, default=100, help="inputs for the costly J:R settings (R > 3)")
     p.add_argument("--classifier", default="runs/classifier", help="trained first if missing (train-classifier)")
     p.add_argument("--classifier-budget", type=float, default=180.0, help="seconds of classifier training")
@@ -43,9 +46,10 @@ def main() -> None:
     from diffusionlab.data import load_mnist
     from diffusionlab.evaluation import load_digit_classifier
     from diffusionlab.evaluation.digits import extract_features
-    from diffusionlab.pipelines.conditioning import conditioned
+    from diffusionlab.pipelines.conditioning import CLASSIFIER_SIGMA_MAX, conditioned
     from diffusionlab.pipelines.img2img import img2img
-    from diffusionlab.pipelines.inpaint import DEFAULT_JUMP, DEFAULT_RESAMPLE, inpaint, parse_mask
+    from diffusionlab.pipelines.inpaint import DEFAULT_JUMP, DEFAULT_RECONSTRUCTION, DEFAULT_RESAMPLE, inpaint, parse_mask
+    from diffusionlab.evaluation.viz import save_grid
 
     den = dl.load_denoiser(a.ckpt, autocast_dtype=torch.bfloat16 if cpu_info()["fast_bf16"] else None)
     info = den.info
@@ -60,26 +64,35 @@ def main() -> None:
         return float((torch.from_numpy(probs).argmax(1) == labels).float().mean())
 
     rows_i, rows_s, rows_c = [], [], []
+    K = 10  # digits per picture row
+    pics = {}
     parts = a.parts.split(",")
     for side in (("left", "right") if "inpaint" in parts else ()):
         m = parse_mask(side, info.image_shape)
         blank = torch.where(m, torch.full_like(x, -1.0), x)
         rows_i.append((side, "masked half left black (baseline)", a.n, agree(blank, y), None, 0.0))
         print(rows_i[-1], flush=True)
+        pics[side] = [x[:K], torch.where(m, torch.zeros_like(x[:K]), x[:K])]
         for spec in a.repaint.split(","):
-            J, R = (int(v) for v in spec.split(":"))
+            J, R, W = (float(v) for v in spec.split(":"))
+            J, R = int(J), int(R)
             n = a.n if R <= 3 else min(a.n, a.repaint_n)
             t0 = time.perf_counter()
-            out = inpaint(guided, x[:n], m, steps, sampler, cond(n), seed=0, jump_length=J, resample=R)
+            out = inpaint(guided, x[:n], m, steps, sampler, cond(n), seed=0, jump_length=J, resample=R,
+                          reconstruction=W)
             secs = time.perf_counter() - t0
             diff = float((out - x[:n]).abs()[~m.expand_as(out)].max())
+            default = (J, R, W) == (DEFAULT_JUMP, DEFAULT_RESAMPLE, DEFAULT_RECONSTRUCTION)
             rows_i.append((side, f"RePaint J={J} R={R}" + (" (no resampling)" if R == 1 else "")
-                           + (" (default)" if (J, R) == (DEFAULT_JUMP, DEFAULT_RESAMPLE) else ""),
+                           + (f" + reconstruction guidance {W:g}" if W else "") + (" (**default**)" if default else ""),
                            n, agree(out, y[:n]), diff, secs / n * 100))
+            if W == 0 and (J, R) == (DEFAULT_JUMP, DEFAULT_RESAMPLE) or default:
+                pics[side].append(out[:K])
             print(rows_i[-1], flush=True)
     for s in (float(v) for v in a.strengths.split(",")) if "img2img" in parts else ():
         t0 = time.perf_counter()
         out = img2img(guided, x, s, steps, sampler, cond(a.n), seed=0)
+        pics.setdefault("img2img", [x[:K]]).append(out[:K])
         secs = time.perf_counter() - t0
         rmse = float(((out - x) ** 2).mean(dim=(1, 2, 3)).sqrt().mean())
         rows_s.append((s, agree(out, y), rmse, secs / a.n * 100))
@@ -126,11 +139,17 @@ def main() -> None:
     lines += [] if meta is None else ["", f"Classifier guidance on the null path: noise-aware classifier `{a.classifier}` "
               f"({meta['steps']} steps, {meta['seconds']:.0f} s; held-out accuracy at sigma "
               + ", ".join(f"{k}: {v:.2f}" for k, v in meta["heldout_accuracy_at_sigma"].items())
-              + f"), class i % 10 for sample i ({a.n} samples, seed k for class k)", "",
+              + f"), guided at sigma <= {CLASSIFIER_SIGMA_MAX:g} (the default), class i % 10 for sample i ({a.n} samples, "
+              "seed k for class k)", "",
               "| classifier scale | requested-class accuracy | seconds |", "|---:|---:|---:|"]
     lines += [] if meta is None else [f"| {s:g} | {acc:.3f} | {secs:.0f} |" for s, acc, secs in rows_c]
     Path(a.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    if a.pictures:  # rows: original, masked input (grey = to fill), RePaint, RePaint + reconstruction; img2img
+        for name, rows in pics.items():
+            path = Path(a.pictures) / f"pipeline_{'inpaint_' + name if name != 'img2img' else name}.png"
+            save_grid(torch.cat(rows), path, nrow=K, upscale=2)
+            print("wrote", path)
 
 
 if __name__ == "__main__":
