@@ -32,6 +32,7 @@ def main() -> None:
     p.add_argument("--repaint", default="1:1:0,5:3:0,1:1:20,5:3:20,10:10:0",
                    help="J:R:W settings (R = 1: no resampling; W: reconstruction guidance weight, 0 = none)")
     p.add_argument("--pictures", default=None, help="folder for the README's before / after grids")
+    p.add_argument("--pictures-only", action="store_true", help="write the grids, not the results file")
     p.add_argument("--repaint-n", type=int, default=100, help="inputs for the costly J:R settings (R > 3)")
     p.add_argument("--classifier", default="runs/classifier", help="trained first if missing (train-classifier)")
     p.add_argument("--classifier-budget", type=float, default=180.0, help="seconds of classifier training")
@@ -118,6 +119,7 @@ def main() -> None:
         for idx, x_k in outs:
             xs[idx] = x_k
         rows_c.append((s, agree(xs, labels), time.perf_counter() - t0))
+        pics.setdefault("classifier", []).append(xs[:K])  # sample k is class k
         print(rows_c[-1], flush=True)
     cpu = cpu_info()
     lines = ["# Inpainting and img2img on held-out digits (issue 17)", "",
@@ -143,11 +145,12 @@ def main() -> None:
               "seed k for class k)", "",
               "| classifier scale | requested-class accuracy | seconds |", "|---:|---:|---:|"]
     lines += [] if meta is None else [f"| {s:g} | {acc:.3f} | {secs:.0f} |" for s, acc, secs in rows_c]
-    Path(a.out).write_text("\n".join(lines) + "\n")
+    if not a.pictures_only:
+        Path(a.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     if a.pictures:  # rows: original, masked input (grey = to fill), RePaint, RePaint + reconstruction; img2img
         for name, rows in pics.items():
-            path = Path(a.pictures) / f"pipeline_{'inpaint_' + name if name != 'img2img' else name}.png"
+            path = Path(a.pictures) / f"pipeline_{'inpaint_' + name if name in ('left', 'right') else name}.png"
             save_grid(torch.cat(rows), path, nrow=K, upscale=2)
             print("wrote", path)
 
