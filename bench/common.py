@@ -127,6 +127,19 @@ def run_child(argv: list[str], threads: int, timeout: float | None = None) -> di
     return {"error": f"exit {proc.returncode}: {tail[:200]}"}
 
 
+def report_header(title: str, command: str, precision: bool = True) -> list[str]:
+    """The first lines of every stage report: title, date, the command and the CPU (model, kind
+    from ``diffusionlab.core.devices.cpu_info``, cores, and the precision the kind implies)."""
+    import datetime
+
+    from diffusionlab.core.devices import cpu_info
+
+    cpu = cpu_info()
+    prec = f"; precision {'bf16' if cpu['fast_bf16'] else 'fp32'}" if precision else ""
+    return [f"# {title}", "", f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
+            f"- command: `{command}`", f"- CPU: {cpu['model']}, {cpu['kind']}; {os.cpu_count()} cores{prec}"]
+
+
 def git_rev(cwd: str | None = None) -> str:
     """`git describe --always --dirty` of the tree the bench runs from, or "unknown"."""
     try:

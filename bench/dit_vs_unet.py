@@ -13,9 +13,7 @@ bench/RESULTS_dit_vs_unet.md.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -72,11 +70,8 @@ def main() -> None:
                              acc=acc, conf=m["confident_fraction"], fd=m["fd"] / m["fd_floor"], sample_ips=a.n / secs,
                              sampler=f"{info.default_sampler} {info.default_steps}"))
             print(rows[-1], flush=True)
-    cpu = cpu_info()
-    lines = ["# DiT vs U-Net, class-conditional MNIST, same budget (issue 15)", "",
-             f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
-             f"- command: `python bench/dit_vs_unet.py --budget {a.budget:g} --n {a.n}`",
-             f"- CPU: {cpu['model']}, {cpu['kind']}; {os.cpu_count()} cores; precision {'bf16' if cpu['fast_bf16'] else 'fp32'}",
+    lines = common.report_header("DiT vs U-Net, class-conditional MNIST, same budget (issue 15)",
+                                 f"python bench/dit_vs_unet.py --budget {a.budget:g} --n {a.n}") + [
              f"- each: `diffusionlab train --preset demo --cond class --arch A --time-budget {a.budget:g}`; "
              f"{a.n} samples, class i % 10, seeds 0..{a.n - 1}, the checkpoint's sampler",
              "", "| arch | params | GFLOPs/img (fwd) | train steps | train img/s | sampler | scale | accuracy | confident | FD / floor | sample img/s |",

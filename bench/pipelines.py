@@ -14,12 +14,12 @@ difference in the known half; for img2img the RMSE to the input. Writes bench/RE
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
 import time
 from pathlib import Path
 
 import torch
+
+import common
 
 HERE = Path(__file__).resolve().parent
 
@@ -121,11 +121,8 @@ def main() -> None:
         rows_c.append((s, agree(xs, labels), time.perf_counter() - t0))
         pics.setdefault("classifier", []).append(xs[:K])  # sample k is class k
         print(rows_c[-1], flush=True)
-    cpu = cpu_info()
-    lines = ["# Inpainting and img2img on held-out digits (issue 17)", "",
-             f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
-             f"- command: `python bench/pipelines.py --ckpt {a.ckpt} --n {a.n}`",
-             f"- CPU: {cpu['model']}, {cpu['kind']}; {os.cpu_count()} cores; precision {'bf16' if cpu['fast_bf16'] else 'fp32'}",
+    lines = common.report_header("Inpainting and img2img on held-out digits (issue 17)",
+                                 f"python bench/pipelines.py --ckpt {a.ckpt} --n {a.n}") + [
              f"- model: {a.ckpt} without a prompt (the null path), {sampler} {steps} steps (the checkpoint's); "
              "the project's held-out digits, seeds 0..n-1; agreement = the digit classifier reads the original label",
              f"- clean held-out digits: agreement {agree(x, y):.3f}", "",

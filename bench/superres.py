@@ -13,12 +13,12 @@ the original label). Writes bench/RESULTS_superres.md and, with --picture, a com
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
 import time
 from pathlib import Path
 
 import torch
+
+import common
 
 HERE = Path(__file__).resolve().parent
 
@@ -81,10 +81,8 @@ def main() -> None:
 
     step = load_checkpoint(a.ckpt)["config"].get("step")
     base_psnr, base_ssim = rows[0][1], rows[0][2]
-    lines = ["# Super-resolution 16 -> 32 on held-out digits (issue 17)", "",
-             f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
-             f"- command: `python bench/superres.py --ckpt {a.ckpt} --n {a.n}`",
-             f"- CPU: {cpu['model']}, {cpu['kind']}; {os.cpu_count()} cores; precision {'bf16' if cpu['fast_bf16'] else 'fp32'}",
+    lines = common.report_header("Super-resolution 16 -> 32 on held-out digits (issue 17)",
+                                 f"python bench/superres.py --ckpt {a.ckpt} --n {a.n}") + [
              f"- model: {a.ckpt} (step {step}), {sampler} {steps} steps; inputs: "
              f"the first {a.n} held-out digits area-downsampled to 16x16; PSNR / SSIM against the original "
              "in [-1, 1] (data range 2); accuracy = the project's digit classifier reads the original label",

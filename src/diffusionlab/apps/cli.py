@@ -530,7 +530,7 @@ def _add_pipelines(sub):
                         "original in PSNR with more)")
 
 
-def _run_pipeline(a, fn, size=None) -> int:
+def _run_pipeline(a, fn, size=None, hint: str = "") -> int:
     import torch
 
     from ..evaluation.viz import save_grid
@@ -538,7 +538,7 @@ def _run_pipeline(a, fn, size=None) -> int:
 
     den = _load(a)
     shape = den.info.image_shape
-    x = load_inputs(a.input, shape, size(den) if size else None)
+    x = load_inputs(a.input, shape, size(den) if size else None, hint)
     cond = a.conditioning(len(x))
     with torch.no_grad():
         out = fn(den, x, cond)
@@ -577,12 +577,9 @@ def cmd_upscale(a) -> int:
         low = downsample(x, lowres_size(den)) if a.degrade else x
         return upscale(den, low, a.steps, a.sampler, a.seed, a.samples, a.batch_size)
 
-    try:
-        return _run_pipeline(a, run, size=None if a.degrade else lowres_size)
-    except ValueError as e:
-        if a.degrade or "this model takes" not in str(e):
-            raise
-        raise ValueError(f"{e} (the low resolution; for full-size images add --degrade)") from None
+    if a.degrade:
+        return _run_pipeline(a, run)
+    return _run_pipeline(a, run, size=lowres_size, hint=" (the low resolution; for full-size images add --degrade)")
 
 
 def _add_noise(sub):

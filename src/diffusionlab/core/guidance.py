@@ -111,7 +111,7 @@ class ClassifierGuided(DenoiserWrapper):
     def denoise(self, x, sigma, cond, inner):
         d = inner(x, sigma, cond)
         if self.scale == 0.0 or self.sigma_max is not None and float(torch.as_tensor(sigma).min()) > self.sigma_max:
-            return d  # (per sample below: samples above sigma_max get no term)
+            return d  # nothing to guide: every sample is above sigma_max (mixed batches: per sample below)
         B = x.shape[0]
         sig = torch.as_tensor(sigma, device=x.device, dtype=torch.float32)
         sig = sig.expand(B) if sig.dim() == 0 else sig

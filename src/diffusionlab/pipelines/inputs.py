@@ -17,7 +17,7 @@ import torch.nn.functional as F
 PAD_FROM = {32: 28}  # model side -> the native side that is padded to it (MNIST's 28 -> 32)
 
 
-def _fit(x: torch.Tensor, shape: tuple, what: str, size: tuple | None = None) -> torch.Tensor:
+def _fit(x: torch.Tensor, shape: tuple, what: str, size: tuple | None = None, hint: str = "") -> torch.Tensor:
     c, h, w = shape if size is None else (shape[0], *size)
     if x.shape[1] != c:
         raise ValueError(f"{what}: {x.shape[1]} channel(s); this model takes {c}")
@@ -28,7 +28,7 @@ def _fit(x: torch.Tensor, shape: tuple, what: str, size: tuple | None = None) ->
         p = (h - got[0]) // 2
         return F.pad(x, (p, p, p, p), value=-1.0)
     pad = f" (or {PAD_FROM[h]}x{PAD_FROM[h]}, padded)" if h == w and h in PAD_FROM else ""
-    raise ValueError(f"{what}: images are {got[0]}x{got[1]}; this model takes {h}x{w}{pad}")
+    raise ValueError(f"{what}: images are {got[0]}x{got[1]}; this model takes {h}x{w}{pad}{hint}")
 
 
 def _image(path: Path, channels: int) -> torch.Tensor:
@@ -43,9 +43,9 @@ def _image(path: Path, channels: int) -> torch.Tensor:
     return t[None] if channels == 1 else t.permute(2, 0, 1)
 
 
-def load_inputs(spec, shape: tuple, size: tuple | None = None) -> torch.Tensor:
+def load_inputs(spec, shape: tuple, size: tuple | None = None, hint: str = "") -> torch.Tensor:
     """See the module docstring. ``size`` (H, W) overrides the expected side (super-resolution
-    inputs are smaller than the model's output)."""
+    inputs are smaller than the model's output); ``hint`` ends the message of a wrong size."""
     from ..data.folder import IMAGE_EXTENSIONS
 
     path = Path(spec)
@@ -81,7 +81,7 @@ def load_inputs(spec, shape: tuple, size: tuple | None = None) -> torch.Tensor:
         x = _image(path, c)[None]
     if len(x) == 0:
         raise ValueError(f"--input {spec}: no images")
-    return _fit(x, shape, f"--input {spec}", size)
+    return _fit(x, shape, f"--input {spec}", size, hint)
 
 
 def batches(images: torch.Tensor, cond, batch_size: int, seed: int):
