@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
-from .denoiser import DenoiserWrapper, info_of
+from ..errors import UserError
+from .denoiser import DenoiserInfo, DenoiserWrapper, info_of
 from .rng import per_sample_generators, randn
 from .samplers import SAMPLERS
 from .schedules import get_sigmas
@@ -21,6 +23,37 @@ class CountingDenoiser(DenoiserWrapper):
     def denoise(self, x, sigma, cond, inner):
         self.nfe += 1
         return inner(x, sigma, cond)
+
+
+FALLBACK_SAMPLER, FALLBACK_STEPS = "ddim", 50  # a model that records nothing (a bare function): DDIM, 50 steps
+
+
+@dataclass(frozen=True)
+class SamplingChoice:
+    """What a sampling run uses: sampler, steps (grid intervals) and the CFG scale s = 1 + w."""
+
+    sampler: str
+    steps: int
+    guidance: float
+
+
+def sampling_defaults(denoiser_or_info, sampler: str | None = None, steps: int | None = None,
+                      guidance: float | None = None) -> SamplingChoice:
+    """The one rule for which sampler, how many steps and which guidance scale a run uses, for
+    ``dl.sample``, the CLI, the demo and every pipeline: what the caller asks (non-None; sampler
+    "auto" counts as not asked), else what the model declares (``info.default_*``: the values its
+    checkpoint records, else its process's own), else DDIM with 50 steps and guidance 1."""
+    info = denoiser_or_info if isinstance(denoiser_or_info, DenoiserInfo) else info_of(denoiser_or_info)
+    if sampler in (None, "auto"):
+        sampler = info.default_sampler if info.default_sampler in SAMPLERS else FALLBACK_SAMPLER
+    elif sampler not in SAMPLERS:
+        raise UserError(f"unknown sampler {sampler!r}; choose from {', '.join(sorted(SAMPLERS))}")
+    steps = int(steps if steps is not None else (info.default_steps or FALLBACK_STEPS))
+    if steps < 1:
+        raise UserError(f"steps must be at least 1, got {steps}")
+    guidance = float(guidance if guidance is not None else
+                     (info.default_guidance if info.default_guidance is not None else 1.0))
+    return SamplingChoice(sampler, steps, guidance)
 
 
 def ladder_grid(ladder: torch.Tensor, steps: int) -> torch.Tensor:
@@ -61,7 +94,7 @@ def prior_std(denoiser, sigma: float) -> float:
 
 
 @torch.no_grad()
-def sample(denoiser, shape, sampler: str = "ddim", steps: int = 50, sigmas=None,
+def sample(denoiser, shape, sampler: str | None = None, steps: int | None = None, sigmas=None,
            sigma_min: float | None = None, sigma_max: float | None = None, schedule: str = "auto",
            cond=None, generator=None, callback=None, noise: torch.Tensor | None = None,
            device=None, return_info: bool = False, seed: int | None = None, init: torch.Tensor | None = None,
@@ -78,9 +111,11 @@ def sample(denoiser, shape, sampler: str = "ddim", steps: int = 50, sigmas=None,
     partly noised image (img2img); no initial noise is drawn then. ``partial``: run the given
     ``sigmas`` as they are, without the final step to 0 (a piece of a grid: RePaint's steps);
     the result is x at the last sigma, not x0.
+    ``sampler`` / ``steps`` None: the model's own (``sampling_defaults``: what its checkpoint
+    records, else its process's default, else DDIM 50).
     """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; choose from {sorted(SAMPLERS)}")
+    choice = sampling_defaults(denoiser, sampler, steps)
+    sampler, steps = choice.sampler, choice.steps
     if seed is not None:
         if generator is not None:
             raise ValueError("give seed or generator, not both")
