@@ -5,6 +5,7 @@ import torch
 import diffusionlab as dl
 from diffusionlab.core.denoiser import DenoiserInfo
 from diffusionlab.core.guidance import Autoguided, Clipped, DynamicThreshold, autoguidance, threshold
+from diffusionlab.errors import UserError
 
 from oracles import GaussianOracle, MixtureOracle
 
@@ -61,12 +62,12 @@ def test_thresholded_sampling_stays_in_range(kind, sampler):
 
 
 def test_bad_threshold_arguments():
-    with pytest.raises(ValueError, match="unknown threshold"):
-        threshold(lambda x, s, c=None: x, "soft")
-    with pytest.raises(ValueError, match="percentile"):
-        DynamicThreshold(lambda x, s, c=None: x, p=0.0)
-    with pytest.raises(ValueError, match="lo < hi"):
-        Clipped(lambda x, s, c=None: x, lo=1, hi=-1)
+    for make, msg, param in ((lambda: threshold(lambda x, s, c=None: x, "soft"), "unknown threshold", "threshold"),
+                             (lambda: DynamicThreshold(lambda x, s, c=None: x, p=0.0), "percentile", "threshold_p"),
+                             (lambda: Clipped(lambda x, s, c=None: x, lo=1, hi=-1), "lo < hi", "lo")):
+        with pytest.raises(UserError, match=msg) as e:
+            make()
+        assert e.value.param == param and "--" not in e.value.message
 
 
 def _oracle(var):
@@ -105,11 +106,12 @@ def test_autoguidance_removes_error_the_guide_exaggerates():
 
 def test_bad_autoguidance_arguments():
     main = _oracle(1.0)
-    with pytest.raises(ValueError, match="finite number >= 0"):
-        Autoguided(main, main, -1.0)
-    with pytest.raises(ValueError, match="finite number >= 0"):
-        Autoguided(main, main, float("nan"))
+    for w in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(UserError, match="finite number >= 0") as e:
+            Autoguided(main, main, w)
+        assert e.value.param == "weight"
     a, b = _oracle(1.0), _oracle(1.0)
     a.info, b.info = DenoiserInfo(image_shape=(1, 32, 32)), DenoiserInfo(image_shape=(3, 32, 32))
-    with pytest.raises(ValueError, match="shape"):
+    with pytest.raises(UserError, match="shape") as e:
         Autoguided(a, b, 2.0)
+    assert e.value.param == "guide"

@@ -8,6 +8,7 @@ import torch
 from diffusionlab.apps.cli import main
 from diffusionlab.core.protocol import DenoiserInfo
 from diffusionlab.core.samplers import SAMPLERS
+from diffusionlab.errors import UserError
 from diffusionlab.pipelines.img2img import img2img
 from diffusionlab.pipelines.inpaint import inpaint, parse_mask
 from diffusionlab.pipelines.inputs import load_inputs
@@ -43,14 +44,36 @@ def test_img2img_strength_zero_returns_the_input_and_one_ignores_it():
     assert (mid - x).abs().mean() < (a - x).abs().mean() and (mid - x).abs().mean() > 1e-3
 
 
-def test_img2img_runs_the_last_round_s_n_steps():
+@pytest.mark.parametrize("strength,n,k", [(0.25, 10, 2), (0.35, 10, 3), (0.34, 10, 3), (0.45, 10, 4), (0.99, 10, 9),
+                                           (1.0, 10, 10), (1.0, 7, 7), (0.05, 10, 0), (0.29, 100, 28)])
+def test_img2img_runs_diffusers_floor_of_s_times_n_steps(strength, n, k):
     from diffusionlab.core.sampling import CountingDenoiser
+    from diffusionlab.pipelines.img2img import img2img_steps
 
-    den = CountingDenoiser(GaussImages())
-    img2img(den, _inputs(2), 0.34, steps=10, sampler="euler")            # round(3.4) = 3 steps, Euler: 3 NFE
-    assert den.nfe == 3
-    with pytest.raises(ValueError, match=r"strength is in \[0, 1\]"):
+    assert img2img_steps(strength, n) == k == min(int(n * strength), n)  # diffusers: int(N * strength)
+    den, x = CountingDenoiser(GaussImages()), _inputs(2)
+    out = img2img(den, x, strength, steps=n, sampler="euler")          # Euler: one NFE per step
+    assert den.nfe == k
+    if k == 0:
+        assert torch.equal(out, x)                                     # nothing to run: the input comes back
+
+
+def test_img2img_starts_at_sigma_n_minus_k_and_refuses_a_bad_strength():
+    from diffusionlab.core.sampling import resolve_sigmas
+
+    den, x, seen = GaussImages(), _inputs(2), []
+
+    def recording(x_, sigma, cond=None):
+        seen.append(float(torch.as_tensor(sigma).reshape(-1)[0]))
+        return den(x_, sigma, cond)
+
+    recording.info = den.info
+    img2img(recording, x, 0.25, steps=10, sampler="euler")
+    grid = resolve_sigmas(den, 10)
+    assert seen == pytest.approx([float(s) for s in grid[8:10]])      # t_start = N - k = 8
+    with pytest.raises(UserError, match=r"is in \[0, 1\]") as e:
         img2img(GaussImages(), _inputs(2), 1.5)
+    assert e.value.param == "strength" and "--" not in e.value.message
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
@@ -70,7 +93,7 @@ def test_repaint_fills_toward_the_data_and_resampling_costs_r_times():
     den = CountingDenoiser(GaussImages(s=0.05))
     x = _inputs(2)
     out = inpaint(den, x, parse_mask("left", SHAPE), steps=6, sampler="ddim", jump_length=3, resample=2)
-    assert den.nfe == 6 + 3                                  # one jump back of 3 steps (the last segment runs once)
+    assert den.nfe == 6 + 3            # one jump back of 3 steps: steps 2-4 run twice, 0-1 and the step to 0 once
     fill = parse_mask("left", SHAPE).expand_as(out)
     torch.testing.assert_close(out[fill], GaussImages().mu.expand_as(out)[fill], atol=0.2, rtol=0)
 
@@ -118,8 +141,14 @@ def test_reconstruction_guidance_leaves_independent_pixels_alone():
     g = ReconstructionGuided(den, x, (~m).float(), 20.0, sigma_min=0.5)
     assert torch.equal(g(x, torch.full((3,), 0.4)), den(x, torch.full((3,), 0.4)))      # off below the floor
     assert not torch.allclose(g(x, torch.full((3,), 0.6)), den(x, torch.full((3,), 0.6)))
-    with pytest.raises(ValueError, match="--reconstruction is a weight"):
-        inpaint(den, x, m, steps=2, reconstruction=-1.0)
+    for kw, param in ((dict(reconstruction=-1.0), "reconstruction"), (dict(jump_length=0), "jump_length"),
+                      (dict(resample=0), "resample")):
+        with pytest.raises(UserError) as e:
+            inpaint(den, x, m, steps=2, **kw)
+        assert e.value.param == param and "--" not in e.value.message
+    with pytest.raises(UserError, match="does not fit") as e:
+        inpaint(den, x, torch.zeros(2, 1, 8, 8, dtype=torch.bool), steps=2)
+    assert e.value.param == "mask"
 
 
 def test_mask_parsing(tmp_path):
@@ -138,8 +167,9 @@ def test_mask_parsing(tmp_path):
     Image.fromarray(np.zeros((9, 8), np.uint8)).save(tmp_path / "bad.png")
     for spec, msg in ((str(tmp_path / "bad.png"), "this model takes 8x8"), ("0,0,9,2", "rectangle must satisfy"),
                       ("1,2,3", "four integers"), ("middle", "not left|right|top|bottom")):
-        with pytest.raises(ValueError, match=msg):
+        with pytest.raises(UserError, match=msg) as e:
             parse_mask(spec, SHAPE)
+        assert e.value.param == "mask" and "--" not in e.value.message     # the parameter, never a CLI flag
 
 
 def test_inputs_npy_png_folder_padding_and_refusals(tmp_path):

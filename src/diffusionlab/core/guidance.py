@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import UserError
 from .denoiser import Denoiser, DenoiserWrapper, info_of
 
 THRESHOLDS = ("none", "clip", "dynamic")
@@ -41,7 +42,7 @@ class Clipped(DenoiserWrapper):
 
     def __init__(self, denoiser: Denoiser, lo: float = -1.0, hi: float = 1.0):
         if not lo < hi:
-            raise ValueError(f"clip range needs lo < hi, got [{lo}, {hi}]")
+            raise UserError(f"clip range needs lo < hi, got [{lo}, {hi}]", param="lo")
         super().__init__(denoiser)
         self.lo, self.hi = float(lo), float(hi)
 
@@ -54,9 +55,9 @@ class DynamicThreshold(DenoiserWrapper):
 
     def __init__(self, denoiser: Denoiser, p: float = 0.995, max_value: float = 1.0):
         if not 0.0 < p <= 1.0:
-            raise ValueError(f"dynamic threshold percentile must be in (0, 1], got {p}")
-        if max_value <= 0:
-            raise ValueError(f"dynamic threshold max_value must be > 0, got {max_value}")
+            raise UserError(f"dynamic threshold percentile must be in (0, 1], got {p}", param="threshold_p")
+        if not max_value > 0:
+            raise UserError(f"dynamic threshold max_value must be > 0, got {max_value}", param="max_value")
         super().__init__(denoiser)
         self.p, self.max_value = float(p), float(max_value)
 
@@ -75,10 +76,10 @@ class Autoguided(DenoiserWrapper):
     def __init__(self, denoiser: Denoiser, guide: Denoiser, weight: float):
         weight = float(weight)
         if not (weight >= 0.0 and weight < float("inf")):
-            raise ValueError(f"autoguidance weight must be a finite number >= 0, got {weight}")
+            raise UserError(f"autoguidance weight must be a finite number >= 0, got {weight}", param="weight")
         a, b = info_of(denoiser).image_shape, info_of(guide).image_shape
         if a is not None and b is not None and tuple(a) != tuple(b):
-            raise ValueError(f"the guide denoises images of shape {tuple(b)}, the model {tuple(a)}")
+            raise UserError(f"the guide denoises images of shape {tuple(b)}, the model {tuple(a)}", param="guide")
         super().__init__(denoiser)
         self.guide, self.weight = guide, weight
 
@@ -100,6 +101,12 @@ class ClassifierGuided(DenoiserWrapper):
     above ``sigma_max`` (None: no limit) it is left out: the exact term vanishes as the noise
     swamps the data (sigma^2 grad log p stays within the data's range), but a learned
     classifier's gradient only falls as 1 / sigma there, so sigma^2 times it grows with sigma.
+
+    The shift is always this score form, sigma^2 * grad_x log p, i.e. D & N's Algorithm 2
+    (eps - sqrt(1 - abar) grad), whatever the sampler, ancestral ones (DDPM, learned variance
+    included) too; their Algorithm 1 instead shifts an ancestral step's mean by s * Sigma * grad
+    (the step's own variance). Both are valid approximations of the conditional reverse
+    process; they differ in how strongly a given scale acts per step.
     """
 
     def __init__(self, denoiser, classifier, labels, scale: float = 1.0, sigma_max: float | None = None):
@@ -130,9 +137,15 @@ class ReconstructionGuided(DenoiserWrapper):
     2022's reconstruction guidance with DPS's normalised step, Chung et al. 2023): with e the
     error of the denoised image on the known pixels, e = keep * (D(x) - known),
 
-        D'(x) = D(x) - weight * grad_x ||e||^2 / ||e||
+        D'(x) = D(x) - weight * grad_x ||e||^2 / ||e|| = D(x) - 2 * weight * grad_x ||e||
 
-    per sample. The gradient flows through the network, so the unknown pixels move with the
+    per sample. Two differences from DPS, so that weights are not carried over unchanged: DPS
+    (Algorithm 1 with its normalised step zeta_i = zeta' / ||e||, and its code, which steps by
+    zeta' * grad ||e||) takes zeta' * grad_x ||e||, so its zeta' corresponds to 2 * weight here
+    (the weight is half of DPS's step); and DPS subtracts the step from the sampler's next state
+    x_{i-1}, while here, as in Ho et al. 2022's reconstruction guidance, it goes to the denoised
+    image D, which every sampler then uses (the step on x is scaled by the sampler's own
+    coefficient of D). The gradient flows through the network, so the unknown pixels move with the
     known ones wherever the model couples them (for a model whose pixels are independent it
     changes nothing there). ``known`` [N, C, H, W] and ``keep`` (1 = known) [1 or N, 1, H, W]; one
     extra backward pass per call; 0 at sigma = inf and below ``sigma_min``: near the end the known
@@ -172,4 +185,4 @@ def threshold(denoiser: Denoiser, kind: str = "none", p: float = 0.995) -> Denoi
         return Clipped(denoiser)
     if kind == "dynamic":
         return DynamicThreshold(denoiser, p=p)
-    raise ValueError(f"unknown threshold {kind!r}; choose from {', '.join(THRESHOLDS)}")
+    raise UserError(f"unknown threshold {kind!r}; choose from {', '.join(THRESHOLDS)}", param="threshold")

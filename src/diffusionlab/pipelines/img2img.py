@@ -1,9 +1,10 @@
 """img2img by SDEdit (Meng et al. 2022): noise an image part of the way, denoise it back.
 
 With N steps on the model's grid (``core.sampling.resolve_sigmas``), ``strength`` S picks the
-last k = round(S * N) steps (diffusers' convention): the input is noised to the sigma at which
-they begin, x = x0 + sigma_k n, and the sampler runs those k steps. S = 0 returns the input
-unchanged; S = 1 runs the whole grid from the prior, independent of the input. Any sampler and
+last k = floor(S * N) steps, exactly as diffusers' img2img pipelines (``int(N * strength)``,
+starting at step ``t_start = N - k``; ``img2img_steps``): the input is noised to the sigma at
+which they begin, x = x0 + sigma_{N-k} n, and the sampler runs those k steps. S = 0 (or any
+S < 1 / N) returns the input unchanged; S = 1 runs the whole grid from the prior, independent of the input. Any sampler and
 any guided denoiser (``pipelines.conditioning.conditioned``) works: this is a different start
 and grid, nothing else. Sample i uses ``per_sample_generators(seed, [i])`` for its noise.
 """
@@ -11,10 +12,17 @@ from __future__ import annotations
 
 import torch
 
-from ..core.protocol import info_of
 from ..core.rng import randn
-from ..core.sampling import resolve_sigmas, sample
+from ..core.sampling import resolve_sigmas, sample, sampling_defaults
+from ..errors import UserError
 from .inputs import batches
+
+
+def img2img_steps(strength: float, n_steps: int) -> int:
+    """How many of the grid's last steps img2img runs: ``min(int(n_steps * strength), n_steps)``,
+    diffusers' formula to the float (S = 0.25, N = 10: 2; S = 0.35: 3; S = 0.29, N = 100: 28,
+    since 100 * 0.29 is 28.999999999999996 in binary floating point)."""
+    return min(int(n_steps * float(strength)), n_steps)
 
 
 def img2img(den, images: torch.Tensor, strength: float, steps: int | None = None, sampler: str | None = None,
@@ -23,13 +31,12 @@ def img2img(den, images: torch.Tensor, strength: float, steps: int | None = None
     all N (or None); returns [N, C, H, W] float32 on the CPU."""
     strength = float(strength)
     if not 0.0 <= strength <= 1.0:
-        raise ValueError(f"--strength is in [0, 1] (0 returns the input, 1 ignores it), got {strength:g}")
-    info = info_of(den)
-    sampler = sampler or info.default_sampler or "ddim"
-    steps = int(steps or info.default_steps or 50)
+        raise UserError(f"is in [0, 1] (0 returns the input, 1 ignores it), got {strength:g}", param="strength")
+    choice = sampling_defaults(den, sampler, steps)
+    sampler, steps = choice.sampler, choice.steps
     grid = resolve_sigmas(den, steps, **{k: knobs.pop(k) for k in ("schedule",) if k in knobs})
     n_steps = len(grid) - 1
-    k = round(strength * n_steps)
+    k = img2img_steps(strength, n_steps)
     images = images.float()
     if k == 0:
         return images.clone().cpu()
