@@ -14,9 +14,16 @@ replaces the null one). Since eps = (x - D) / sigma and v are affine in D with t
 combination in x0 equals the seeds' combination in eps (and in v); tests check it. Both halves
 run in one batched forward (``Cond.cat``).
 
-- ``rescale`` phi (Lin et al. 2023, Eq. 15-16): on the eps implied by the x0 predictions, per
-  sample, eps_r = eps_cfg * std(eps_c) / std(eps_cfg), eps = phi eps_r + (1 - phi) eps_cfg; it
-  undoes the over-exposure of large scales. phi 0 is plain CFG.
+- ``rescale`` phi (Lin et al. 2023, Eq. 15-16, Alg. 2): on the **v prediction** implied by the
+  x0 predictions, in normalised (VP) coordinates, per sample:
+  v_r = v_cfg * std(v_c) / std(v_cfg), v = phi v_r + (1 - phi) v_cfg, with
+  v = alpha eps - sigma_vp x0, alpha = 1 / sqrt(1 + sigma^2), sigma_vp = sigma alpha
+  (v = -x0 at sigma = inf, zero terminal SNR). The paper's models predict v, and ComfyUI's
+  RescaleCFG rescales v for every model kind, as here; diffusers' ``rescale_noise_cfg`` rescales
+  the model's own output, so for eps-prediction models it acts on eps. In eps space the rescale
+  fades out at high noise (both eps are about x / sigma there) and is undefined at sigma = inf,
+  exactly where over-exposure is decided; in v space it acts at every sigma. It undoes the
+  over-exposure of large scales; phi 0 is plain CFG.
 - ``interval`` (lo, hi]: guidance only for sigma in (lo, hi], the conditional model elsewhere
   (guidance at high noise mostly costs diversity, at low noise it does little).
 
@@ -29,42 +36,16 @@ import math
 
 import torch
 
-from .cond import Cond, as_cond
+from .cond import Cond, CondSpec, as_cond
 from .protocol import DenoiserWrapper, info_of
 
 
 def null_cond(denoiser, batch: int, device=None) -> Cond:
-    """The null condition for ``batch`` samples of a conditional model: its condition fields
-    present (zeros) and every sample marked null."""
+    """The null condition for ``batch`` samples of a conditional model (``info.null_cond``)."""
     info = info_of(denoiser)
-    fields = {}
-    if "labels" in info.conditioning:
-        fields["labels"] = torch.zeros(batch, dtype=torch.long, device=device)
-    if "text" in info.conditioning:  # one placeholder token; the network puts its learned null context there
-        fields["text"] = torch.zeros(batch, 1, info.text_dim, device=device)
-        fields["mask"] = torch.ones(batch, 1, dtype=torch.bool, device=device)
-    if "tokens" in info.conditioning:
-        fields["tokens"] = torch.zeros(batch, 1, dtype=torch.long, device=device)
-        fields["mask"] = torch.ones(batch, 1, dtype=torch.bool, device=device)
-    if "pooled" in info.conditioning:
-        fields["pooled"] = torch.zeros(batch, info.pooled_dim, device=device)
-    if "image" in info.conditioning:  # the network puts zeros (the null image) there
-        if info.image_shape is None:
-            raise ValueError("the null condition of an image-conditioned denoiser needs info.image_shape")
-        fields["image"] = torch.zeros(batch, info.cond_channels, *info.image_shape[1:], device=device)
-    if not fields:
+    if not info.cond.conditional:
         raise ValueError("classifier-free guidance needs a conditional model (its info declares no conditioning)")
-    return Cond(**fields, null=torch.ones(batch, dtype=torch.bool, device=device))
-
-
-def _batched(cond: Cond, batch: int) -> Cond:
-    """``cond`` for ``batch`` samples: a single condition is repeated."""
-    n = cond.batch_size
-    if n == batch:
-        return cond
-    if n == 1:
-        return Cond.cat([cond] * batch)
-    raise ValueError(f"a condition for {n} samples does not fit a batch of {batch}")
+    return info.null_cond(batch, device)
 
 
 class ClassifierFree(DenoiserWrapper):
@@ -91,8 +72,8 @@ class ClassifierFree(DenoiserWrapper):
     def _halves(self, x, cond):
         B = x.shape[0]
         pos = as_cond(cond)
-        pos = null_cond(self.inner, B, x.device) if pos.is_empty else _batched(pos, B)
-        neg = null_cond(self.inner, B, x.device) if self.negative is None else _batched(self.negative.to(x.device), B)
+        pos = null_cond(self.inner, B, x.device) if pos.is_empty else CondSpec.repeat(pos.to(x.device), B)
+        neg = null_cond(self.inner, B, x.device) if self.negative is None else CondSpec.repeat(self.negative.to(x.device), B)
         if self.negative is None and pos.null is not None and bool(pos.null.all()):
             neg = pos  # the positive is already the null condition
         return pos, neg
@@ -120,14 +101,25 @@ class ClassifierFree(DenoiserWrapper):
         return out.to(d_c.dtype)
 
     def _rescaled(self, x, sig, d_c, d_cfg):
+        """Lin et al. 2023, Eq. 15-16 / Alg. 2 on the v prediction in normalised coordinates
+        (module docstring): v = alpha eps - sigma_vp x0 with alpha = 1 / sqrt(1 + sigma^2),
+        sigma_vp = sigma alpha, eps = (x - D) / sigma; at sigma = inf, v = -D. Back to x0:
+        D = alpha^2 x - sigma_vp v."""
         s = sig.to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
         finite = torch.isfinite(s)
         s_safe = torch.where(finite, s, torch.ones_like(s))
-        eps_c, eps_cfg = (x - d_c) / s_safe, (x - d_cfg) / s_safe
+        alpha = torch.where(finite, 1 / (1 + s_safe ** 2).sqrt(), torch.zeros_like(s))
+        sigma_vp = torch.where(finite, s_safe * alpha, torch.ones_like(s))
+        x_safe = torch.where(finite, x, torch.zeros_like(x))  # x at sigma = inf only enters through eps * alpha = 0
+
+        def to_v(d):
+            return alpha * (x_safe - d) / s_safe - sigma_vp * d
+
+        v_c, v_cfg = to_v(d_c), to_v(d_cfg)
         dims = tuple(range(1, x.dim()))
-        ratio = eps_c.std(dim=dims, keepdim=True) / eps_cfg.std(dim=dims, keepdim=True).clamp_min(1e-12)
-        eps = self.rescale * eps_cfg * ratio + (1 - self.rescale) * eps_cfg
-        return torch.where(finite, x - s_safe * eps, d_cfg)  # at sigma = inf plain CFG
+        ratio = v_c.std(dim=dims, keepdim=True) / v_cfg.std(dim=dims, keepdim=True).clamp_min(1e-12)
+        v = self.rescale * v_cfg * ratio + (1 - self.rescale) * v_cfg
+        return alpha ** 2 * x_safe - sigma_vp * v
 
     def denoise_with_variance(self, x, sigma, cond=None):
         x0, frac = super().denoise_with_variance(x, sigma, cond)

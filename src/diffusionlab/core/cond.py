@@ -13,6 +13,10 @@ Samplers pass a ``Cond`` through untouched; guidance batches it (``Cond.cat``); 
 step drops it (``Cond.drop``). Networks always receive one: ``denoiser.call_net`` coerces
 ``None`` and the older tensor hook (a LongTensor of labels or a float vector) with ``as_cond``.
 
+``CondSpec`` is what a model is conditioned on: the one record of it, declared by the network
+(``net.cond_spec``) and reachable as ``denoiser.info.cond``. It builds the null condition of a
+batch and repeats a condition to a batch; a missing condition of any kind means the null one.
+
 ``Batch`` is what the trainer's data source yields and its loss takes: images, their ``Cond``,
 and ``extras`` for losses that need more (preference pairs, cached latents, ...).
 """
@@ -145,6 +149,90 @@ def as_cond(cond) -> Cond:
             return Cond(labels=cond.reshape(-1).long())
         return Cond(pooled=cond if cond.dim() > 1 else cond.reshape(-1, 1))
     raise TypeError(f"a condition is a diffusionlab.Cond (or None, or a tensor), got {type(cond).__name__}")
+
+
+COND_KINDS = ("none", "class", "text", "image")  # what a model can be trained on (plus "vector": a pooled input)
+IN_NETWORK_ENCODER = "small"  # the text encoder trained inside the network: it reads token ids (Cond.tokens);
+# any other encoder is frozen outside the network, whose token embeddings (Cond.text, + pooled) it reads
+
+
+@dataclass(frozen=True)
+class CondSpec:
+    """What a model is conditioned on (module docstring). ``kind``: none | class | text | image |
+    vector; ``num_classes`` and ``class_names`` (class); ``encoder`` (the text encoder's name:
+    "small" = token ids read by an encoder inside the network, else a frozen encoder's token
+    embeddings), ``text_dim`` (their width) and ``encoder_fingerprint`` (text); ``pooled_dim``
+    (a pooled vector's width: the text width, or a vector model's); ``image_channels`` and
+    ``lowres`` (image: the conditioning image concatenated to the input, a super-resolution
+    model's low-resolution side)."""
+
+    kind: str = "none"
+    num_classes: int | None = None
+    class_names: tuple | None = None
+    encoder: str | None = None
+    text_dim: int | None = None
+    pooled_dim: int | None = None
+    image_channels: int | None = None
+    lowres: tuple | None = None
+    encoder_fingerprint: str | None = None
+
+    def __post_init__(self):
+        if self.kind not in COND_KINDS + ("vector",):
+            raise ValueError(f"unknown conditioning kind {self.kind!r}; choose from {', '.join(COND_KINDS)}")
+
+    @property
+    def conditional(self) -> bool:
+        return self.kind != "none"
+
+    @property
+    def reads_token_ids(self) -> bool:
+        """A text model whose encoder is inside the network (``IN_NETWORK_ENCODER``)."""
+        return self.kind == "text" and self.encoder == IN_NETWORK_ENCODER
+
+    @property
+    def fields(self) -> tuple:
+        """The ``Cond`` fields the network reads."""
+        if self.kind == "class":
+            return ("labels",) + (("pooled",) if self.pooled_dim else ())
+        if self.kind == "text":
+            return ("tokens",) if self.reads_token_ids else ("text", "pooled")
+        if self.kind == "image":
+            return ("image",)
+        return ("pooled",) if self.kind == "vector" else ()
+
+    def null(self, batch: int, device=None, image_hw: tuple | None = None) -> Cond:
+        """The null condition of ``batch`` samples: the fields present (zeros, one placeholder
+        token) and every sample marked null; the network puts its learned null embedding (class
+        row, null context) or zeros (image, vector) there. ``image_hw``: (H, W) of an image model."""
+        fields = {}
+        for f in self.fields:
+            fields.update(self._null_field(f, batch, device, image_hw))
+        if not fields:
+            raise ValueError("an unconditional model has no null condition")
+        return Cond(**fields, null=torch.ones(batch, dtype=torch.bool, device=device))
+
+    def _null_field(self, name: str, batch: int, device, image_hw) -> dict:
+        if name == "labels":
+            return {"labels": torch.zeros(batch, dtype=torch.long, device=device)}
+        if name in ("text", "tokens"):
+            tok = (torch.zeros(batch, 1, self.text_dim, device=device) if name == "text"
+                   else torch.zeros(batch, 1, dtype=torch.long, device=device))
+            return {name: tok, "mask": torch.ones(batch, 1, dtype=torch.bool, device=device)}
+        if name == "pooled":
+            return {"pooled": torch.zeros(batch, self.pooled_dim, device=device)}
+        if image_hw is None:
+            raise ValueError("the null condition of an image-conditioned model needs its image size (H, W)")
+        return {"image": torch.zeros(batch, self.image_channels, *image_hw, device=device)}
+
+    @staticmethod
+    def repeat(cond: Cond, n: int) -> Cond:
+        """``cond`` for ``n`` samples: a single condition repeated, n conditions as they are."""
+        size = cond.batch_size
+        if size == n or size is None:
+            return cond
+        if size == 1:
+            return Cond.cat([cond] * n)
+        raise ValueError(f"a condition for {size} samples does not fit a batch of {n}")
 
 
 @dataclass

@@ -35,7 +35,7 @@ from torch import nn
 
 from .process import learned_log_variance
 from .protocol import (FALLBACK_SIGMA_MAX, FALLBACK_SIGMA_MIN, Denoiser, DenoiserInfo,  # noqa: F401 (re-exported)
-                       DenoiserWrapper, _param_device, call_net, info_of, net_conditioning)
+                       DenoiserWrapper, Network, _param_device, call_net, info_of, network_cond)
 from .schedules import DiscreteSchedule
 
 
@@ -223,39 +223,44 @@ class PreconditionedDenoiser(nn.Module):
 
     process = ""
     default_schedule = "karras"
+    default_sampler: str | None = None   # the process's own sampler and steps, where it has them
+    default_steps: int | None = None
 
-    def __init__(self, net: nn.Module, precond, autocast_dtype: torch.dtype | None = None):
+    def __init__(self, net: nn.Module, precond, autocast_dtype: torch.dtype | None = None,
+                 declared: dict | None = None):
         super().__init__()
         self.net, self.precond, self.autocast_dtype = net, precond, autocast_dtype
-        self.image_shape = None
-        self.class_names, self.default_guidance = None, None  # set by the checkpoint loader
-        self.lowres = None  # a super-resolution checkpoint's input size (H, W)
-        self.recorded_sampling: dict = {}  # the checkpoint's sampler / steps, where the family has none
+        # what the model's checkpoint declares (``models.loading``): DenoiserInfo fields (image_shape, cond,
+        # default_sampler / steps / guidance); they win over the process's own defaults
+        self.declared = {k: v for k, v in (declared or {}).items() if v is not None}
+        self._info_cache: DenoiserInfo | None = None
 
     def prior_std(self, sigma: float) -> float:
         """Std of x at noise level sigma when x0 is negligible: the declared prior (``info``)."""
         return self.info.prior_std(sigma)
 
-    def _info(self, **fields) -> DenoiserInfo:
-        fields = {**net_conditioning(self.net), **fields}
-        fields.setdefault("default_schedule", self.default_schedule)
-        fields.setdefault("default_guidance", self.default_guidance)
-        fields.setdefault("default_sampler", self.recorded_sampling.get("sampler"))
-        fields.setdefault("default_steps", self.recorded_sampling.get("steps"))
-        fields.setdefault("class_names", tuple(self.class_names) if self.class_names else None)
-        fields.setdefault("lowres", tuple(self.lowres) if self.lowres else None)
-        return DenoiserInfo(process=self.process, sigma_min=float(self.sigma_min), sigma_max=float(self.sigma_max),
-                            image_shape=self.image_shape, learned_variance=self.learned_variance, device=_param_device(self), **fields)
+    def _process_info(self) -> dict:
+        """The process's DenoiserInfo fields (a subclass adds its own)."""
+        return {}
 
     @property
     def info(self) -> DenoiserInfo:
-        return self._info()
+        """Built once from the process, the network's ``cond_spec`` and the declared fields;
+        rebuilt only when the parameters moved to another device."""
+        device = _param_device(self)
+        if self._info_cache is None or self._info_cache.device != device:
+            fields = {"default_schedule": self.default_schedule, "default_sampler": self.default_sampler,
+                      "default_steps": self.default_steps, "cond": network_cond(self.net),
+                      **self._process_info(), **self.declared}
+            self._info_cache = DenoiserInfo(process=self.process, sigma_min=float(self.sigma_min),
+                                            sigma_max=float(self.sigma_max), learned_variance=self.learned_variance,
+                                            device=device, **fields)
+        return self._info_cache
 
     @property
     def learned_variance(self) -> bool:
         """True for an improved-DDPM network whose output has 2C channels (prediction, then v)."""
-        net = self.net
-        return getattr(net, "out_channels", None) is not None and net.out_channels == 2 * getattr(net, "channels", -1)
+        return isinstance(self.net, Network) and self.net.learned_variance
 
     def _run(self, x: torch.Tensor, sigma: torch.Tensor, cond):
         sigma = torch.as_tensor(sigma, device=x.device)
@@ -294,14 +299,13 @@ class DiscreteDenoiser(PreconditionedDenoiser):
     default_schedule = "trailing"
 
     def __init__(self, net: nn.Module, schedule: DiscreteSchedule, objective: str = "eps",
-                 autocast_dtype: torch.dtype | None = None):
-        super().__init__(net, DiscretePrecond(schedule, objective), autocast_dtype)
+                 autocast_dtype: torch.dtype | None = None, declared: dict | None = None):
+        super().__init__(net, DiscretePrecond(schedule, objective), autocast_dtype, declared)
         self.schedule, self.objective = schedule, self.precond.objective
         self.register_buffer("table_sigmas", schedule.sigmas, persistent=False)
 
-    @property
-    def info(self) -> DenoiserInfo:
-        return self._info(prior="vp", table_sigmas=self.table_sigmas)
+    def _process_info(self) -> dict:
+        return {"prior": "vp", "table_sigmas": self.table_sigmas}
 
     @property
     def sigma_min(self) -> float:
@@ -336,8 +340,8 @@ class SDEDenoiser(PreconditionedDenoiser):
     sigma(1); prior as the SDE's (VP: sqrt(1 + sigma^2), sub-VP: 1 / mean, VE: sigma)."""
 
     def __init__(self, net: nn.Module, sde, objective: str = "eps",
-                 autocast_dtype: torch.dtype | None = None):
-        super().__init__(net, SDEPrecond(sde, objective), autocast_dtype)
+                 autocast_dtype: torch.dtype | None = None, declared: dict | None = None):
+        super().__init__(net, SDEPrecond(sde, objective), autocast_dtype, declared)
         self.sde, self.objective, self.process = sde, self.precond.objective, sde.name
 
     @property
@@ -351,9 +355,8 @@ class SDEDenoiser(PreconditionedDenoiser):
     def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
         return self.sde.t_of_sigma(sigma)
 
-    @property
-    def info(self) -> DenoiserInfo:
-        return self._info(prior=self.sde.prior_std, sde=self.sde)
+    def _process_info(self) -> dict:
+        return {"prior": self.sde.prior_std, "sde": self.sde}
 
 
 class EDMDenoiser(PreconditionedDenoiser):
@@ -366,13 +369,9 @@ class EDMDenoiser(PreconditionedDenoiser):
     rho = 7.0
 
     def __init__(self, net: nn.Module, sigma_data: float = 0.5, sigma_min: float = 0.002,
-                 sigma_max: float = 80.0, autocast_dtype: torch.dtype | None = None):
-        super().__init__(net, EDMPrecond(sigma_data), autocast_dtype)
+                 sigma_max: float = 80.0, autocast_dtype: torch.dtype | None = None, declared: dict | None = None):
+        super().__init__(net, EDMPrecond(sigma_data), autocast_dtype, declared)
         self.sigma_data, self.sigma_min, self.sigma_max = float(sigma_data), float(sigma_min), float(sigma_max)
-
-    @property
-    def info(self) -> DenoiserInfo:
-        return self._info(default_sampler=self.default_sampler, default_steps=self.default_steps)
 
 
 class NCSNDenoiser(PreconditionedDenoiser):
@@ -386,14 +385,13 @@ class NCSNDenoiser(PreconditionedDenoiser):
     default_schedule = "ladder"
 
     def __init__(self, net: nn.Module, sigma_min: float = 0.01, sigma_max: float = 50.0, levels: int = 126,
-                 autocast_dtype: torch.dtype | None = None):
-        super().__init__(net, NCSNPrecond(sigma_min, sigma_max), autocast_dtype)
+                 autocast_dtype: torch.dtype | None = None, declared: dict | None = None):
+        super().__init__(net, NCSNPrecond(sigma_min, sigma_max), autocast_dtype, declared)
         self.ladder = geometric_ladder(sigma_max, sigma_min, levels)
         self.sigma_min, self.sigma_max, self.default_steps = float(sigma_min), float(sigma_max), int(levels)
 
-    @property
-    def info(self) -> DenoiserInfo:
-        return self._info(ladder=self.ladder, default_sampler=self.default_sampler, default_steps=self.default_steps)
+    def _process_info(self) -> dict:
+        return {"ladder": self.ladder}
 
     def score(self, x: torch.Tensor, sigma: torch.Tensor, cond=None) -> torch.Tensor:
         """s(x, sigma) = (x0_hat - x) / sigma^2."""

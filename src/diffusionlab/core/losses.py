@@ -131,7 +131,10 @@ class ImportanceSampler:
     def sample(self, n: int, generator=None, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
         """(t [n] long, weights [n] = 1 / (T p_t))."""
         p = self.probs()
-        t = torch.multinomial(p, n, replacement=True, generator=generator)
+        if isinstance(generator, (list, tuple)):  # one generator per sample (core.rng)
+            t = torch.cat([torch.multinomial(p, 1, generator=g) for g in generator])
+        else:
+            t = torch.multinomial(p, n, replacement=True, generator=generator)
         return t.to(device), (1.0 / (self.T * p[t])).to(device=device, dtype=torch.float32)
 
     def update(self, t: torch.Tensor, losses: torch.Tensor) -> None:
@@ -165,8 +168,7 @@ class DiscreteTimesteps:
 
     def __call__(self, n: int, generator, device, train: bool = True) -> Draw:
         if self.timestep_sampler is not None and train:
-            dev = generator.device if generator is not None else device
-            t, weights = self.timestep_sampler.sample(n, generator, dev)
+            t, weights = self.timestep_sampler.sample(n, generator, device)
             d = self.at(t.to(device))
             d.weights = weights.to(device)
             return d

@@ -22,7 +22,7 @@ from typing import Any, Callable, Protocol, Union
 import torch
 from torch import nn
 
-from .cond import Cond, as_cond
+from .cond import Cond, CondSpec, as_cond
 
 FALLBACK_SIGMA_MIN, FALLBACK_SIGMA_MAX = 0.002, 80.0
 
@@ -44,14 +44,7 @@ class DenoiserInfo:
     default_steps: int | None = None
     default_guidance: float | None = None
     image_shape: tuple | None = None     # (C, H, W) where known (checkpoints)
-    conditioning: tuple = ()             # the Cond fields the network uses: "labels", "pooled", "text", "tokens", "image"
-    num_classes: int | None = None
-    text_encoder: str | None = None      # the text encoder whose output the network reads ("minilm", "small")
-    text_dim: int | None = None          # the width of its token embeddings
-    pooled_dim: int | None = None        # the width of the pooled vector (cond_dim, or the text width)
-    class_names: tuple | None = None     # names of the classes, where the data had them
-    cond_channels: int | None = None     # channels of the conditioning image (concatenated to the input)
-    lowres: tuple | None = None          # (H, W) of a super-resolution model's low-resolution input
+    cond: CondSpec = CondSpec()          # what the model is conditioned on (its network's declaration)
     learned_variance: bool = False       # has denoise_with_variance
     device: torch.device | None = None
 
@@ -62,6 +55,11 @@ class DenoiserInfo:
         if self.prior == "vp":
             return math.sqrt(1 + sigma ** 2) if math.isfinite(sigma) else 1.0
         return float(sigma)
+
+    def null_cond(self, batch: int, device=None) -> Cond:
+        """The null condition of ``batch`` samples (``CondSpec.null`` with this model's image size)."""
+        hw = tuple(self.image_shape[1:]) if self.image_shape is not None else None
+        return self.cond.null(batch, device, hw)
 
     def finite_sigma_max(self) -> float:
         """sigma_max, or for zero terminal SNR the largest finite sigma of the table."""
@@ -84,33 +82,30 @@ def info_of(denoiser) -> DenoiserInfo:
     return info if isinstance(info, DenoiserInfo) else _BARE
 
 
+class Network(nn.Module):
+    """Base of the library's networks (``nn.Unet``, ``nn.DiT``): ``forward(x, t, cond)`` always
+    receives a ``Cond``; ``cond_spec`` declares what the network is conditioned on and
+    ``learned_variance`` whether its output carries improved DDPM's variance channels. Any other
+    ``nn.Module`` ``net(x, t)`` works too: it is called without a condition."""
+
+    cond_spec: CondSpec = CondSpec()
+    learned_variance: bool = False
+
+
+def network_cond(net) -> CondSpec:
+    """What ``net`` is conditioned on: a library network's declaration, nothing for any other."""
+    return net.cond_spec if isinstance(net, Network) else CondSpec()
+
+
 def call_net(net, x: torch.Tensor, c_noise: torch.Tensor, cond) -> torch.Tensor:
-    """The one place a network is called. A network that declares ``accepts_cond = True`` (the
-    library's) always receives a ``Cond``; any other ``net(x, t)`` is called without one, or with
-    the caller's own condition object when one is given (the older hook)."""
-    if getattr(net, "accepts_cond", False):
+    """The one place a network is called: a library ``Network`` always receives a ``Cond``; any
+    other ``net(x, t)`` is called without one, or with the caller's own condition object when
+    one is given."""
+    if isinstance(net, Network):
         return net(x, c_noise, as_cond(cond))
     if cond is None or (isinstance(cond, Cond) and cond.is_empty):
         return net(x, c_noise)
     return net(x, c_noise, cond)
-
-
-def net_conditioning(net) -> dict:
-    """The ``DenoiserInfo`` fields of what a library network was built for (from its config):
-    ``conditioning`` (the Cond fields), ``num_classes``, ``text_encoder``, ``text_dim`` and
-    ``cond_channels`` (a conditioning image concatenated to the input). A text
-    network reads token embeddings ``text`` (+ ``pooled``) of an encoder outside it, or the token
-    ids ``tokens`` of its own small encoder (``text_encoder`` "small")."""
-    cfg = getattr(net, "config", None) or {}
-    enc = cfg.get("text_encoder") if cfg.get("text_dim") else None
-    text = (("tokens",) if enc == "small" else ("text", "pooled")) if enc else ()
-    kinds = tuple(k for k, on in (("labels", cfg.get("num_classes")), ("pooled", cfg.get("cond_dim"))) if on)
-    kinds += tuple(k for k in text if k not in kinds)
-    kinds += ("image",) if cfg.get("cond_channels") else ()
-    return {"conditioning": kinds, "num_classes": cfg.get("num_classes"), "text_encoder": enc,
-            "cond_channels": cfg.get("cond_channels") or None,
-            "text_dim": cfg.get("text_dim") if enc else None,
-            "pooled_dim": cfg.get("cond_dim") or (cfg.get("text_dim") if "pooled" in text else None)}
 
 
 def _param_device(module: nn.Module) -> torch.device | None:

@@ -21,6 +21,8 @@ from typing import Sequence
 
 import numpy as np
 import torch
+
+from ..core import rng
 from PIL import Image, ImageOps
 
 from .images import to_uint8
@@ -330,21 +332,20 @@ class ImageFolderDataset(torch.utils.data.Dataset):
                 f"image_size={self.image_size}, channels={self.channels}, hflip={self.hflip})")
 
 
-def random_hflip(batch: torch.Tensor, generator: torch.Generator, p: float = 0.5,
-                 return_mask: bool = False):
+def random_hflip(batch: torch.Tensor, generator, p: float = 0.5, return_mask: bool = False):
     """Mirror each image of ``batch`` [B,C,H,W] left-right with probability ``p``.
 
-    One uniform draw per sample from ``generator`` (required: the library never touches the
-    global RNG), so the same seed flips the same samples. Returns a new tensor (and the
-    boolean mask ``[B]`` of flipped samples when ``return_mask``).
+    One uniform draw per sample from ``generator``: a ``torch.Generator`` or a list of one per
+    sample (``core.rng``; required: the library never touches the global RNG), so the same seed
+    flips the same samples. Returns a new tensor (and the boolean mask ``[B]`` of flipped samples
+    when ``return_mask``).
     """
-    if not isinstance(generator, torch.Generator):
+    if not isinstance(generator, (torch.Generator, list, tuple)):
         raise TypeError("random_hflip needs an explicit torch.Generator (e.g. "
-                        "torch.Generator().manual_seed(0))")
+                        "torch.Generator().manual_seed(0)) or one per sample")
     if batch.ndim != 4:
         raise ValueError(f"expected a batch [B, C, H, W], got shape {tuple(batch.shape)}")
-    u = torch.rand(batch.shape[0], generator=generator, device=generator.device)
-    mask = (u < float(p)).to(batch.device)
+    mask = (rng.rand((batch.shape[0],), generator) < float(p)).to(batch.device)
     out = torch.where(mask[:, None, None, None], batch.flip(-1), batch)
     return (out, mask) if return_mask else out
 

@@ -25,6 +25,7 @@ class NoisyClassifierConfig:
     num_classes: int = 10
     dim: int = 32
     sigma_data: float = 0.5
+    class_names: tuple | None = None  # names of the classes, where the data had them
 
     @classmethod
     def from_dict(cls, d: dict) -> "NoisyClassifierConfig":
@@ -40,6 +41,7 @@ class NoisyClassifier(nn.Module):
         self.config = json.loads(json.dumps(asdict(c)))
         d, emb = c.dim, 4 * c.dim
         self.sigma_data, self.emb_dim = c.sigma_data, d
+        self.num_classes, self.class_names = c.num_classes, tuple(c.class_names) if c.class_names else None
         self.time = nn.Sequential(nn.Linear(d, emb), nn.SiLU(), nn.Linear(emb, emb))
         self.inp = nn.Conv2d(c.channels, d, 3, padding=1)
         self.blocks = nn.ModuleList([ResnetBlock(d, d, emb), ResnetBlock(d, 2 * d, emb), ResnetBlock(2 * d, 2 * d, emb)])

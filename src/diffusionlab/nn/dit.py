@@ -25,8 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.protocol import Network
+
 from ..core.dataclass_io import from_dict
-from .layers import add_condition, concat_image, sinusoidal_embedding
+from .layers import add_condition, concat_image, cond_spec_from, sinusoidal_embedding
 from .text import CrossAttention, TextContext, check_text_settings
 
 
@@ -101,11 +103,10 @@ class DiTBlock(nn.Module):
         return x + g2[:, None] * self.mlp(_modulate(self.norm2(x), s2, sc2))
 
 
-class DiT(nn.Module):
+class DiT(Network):
     """``DiT(patch_size=4, hidden=256, depth=4, ...)`` with any ``DiTConfig`` field as a keyword, or
     ``DiT.from_config(DiTConfig(...))``; ``forward(x, t, cond)`` like the U-Net's."""
 
-    accepts_cond = True
     arch = "dit"
 
     @classmethod
@@ -122,6 +123,8 @@ class DiT(nn.Module):
         self.config = json.loads(json.dumps(asdict(c)))
         self.channels, self.patch_size, self.hidden = c.channels, c.patch_size, c.hidden
         self.out_channels = c.out_channels or c.channels * (2 if c.learned_variance else 1)
+        self.cond_spec = cond_spec_from(c)
+        self.learned_variance = self.out_channels == 2 * c.channels
         self.freq_dim = c.freq_dim
         self.cond_channels = c.cond_channels
         self.patchify = nn.Conv2d(c.channels + c.cond_channels, c.hidden, c.patch_size, stride=c.patch_size)
@@ -138,6 +141,9 @@ class DiT(nn.Module):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
         nn.init.xavier_uniform_(self.patchify.weight.view(c.hidden, -1))
+        # DiT's own init (Peebles & Xie 2023): the label table and the timestep MLP from N(0, 0.02)
+        for w in [self.time_mlp[0].weight, self.time_mlp[2].weight] + ([self.class_emb.weight] if self.class_emb is not None else []):
+            nn.init.normal_(w, std=0.02)
 
     def embed(self, t, cond, batch: int, device):
         """(c, context): c = time embedding + class embedding (null row where cond.null) + projected

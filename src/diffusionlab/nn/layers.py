@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from ..core.cond import as_cond
+from ..core.cond import IN_NETWORK_ENCODER, CondSpec, as_cond
 
 
 def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -181,7 +181,8 @@ def concat_image(x: torch.Tensor, cond, channels: int, network: str) -> torch.Te
 def add_condition(emb: torch.Tensor, cond, class_emb: nn.Embedding | None, cond_proj: nn.Linear | None,
                   network: str, text=None):
     """``emb`` [B, D] plus the embedding of a ``Cond``: the class row of ``class_emb`` (its last
-    row is the learned null label, used where ``cond.null``), the projected pooled vector (zero
+    row is the learned null label, used where ``cond.null`` and for every sample when the
+    condition has no labels: a missing condition of any kind is the null condition), the projected pooled vector (zero
     where null) and, for a text network (``text``: its ``nn.text.TextContext``), the pooled text
     embedding (the learned null one where null). Shared by the U-Net's time embedding and DiT's
     adaLN input; a condition the network was not built for is an error naming it.
@@ -193,10 +194,12 @@ def add_condition(emb: torch.Tensor, cond, class_emb: nn.Embedding | None, cond_
         raise ValueError(f"this {network} was built without text conditioning (train with --cond text)")
     batch, device = emb.shape[0], emb.device
     null = cond.null_mask(batch, device)
-    if cond.labels is not None:
-        if class_emb is None:
-            raise ValueError(f"this {network} was built without conditioning on class labels (num_classes)")
-        emb = emb + class_emb(torch.where(null, class_emb.num_embeddings - 1, cond.labels.long().to(device)))
+    if cond.labels is not None and class_emb is None:
+        raise ValueError(f"this {network} was built without conditioning on class labels (num_classes)")
+    if class_emb is not None:  # no labels means the null label, as a missing prompt means the null context
+        null_row = class_emb.num_embeddings - 1
+        labels = cond.labels.long().to(device) if cond.labels is not None else torch.full((batch,), null_row, device=device)
+        emb = emb + class_emb(torch.where(null, null_row, labels))
     if text is not None:
         ctx, mask, pooled = text(cond, batch, device, emb.dtype)
         return emb + pooled.to(emb.dtype), (ctx, mask)
@@ -205,3 +208,20 @@ def add_condition(emb: torch.Tensor, cond, class_emb: nn.Embedding | None, cond_
             raise ValueError(f"this {network} was built without conditioning on a vector (cond_dim)")
         emb = emb + cond_proj(cond.pooled.to(device, emb.dtype)) * (~null).to(emb.dtype)[:, None]
     return emb, None
+
+
+def cond_spec_from(config) -> CondSpec:
+    """The ``CondSpec`` a network config declares (the U-Net's and DiT's share these fields):
+    class labels (``num_classes``), a text encoder (``text_encoder`` + ``text_dim``), a
+    concatenated image (``cond_channels``) or a pooled vector alone (``cond_dim``)."""
+    pooled = config.cond_dim or (config.text_dim if config.text_encoder and config.text_encoder != IN_NETWORK_ENCODER else None)
+    if config.num_classes:
+        kind = "class"
+    elif config.text_dim:
+        kind = "text"
+    elif config.cond_channels:
+        kind = "image"
+    else:
+        kind = "vector" if config.cond_dim else "none"
+    return CondSpec(kind=kind, num_classes=config.num_classes or None, encoder=config.text_encoder if config.text_dim else None,
+                    text_dim=config.text_dim or None, pooled_dim=pooled or None, image_channels=config.cond_channels or None)

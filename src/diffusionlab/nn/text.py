@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.cond import Cond, as_cond
+from ..core.cond import IN_NETWORK_ENCODER, Cond, as_cond
 
 BYTE_VOCAB = 256 + 3  # pad 0, start 1, end 2, then the UTF-8 bytes
 SMALL_MAX_TOKENS = 64
@@ -78,7 +78,7 @@ class TextContext(nn.Module):
 
     def __init__(self, text_dim: int, emb_dim: int, encoder: str):
         super().__init__()
-        self.encoder = SmallTextEncoder(text_dim) if encoder == "small" else None
+        self.encoder = SmallTextEncoder(text_dim) if encoder == IN_NETWORK_ENCODER else None
         self.norm = nn.LayerNorm(text_dim)
         self.null_context = nn.Parameter(torch.randn(1, 1, text_dim) * 0.02)
         self.pool_proj = nn.Sequential(nn.Linear(text_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))

@@ -29,10 +29,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.protocol import Network
+
 from ..core.dataclass_io import from_dict
 
 from .text import CrossAttention, TextContext, check_text_settings
-from .layers import (Attention, ConvNextBlock, add_condition, concat_image, Downsample, LearnedSinusoidalPosEmb, LinearAttention,
+from .layers import (Attention, ConvNextBlock, add_condition, concat_image, cond_spec_from, Downsample, LearnedSinusoidalPosEmb, LinearAttention,
                      ResnetBlock, SinusoidalPosEmb, Upsample, group_norm)
 
 
@@ -80,11 +82,10 @@ class UnetConfig:
         return from_dict(cls, d)
 
 
-class Unet(nn.Module):
+class Unet(Network):
     """``Unet(dim=64, dim_mults=(1, 2, 4, 8), ...)`` with any ``UnetConfig`` field as a keyword, or
     ``Unet.from_config(UnetConfig(...))``; ``net.config`` is the config as a dict."""
 
-    accepts_cond = True  # denoiser.call_net always passes a Cond
     arch, Config = "unet", UnetConfig
 
     @classmethod
@@ -111,6 +112,8 @@ class Unet(nn.Module):
         self.channels = channels
         self.levels = levels
         self.out_channels = out_channels or channels * (2 if learned_variance else 1)
+        self.cond_spec = cond_spec_from(c)
+        self.learned_variance = self.out_channels == 2 * c.channels
         Block = ResnetBlock if block == "resnet" else ConvNextBlock
         emb_dim = dim * 4
 
@@ -122,6 +125,10 @@ class Unet(nn.Module):
         self.class_emb = nn.Embedding(num_classes + 1, emb_dim) if num_classes else None
         self.cond_proj = nn.Linear(cond_dim, emb_dim) if cond_dim else None
         check_text_settings(c, "Unet")
+        if c.text_dim and not (any(full_attn) or any(linear_attn) or mid_attn):
+            raise ValueError("a text-conditioned U-Net needs an attention level for its cross-attention "
+                             "(full_attn, linear_attn or mid_attn); with none the prompt would enter only "
+                             "through the pooled embedding")
         self.text = TextContext(c.text_dim, emb_dim, c.text_encoder) if c.text_dim else None
 
         def cross(d, full, linear):  # cross-attention where the level attends

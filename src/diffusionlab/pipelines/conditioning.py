@@ -18,48 +18,40 @@ from dataclasses import dataclass
 
 import torch
 
-from ..core.cfg import classifier_free, null_cond
-from ..core.cond import Cond
+from ..core.cfg import classifier_free
+from ..core.cond import Cond, CondSpec
 from ..core.protocol import info_of
+from ..core.sampling import sampling_defaults
+from ..errors import UserError
 
 
-def model_kind(info) -> str:
-    """"class", "text", "image" or "none": what a denoiser's network is conditioned on."""
-    if "labels" in info.conditioning:
-        return "class"
-    if "text" in info.conditioning or "tokens" in info.conditioning:
-        return "text"
-    if "image" in info.conditioning:
-        return "image"
-    return "none"
-
-
-def class_label(spec, info, flag: str = "--class") -> int:
+def class_label(spec, info, param: str = "class_") -> int:
     """A class index or name of a class-conditional model, range-checked."""
-    names = list(info.class_names or [])
+    names = list(info.cond.class_names or [])
+    k = info.cond.num_classes
     if str(spec) in names:
         return names.index(str(spec))
     try:
-        k = int(spec)
+        label = int(spec)
     except (TypeError, ValueError):
-        raise ValueError(f"{flag} {spec!r} is not a class of this model; its classes: "
-                         f"{', '.join(names) if names else f'0..{info.num_classes - 1}'}") from None
-    if not 0 <= k < info.num_classes:
-        raise ValueError(f"{flag} {k} is outside the model's classes 0..{info.num_classes - 1}")
-    return k
+        raise UserError(f"{spec!r} is not a class of this model; its classes: "
+                        f"{', '.join(names) if names else f'0..{k - 1}'}", param=param) from None
+    if not 0 <= label < k:
+        raise UserError(f"{label} is outside the model's classes 0..{k - 1}", param=param)
+    return label
 
 
-def encode_prompts(den, prompts) -> Cond:
+def encode_prompts(den, prompts, param: str = "prompt") -> Cond:
     """Prompts as the condition a text model reads, through the encoder it was trained with."""
     from ..text import get_encoder
 
-    info = info_of(den)
-    if model_kind(info) != "text":
-        raise ValueError("prompts need a text-conditional model (train with --cond text)")
-    return get_encoder(info.text_encoder).encode(prompts)
+    spec = info_of(den).cond
+    if spec.kind != "text":
+        raise UserError("prompts need a text-conditional model (one trained on captions)", param=param)
+    return get_encoder(spec.encoder).encode(prompts)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Conditioning:
     """The positive condition of one sample (None: the null condition), repeated for a batch."""
 
@@ -67,18 +59,11 @@ class Conditioning:
     positive: Cond | None
 
     def __call__(self, n: int, device=None) -> Cond | None:
+        info = info_of(self.denoiser)
         if self.positive is None:
-            return null_cond(self.denoiser, n, device) if model_kind(info_of(self.denoiser)) != "none" else None
+            return info.null_cond(n, device) if info.cond.conditional else None
         pos = self.positive if device is None else self.positive.to(device)
-        if pos.batch_size == 1:
-            return Cond.cat([pos] * n)
-        if pos.batch_size != n:
-            raise ValueError(f"{pos.batch_size} conditions (one per sample) for {n} samples")
-        return pos
-
-    @property
-    def given(self) -> bool:
-        return self.positive is not None
+        return CondSpec.repeat(pos, n)
 
 
 CLASSIFIER_SIGMA_MAX = 30.0  # classifier guidance only for sigma <= 30 (ClassifierGuided.sigma_max; measured below)
@@ -98,54 +83,71 @@ def conditioned(den, class_=None, prompt=None, negative_class=None, negative_pro
     class accuracy at scales 1 / 3 / 10 was 0.12 / 0.11 / 0.09 (chance 0.1) guiding everywhere and
     0.365 / 0.78 / 0.90 with the limit at 30 (0.35 / 0.71 / 0.87 at 10; 200 samples; bench/NOTES.md)."""
     info = info_of(den)
-    kind = model_kind(info)
+    kind = info.cond.kind
     guided_class = None
     if classifier is not None:
-        if class_ is None:
-            raise ValueError("--classifier guides toward a class: give --class K")
-        names = list((getattr(classifier, "meta", None) or {}).get("class_names") or [])
-        guided_class = names.index(str(class_)) if str(class_) in names else _classifier_label(class_, classifier)
+        guided_class = _classifier_label(class_, classifier)
         if kind != "class":
             class_ = None  # the class is the classifier's, not the model's
-    asked = {"--class": class_, "--prompt": prompt, "--negative-class": negative_class,
-             "--negative-prompt": negative_prompt, "--guidance": guidance, "--guidance-interval": interval}
-    asked = [k for k, v in asked.items() if v is not None] + (["--guidance-rescale"] if rescale else [])
+    _check_asked(kind, dict(class_=class_, prompt=prompt, negative_class=negative_class, negative_prompt=negative_prompt,
+                            guidance=guidance, interval=interval, rescale=rescale or None))
     if kind == "none":
-        if asked:
-            hint = " (or add --classifier CLS to guide it toward --class)" if "--class" in asked else ""
-            raise ValueError(f"{', '.join(asked)}: this checkpoint is unconditional "
-                             f"(train with --cond class or --cond text){hint}")
         return _with_classifier(den, classifier, guided_class, classifier_scale, classifier_sigma_max), Conditioning(den, None)
-    wrong = {"class": ("--prompt", "--negative-prompt"), "text": ("--class", "--negative-class"),
-             "image": ("--class", "--negative-class", "--prompt", "--negative-prompt")}[kind]
-    bad = [k for k in asked if k in wrong]
-    if bad:
-        takes = {"class": "--class / --negative-class", "text": "--prompt / --negative-prompt",
-                 "image": "its low-resolution --input through `diffusionlab upscale`"}[kind]
-        raise ValueError(f"{', '.join(bad)}: this checkpoint is {kind}-conditional; it takes {takes}")
-    if kind == "image":  # the pipeline (upscale) gives each sample its image; CFG against the null image
-        pos = neg = None
-    elif kind == "class":
-        pos = Cond(labels=torch.tensor([class_label(class_, info)])) if class_ is not None else None
-        neg = Cond(labels=torch.tensor([class_label(negative_class, info, "--negative-class")])) \
-            if negative_class is not None else None
-    else:
-        pos = encode_prompts(den, [prompt] if isinstance(prompt, str) else list(prompt)) if prompt is not None else None
-        neg = encode_prompts(den, [negative_prompt]) if negative_prompt is not None else None
-    scale = guidance if guidance is not None else (info.default_guidance or 1.0)
+    pos, neg = _positive_negative(den, info, kind, class_, prompt, negative_class, negative_prompt)
+    scale = sampling_defaults(info, "auto", None, guidance).guidance
     guided = classifier_free(den, scale, negative=neg, rescale=rescale, interval=interval)
     return _with_classifier(guided, classifier, guided_class, classifier_scale, classifier_sigma_max), \
         Conditioning(den, pos)
 
 
+TAKES = {"class": ("class_", "negative_class"), "text": ("prompt", "negative_prompt"), "image": ()}
+GUIDANCE_PARAMS = ("guidance", "interval", "rescale")
+
+
+def _check_asked(kind: str, asked: dict) -> None:
+    """What the user asked for must be what the model takes (``UserError`` naming the parameter)."""
+    asked = [k for k, v in asked.items() if v is not None]
+    allowed = TAKES.get(kind, ()) + (GUIDANCE_PARAMS if kind != "none" else ())
+    bad = [k for k in asked if k not in allowed]
+    if not bad:
+        return
+    if kind == "none":
+        hint = "; a classifier can guide it toward a class (classifier guidance)" if "class_" in bad else ""
+        raise UserError(f"this checkpoint is unconditional: train it on classes or captions to use {', '.join(bad)}{hint}",
+                        param=bad[0])
+    takes = {"class": "a class and a negative class", "text": "a prompt and a negative prompt",
+             "image": "its low-resolution input (the upscale pipeline)"}[kind]
+    raise UserError(f"this checkpoint is {kind}-conditional; it takes {takes}", param=bad[0])
+
+
+def _positive_negative(den, info, kind, class_, prompt, negative_class, negative_prompt):
+    """The asked condition and negative condition (one sample each; None: not asked)."""
+    if kind == "class":
+        pos = Cond(labels=torch.tensor([class_label(class_, info)])) if class_ is not None else None
+        neg = Cond(labels=torch.tensor([class_label(negative_class, info, "negative_class")])) \
+            if negative_class is not None else None
+        return pos, neg
+    if kind == "text":
+        pos = encode_prompts(den, [prompt] if isinstance(prompt, str) else list(prompt)) if prompt is not None else None
+        neg = encode_prompts(den, [negative_prompt], "negative_prompt") if negative_prompt is not None else None
+        return pos, neg
+    return None, None  # image / vector: the pipeline gives each sample its condition; CFG against the null one
+
+
 def _classifier_label(spec, classifier) -> int:
-    k = (getattr(classifier, "config", None) or {}).get("num_classes")
+    """The class a noise-aware classifier guides toward: an index or one of its class names."""
+    if spec is None:
+        raise UserError("classifier guidance steers toward a class: give one", param="class_")
+    names = list(classifier.class_names or [])
+    if str(spec) in names:
+        return names.index(str(spec))
+    k = classifier.num_classes
     try:
         label = int(spec)
     except (TypeError, ValueError):
-        raise ValueError(f"--class {spec!r} is not a class of the classifier") from None
-    if k is not None and not 0 <= label < k:
-        raise ValueError(f"--class {label} is outside the classifier's classes 0..{k - 1}")
+        raise UserError(f"{spec!r} is not a class of the classifier", param="class_") from None
+    if not 0 <= label < k:
+        raise UserError(f"{label} is outside the classifier's classes 0..{k - 1}", param="class_")
     return label
 
 

@@ -48,7 +48,7 @@ def train_classifier(data: str = "mnist", out: str = "runs/classifier", steps: i
         raise ValueError(f"a classifier needs labelled data, and {data!r} has no labels")
     k = len(train.class_names or []) or int(train.labels.max()) + 1
     torch.manual_seed(seed)
-    net = NoisyClassifier(channels=channels, num_classes=k, dim=dim)
+    net = NoisyClassifier(channels=channels, num_classes=k, dim=dim, class_names=train.class_names)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.01)
     gen = torch.Generator().manual_seed(seed)
     lo, hi = math.log(sigma_min), math.log(sigma_max)
@@ -90,7 +90,7 @@ def load_classifier(path) -> NoisyClassifier:
         raise FileNotFoundError(f"{path} holds no classifier ({META} + {WEIGHTS}); train one with "
                                 "`diffusionlab train-classifier --out {path}`")
     meta = json.loads((path / META).read_text())
-    net = NoisyClassifier.from_config(NoisyClassifierConfig.from_dict(meta["config"]))
+    config = {"class_names": meta.get("class_names"), **meta["config"]}
+    net = NoisyClassifier.from_config(NoisyClassifierConfig.from_dict(config))
     net.load_state_dict(load_file(str(path / WEIGHTS)))
-    net.meta = meta
     return net.eval()

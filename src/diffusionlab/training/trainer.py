@@ -35,7 +35,7 @@ from ..models.diffusion import GaussianDiffusion
 from ..models.loading import build_diffusion as build_process, checkpoint_config
 from ..nn import build_network, network_config
 from ..models.processes import validate
-from ..core.rng import per_sample_generators
+from ..core.rng import per_sample_generators, stream_seed
 from .config import TrainConfig, default_model
 from .ema import EMA
 
@@ -176,7 +176,6 @@ class Trainer:
         if cfg.guide_at is not None and not 0.0 < cfg.guide_at < 1.0:
             raise ValueError(f"guide_at is a fraction of the training, in (0, 1); got {cfg.guide_at}")
         self.guide_sd, self.guide_step = None, None
-        self.gen = torch.Generator(device="cpu").manual_seed(cfg.seed * 7919 + 17)
         self.step, self.elapsed, self.planned, self._saved_step = 0, 0.0, cfg.max_steps, None
         self._extractor, self._floor_needed = None, True
         self._stop = False
@@ -189,19 +188,30 @@ class Trainer:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
+    def generators(self, micro: int, purpose: str) -> list:
+        """One generator per sample of micro-batch ``micro``, keyed by (seed, "train", step,
+        ``purpose``, index in the global batch) (``rng.per_sample_generators``)."""
+        b = self.cfg.batch_size
+        step, k = divmod(micro, self.cfg.grad_accum)
+        return per_sample_generators(self.cfg.seed, range(k * b, (k + 1) * b), "train", step, purpose)
+
     def batch(self, micro: int) -> Batch:
-        """Micro-batch number ``micro``: a pure function of (seed, micro) - epochs are fixed-seed
-        permutations, the last partial batch of an epoch is dropped; labels follow their images."""
+        """Micro-batch number ``micro``: a pure function of (seed, micro). The data order is one
+        seeded permutation per epoch (the last partial batch of an epoch is dropped; labels follow
+        their images); every per-sample draw - flips and caption phrasings here ("data"),
+        conditioning dropout, sigma / t and noise in ``train_step`` ("loss") - comes from the
+        stream of its sample's index in the global batch (``generators``), so N processes that
+        each draw their share of a global batch draw exactly what one process draws."""
         n, b = len(self.train_data), self.cfg.batch_size
-        per_epoch = n // b
-        epoch, pos = divmod(micro, per_epoch)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch))
+        epoch, pos = divmod(micro, n // b)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(stream_seed(self.cfg.seed, "order", epoch)))
         idx = perm[pos * b:(pos + 1) * b].to(self.device)
+        gens = self.generators(micro, "data")
         x = self.train_data[idx]
         if self.cfg.hflip:
-            x = random_hflip(x, self.gen)
+            x = random_hflip(x, gens)
         x = x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
-        return Batch(x, self.conditioning.train(idx, self.gen, x))
+        return Batch(x, self.conditioning.train(idx, gens, x))
 
     def train_step(self) -> tuple[float, float]:
         cfg = self.cfg
@@ -209,10 +219,10 @@ class Trainer:
             g["lr"] = lr_at(self.step, cfg, self.planned)
         total = 0.0
         for k in range(cfg.grad_accum):
-            batch = self.batch(self.step * cfg.grad_accum + k)
-            if self.conditioning.kind != "none" and cfg.p_uncond:  # conditioning dropout: the null condition learns the unconditional model
-                batch = Batch(batch.x, batch.cond.drop(cfg.p_uncond, self.gen))
-            loss = self.loss_fn(self.model, batch, generator=self.gen, autocast=self.autocast()).mean() / cfg.grad_accum
+            batch, gens = self.batch(self.step * cfg.grad_accum + k), self.generators(self.step * cfg.grad_accum + k, "loss")
+            if cfg.p_uncond:  # conditioning dropout: the null condition learns the unconditional model
+                batch = Batch(batch.x, batch.cond.drop(cfg.p_uncond, gens))
+            loss = self.loss_fn(self.model, batch, generator=gens, autocast=self.autocast()).mean() / cfg.grad_accum
             (self.scaler.scale(loss) if self.scaler else loss).backward()
             total += loss.item()
         if not math.isfinite(total):
@@ -305,7 +315,7 @@ class Trainer:
         return rec
 
     def checkpoint(self) -> Path:
-        rng = {"train": self.gen.get_state(), "torch": torch.get_rng_state()}
+        rng = {"torch": torch.get_rng_state()}  # training draws are keyed by (seed, step, index): no state
         if torch.cuda.is_available() and self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         config = checkpoint_config(self.diffusion, self.cfg.arch, self.model_config(), self.cfg.to_dict())
@@ -348,8 +358,6 @@ class Trainer:
         self.guide_sd, self.guide_step = ck["guide"], ck["config"].get("guide_step")
         if "loss_state" in st:
             self.loss_fn.load_state_dict(st["loss_state"])
-        if "train" in ck["rng"]:
-            self.gen.set_state(ck["rng"]["train"])
         if "torch" in ck["rng"]:
             torch.set_rng_state(ck["rng"]["torch"])
         if "cuda" in ck["rng"] and self.device.type == "cuda":
