@@ -444,6 +444,52 @@ def test_ode_bits_per_dim_draws_each_images_probe_and_dequantization_from_its_ow
     assert torch.allclose(a.bpd, b.bpd, atol=1e-5)
 
 
+def test_ode_bits_per_dim_of_image_i_depends_on_its_index_and_the_seed_only():
+    g = FullCovGaussian(d=3, sigma_max=100.0)
+    x = quantize_8bit(g.sample(5).clamp(-1, 1))
+    other = x.clone()
+    other[0] = quantize_8bit(-x[0])
+    kw = dict(rtol=1e-8, atol=1e-8)
+    a = ode_bits_per_dim(g, x, seed=2, **kw)
+    b = ode_bits_per_dim(g, other, seed=2, batch_size=3, **kw)            # another image 0, other batches
+    c = ode_bits_per_dim(g, x[:3], seed=2, **kw)                          # fewer images
+    assert torch.allclose(a.bpd[1:], b.bpd[1:], atol=1e-5) and torch.allclose(a.bpd[:3], c.bpd, atol=1e-5)
+    d = ode_bits_per_dim(g, x, seed=5, **kw)
+    assert (a.bpd - d.bpd).abs().max() > 1e-4                             # the seed picks the draws
+
+
+def test_vlb_of_image_i_depends_on_its_index_and_the_seed_only():
+    g = FullCovGaussian(d=3, sigma_max=100.0)
+    x = g.sample(6)
+    other = x.clone()
+    other[0] = -5 * x[0]
+    kw = dict(T=40, t_samples=6, decoder="gaussian", variance="large", seed=3)
+    a = vlb(g, x, batch_size=6, **kw).nats
+    b = vlb(g, other, batch_size=4, **kw).nats                           # another image 0, other batches
+    c = vlb(g, x[:4], batch_size=1, **kw).nats                           # fewer images
+    torch.testing.assert_close(a[1:], b[1:], atol=1e-9, rtol=1e-9)
+    torch.testing.assert_close(a[:4], c, atol=1e-9, rtol=1e-9)
+    assert (a - vlb(g, x, **{**kw, "seed": 4}).nats).abs().max() > 1e-3   # the seed picks t and x_t
+
+
+def test_likelihood_input_errors_name_the_parameter():
+    from diffusionlab.errors import UserError
+
+    g = FullCovGaussian(d=2, sigma_max=100.0)
+    x = g.sample(2)
+    cases = [(lambda: vlb(g, x, t_samples=0), "t_samples"), (lambda: vlb(g, x, T=20, variance="tiny"), "variance"),
+             (lambda: vlb(g, x, T=20, variance="learned"), "variance"), (lambda: vlb(g, x, T=20, decoder="x"), "decoder"),
+             (lambda: vlb(g, x, T=1), "T"), (lambda: vlb(g, x, T=20, batch_size=0), "batch_size"),
+             (lambda: log_likelihood(g, x, probe="uniform"), "probe"), (lambda: log_likelihood(g, x, n_probes=0), "n_probes"),
+             (lambda: log_likelihood(g, x, sigma_min=200.0), "sigma_min"),
+             (lambda: log_likelihood(g, x, sigma_max=float("inf")), "sigma_max"),
+             (lambda: ode_bits_per_dim(g, x, batch_size=0), "batch_size")]
+    for call, param in cases:
+        with pytest.raises(UserError) as e:
+            call()
+        assert e.value.param == param and "--" not in e.value.message, (param, str(e.value))
+
+
 @pytest.mark.parametrize("process", ["vp", "subvp", "ve"])
 def test_vlb_of_every_sde_model_with_its_exact_network_is_close_to_the_true_nll(process):
     """Continuous models: the VLB over 1000 steps uniform in t (score_sde's grid), continuous

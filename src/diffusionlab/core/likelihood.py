@@ -49,6 +49,12 @@ with tr(dD/dx) exact (one backward pass per dimension) or Hutchinson's estimate 
 (Rademacher or Gaussian z, fixed along the trajectory, so the estimate of the integral is
 unbiased). The result is the density of the data smoothed by N(0, sigma_min^2 I), under the
 model's prior at sigma_max (VP: N(0, (1 + sigma_max^2) I) in sigma-space; VE: N(0, sigma_max^2 I)).
+
+**Seeds.** Every draw of image i comes from generators of ``rng.per_sample_generators``, so
+image i's result depends on the seed and its index only, never on the batch size or the other
+images: the VLB's t and x_t draws from the image-sampling stream ``(seed, i)``; the ODE path's
+dequantization from ``(seed, "dequantize", i)`` and its Hutchinson probes from
+``(seed, "probe", i)``.
 """
 from __future__ import annotations
 
@@ -61,6 +67,7 @@ import torch
 from .process import (BUCKET_HALF_WIDTH, LOG2, discretized_gaussian_log_likelihood,  # noqa: F401 (re-exported)
                       gaussian_log_likelihood, learned_log_variance, log_normal_cdf_diff, normal_kl,
                       step_variances)
+from ..errors import UserError
 from . import rng
 from .denoiser import info_of
 
@@ -106,9 +113,11 @@ def vlb_grid(denoiser, T: int | None = None) -> torch.Tensor:
     table = info.table_sigmas
     if table is not None:
         if T not in (None, len(table)):
-            raise ValueError(f"a discrete model's VLB runs over its own {len(table)} steps, not {T}")
+            raise UserError(f"a discrete model's VLB runs over its own {len(table)} steps, not {T}", param="T")
         return table.detach().cpu().to(torch.float64)
     T = T or 1000
+    if T < 2:
+        raise UserError(f"the VLB needs at least 2 steps, got {T}", param="T")
     sde = info.sde
     if sde is not None:
         t = torch.linspace(sde.eps_t if sde.eps_t > 0 else 1.0 / T, sde.T, T, dtype=torch.float64)
@@ -138,12 +147,13 @@ def _prior_kl(denoiser, x0: torch.Tensor, sigma_T: float) -> torch.Tensor:
 
 def _resolve_variance(denoiser, variance: str) -> str:
     if variance not in VLB_VARIANCES:
-        raise ValueError(f"variance must be one of {VLB_VARIANCES}, got {variance!r}")
+        raise UserError(f"must be one of {VLB_VARIANCES}, got {variance!r}", param="variance")
     learned = info_of(denoiser).learned_variance
     if variance == "auto":
         return "learned" if learned else "small"
     if variance == "learned" and not learned:
-        raise ValueError("variance 'learned' needs a learned-variance model (a network with the extra channel)")
+        raise UserError("'learned' needs a learned-variance model (a network with the extra channel)",
+                        param="variance")
     return variance
 
 
@@ -162,11 +172,11 @@ def vlb_terms(denoiser, x0: torch.Tensor, idx: torch.Tensor, grid: torch.Tensor,
     (the step sigma_{j+1} -> sigma_j, 0-based in ``grid``). x_{j+1} = x0 + sigma_{j+1} n is drawn
     with ``noise`` (or from ``generator``)."""
     if decoder not in DECODERS:
-        raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+        raise UserError(f"must be one of {DECODERS}, got {decoder!r}", param="decoder")
     variance = _resolve_variance(denoiser, variance)
     grid = torch.as_tensor(grid, dtype=torch.float64).cpu()
     if len(grid) < 2:
-        raise ValueError("the VLB needs a grid of at least 2 noise levels")
+        raise UserError("the VLB needs a grid of at least 2 noise levels", param="grid")
     if noise is None:
         noise = rng.randn(x0.shape, generator, x0.device, x0.dtype)
     idx = torch.as_tensor(idx).cpu().long()
@@ -244,7 +254,7 @@ def vlb_strata(T: int, K: int, power: float = 3.0) -> list[int]:
     The VLB of a trained model sits mostly in its first few terms (Nichol & Dhariwal 2021,
     Fig. 2), so this keeps the stratified estimate's variance far below equal-width strata."""
     if not 1 <= K <= T:
-        raise ValueError(f"need 1 <= strata <= T, got {K} for T = {T}")
+        raise UserError(f"need 1 <= strata <= T, got {K} for T = {T}", param="t_samples")
     b = [0]
     for k in range(1, K + 1):
         b.append(max(int(round(T * (k / K) ** power)), b[-1] + 1))
@@ -277,13 +287,15 @@ def vlb(denoiser, x0: torch.Tensor, *, cond=None, T: int | None = None, grid=Non
     T = len(grid)
     K = T if t_samples is None or t_samples >= T else int(t_samples)
     if K < 1:
-        raise ValueError("t_samples must be >= 1")
+        raise UserError(f"must be >= 1, got {t_samples}", param="t_samples")
+    if batch_size < 1:
+        raise UserError(f"must be >= 1, got {batch_size}", param="batch_size")
     bounds = vlb_strata(T, K)
     n, dims = x0.shape[0], int(np.prod(x0.shape[1:]))
     total = torch.zeros(n, dtype=torch.float64)
     dec = torch.zeros(n, dtype=torch.float64)
     term_sum = torch.zeros(T, dtype=torch.float64) if K == T else None
-    gens = [torch.Generator().manual_seed(seed * 1_000_003 + i) for i in range(n)]
+    gens = rng.per_sample_generators(seed, range(n))  # image i: t and x_t draws from its own stream
     it = range(K)
     if progress:
         from tqdm.auto import tqdm
@@ -333,7 +345,7 @@ def _divergence(denoiser, x, sigma, cond, probes, exact: bool):
 def _probes(shape, kind: str, n: int, generator, dtype, device):
     """``n`` probe tensors; ``generator`` may be a list with one generator per sample."""
     if kind not in ("rademacher", "gaussian"):
-        raise ValueError(f"probe must be 'rademacher' or 'gaussian', got {kind!r}")
+        raise UserError(f"must be 'rademacher' or 'gaussian', got {kind!r}", param="probe")
 
     def draw(shp, g):
         if kind == "rademacher":
@@ -369,11 +381,12 @@ def log_likelihood(denoiser, x: torch.Tensor, sigma_min: float | None = None, si
     smin = float(sigma_min if sigma_min is not None else info.sigma_min)
     smax = float(sigma_max if sigma_max is not None else info.finite_sigma_max())
     if not math.isfinite(smax):
-        raise ValueError("sigma_max is infinite: give a finite sigma_max")
+        raise UserError("is infinite: give a finite sigma_max", param="sigma_max")
     if not 0 < smin < smax:
-        raise ValueError(f"need 0 < sigma_min < sigma_max, got {smin}, {smax}")
+        raise UserError(f"need 0 < sigma_min < sigma_max, got {smin}, {smax}",
+                        param="sigma_min" if sigma_min is not None or sigma_max is None else "sigma_max")
     if n_probes < 1:
-        raise ValueError("n_probes must be >= 1")
+        raise UserError(f"must be >= 1, got {n_probes}", param="n_probes")
     shape, dtype, device = x.shape, x.dtype, x.device
     B, n = shape[0], int(np.prod(shape[1:]))
     probes = None if exact_divergence else _probes(shape, probe, n_probes, generator, dtype, device)
@@ -419,13 +432,16 @@ class ODEResult:
 def ode_bits_per_dim(denoiser, x0: torch.Tensor, *, cond=None, batch_size: int = 100, seed: int = 0,
                      dequantize: bool = True, progress: bool = False, **kw) -> ODEResult:
     """Bits/dim of 8-bit images ``x0`` (model space) through ``log_likelihood``: uniform
-    dequantization over each pixel's bucket (one draw per image, from ``seed``), then
+    dequantization over each pixel's bucket (one draw per image, from its stream
+    ``(seed, "dequantize", i)``; its probes from ``(seed, "probe", i)``), then
     bits/dim = -ln p(y + u) / (D ln 2) + log2(127.5) (module docstring). ``kw`` goes to
     ``log_likelihood`` (sigma_min, sigma_max, exact_divergence, probe, n_probes, rtol, atol,
     method). With ``dequantize=False`` it is -ln p(y) / (D ln 2), a density, not a bound."""
+    if batch_size < 1:
+        raise UserError(f"must be >= 1, got {batch_size}", param="batch_size")
     n, dims = x0.shape[0], int(np.prod(x0.shape[1:]))
-    gen = torch.Generator().manual_seed(seed)
-    u = (torch.rand(x0.shape, generator=gen, dtype=x0.dtype) * 2 - 1).to(x0.device) * BUCKET_HALF_WIDTH
+    dequant = rng.per_sample_generators(seed, range(n), "dequantize")
+    u = (rng.rand(x0.shape, dequant, x0.device, x0.dtype) * 2 - 1) * BUCKET_HALF_WIDTH
     y = x0 + u if dequantize else x0
     logps, nfe = [], 0
     starts = range(0, n, batch_size)
@@ -433,7 +449,7 @@ def ode_bits_per_dim(denoiser, x0: torch.Tensor, *, cond=None, batch_size: int =
         from tqdm.auto import tqdm
         starts = tqdm(starts, desc="ode nll", unit="batch")
     for i in starts:
-        gens = [torch.Generator().manual_seed(seed * 7919 + j) for j in range(i, min(n, i + batch_size))]
+        gens = rng.per_sample_generators(seed, range(i, min(n, i + batch_size)), "probe")
         lp, k = log_likelihood(denoiser, y[i:i + batch_size], cond=_sl(cond, i, batch_size), generator=gens, **kw)
         logps.append(lp.cpu())
         nfe += k
