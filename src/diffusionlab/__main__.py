@@ -1,3 +1,4 @@
+"""``python -m diffusionlab``: the ``diffusionlab`` command (``apps.cli.main``)."""
 import sys
 
 from .apps.cli import main

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import torch
 
+from ..errors import UserError
 from .embedded import EMBEDDED_DATASETS
+from .paths import MissingPath
 
 
 @dataclass
@@ -36,7 +38,7 @@ def load_image_sets(data: str, image_size: int, channels: int, val_fraction: flo
     """(train, val) with labels in the same fixed-seed order as the images (see ``load_dataset``)."""
     if data in EMBEDDED_DATASETS:
         if channels != 1:
-            raise ValueError(f"dataset {data!r} is greyscale: use channels=1")
+            raise UserError(f"dataset {data!r} is greyscale: use 1 channel", param="channels")
         load = EMBEDDED_DATASETS[data]
         names = [str(k) for k in range(10)]
         return (ImageSet(*load("train", image_size, return_labels=True), names),
@@ -44,8 +46,10 @@ def load_image_sets(data: str, image_size: int, channels: int, val_fraction: flo
     from .folder import ImageFolderDataset
 
     if not Path(data).exists():
-        raise FileNotFoundError(f"data {data!r} is neither an embedded dataset "
-                                f"({', '.join(EMBEDDED_DATASETS)}) nor an existing folder")
+        raise MissingPath(f"data {data!r} is neither an embedded dataset "
+                          f"({', '.join(EMBEDDED_DATASETS)}) nor an existing folder", param="data")
+    if Path(data).is_file():
+        raise UserError(f"{data!r} is a file; pass the folder that contains the images", param="data")
     ds = ImageFolderDataset(data, image_size, channels=channels)
     labels, names = ds.class_labels()
     full = ImageSet(ds.load_all(), labels, names, ds.captions())

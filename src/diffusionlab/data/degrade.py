@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..errors import UserError
+
 
 def _size(size) -> tuple:
     return (int(size), int(size)) if isinstance(size, int) else tuple(int(s) for s in size)
@@ -19,8 +21,8 @@ def _size(size) -> tuple:
 def check_lowres(lowres: int, image_size: int) -> None:
     """A super-resolution factor must be a whole number above 1."""
     if not 1 <= lowres < image_size or image_size % lowres:
-        raise ValueError(f"--lowres {lowres}: the low resolution must divide the image size {image_size} and "
-                         f"be smaller (e.g. {image_size // 2})")
+        raise UserError(f"the low resolution {lowres} must divide the image size {image_size} and be smaller "
+                        f"(e.g. {image_size // 2})", param="lowres")
 
 
 def downsample(x: torch.Tensor, size) -> torch.Tensor:

@@ -39,6 +39,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..core.files import atomic_path
+from ..errors import UserError
 from .metrics import feature_stats, frechet_distance  # noqa: F401 (moved; re-exported)
 
 __all__ = [
@@ -96,7 +97,7 @@ class DigitClassifier(nn.Module):
         if x.dim() != 4 or x.shape[1] != 1:
             raise ValueError(f"expected images [B, 1, H, W], got shape {tuple(x.shape)}")
         if min(x.shape[-2:]) < 16:
-            raise ValueError(f"images must be at least 16x16, got {tuple(x.shape[-2:])}")
+            raise UserError(f"the digit classifier reads images of at least 16x16, got {tuple(x.shape[-2:])}", param="images")
         p = next(self.parameters())
         x = x.to(device=p.device, dtype=p.dtype)
         if tuple(x.shape[-2:]) != (_INPUT_SIZE, _INPUT_SIZE):

@@ -21,11 +21,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.paths import MissingPath
+from ..errors import UserError
+
 WEIGHTS_ENV = "DIFFUSIONLAB_INCEPTION_WEIGHTS"
 WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
 HOW_TO_GET = (f"the FID Inception weights are not on this machine. Download {WEIGHTS_FILE} from "
               "https://github.com/mseitzer/pytorch-fid/releases on a machine with network access, copy it "
-              f"here and pass its path with --inception-weights or ${WEIGHTS_ENV}")
+              f"here and pass its path (the weights argument, or ${WEIGHTS_ENV})")
 
 
 class Conv(nn.Module):
@@ -185,12 +188,13 @@ def load_inception(weights: str | os.PathLike | None = None) -> FIDInception:
     in eval mode; a clear FileNotFoundError (how to obtain the file) when absent."""
     path = weights or os.environ.get(WEIGHTS_ENV)
     if not path or not Path(path).is_file():
-        raise FileNotFoundError(HOW_TO_GET + (f" (looked for {path})" if path else ""))
+        raise MissingPath(HOW_TO_GET + (f" (looked for {path})" if path else ""), param="weights")
     state = torch.load(path, map_location="cpu", weights_only=True)
     model = FIDInception()
     ours = model.state_dict()
     missing = [k for k in ours if k not in state]
     if missing:
-        raise ValueError(f"{path} is not the FID Inception state dict: {len(missing)} keys missing, e.g. {missing[:3]}")
+        raise UserError(f"{path} is not the FID Inception state dict: {len(missing)} keys missing, e.g. {missing[:3]}",
+                        param="weights")
     model.load_state_dict({k: state[k] for k in ours})
     return model.eval()

@@ -22,6 +22,8 @@ import warnings
 import numpy as np
 import torch
 
+from ..errors import UserError
+
 
 def _np(f) -> np.ndarray:
     a = np.asarray(f.detach().cpu() if torch.is_tensor(f) else f, dtype=np.float64)
@@ -59,7 +61,7 @@ def kid(real, fake, subsets: int = 100, subset_size: int = 1000, degree: int = 3
     if subset_indices is None:
         size = min(subset_size, len(x), len(y))
         if size < 2:
-            raise ValueError("KID needs at least 2 samples in each set")
+            raise UserError("KID needs at least 2 samples in each set")
         rng = np.random.default_rng(seed)
         subset_indices = [(rng.choice(len(x), size, replace=False), rng.choice(len(y), size, replace=False))
                           for _ in range(subsets)]
@@ -89,7 +91,7 @@ def _in_balls(queries: np.ndarray, centres: np.ndarray, radii: np.ndarray, chunk
 def precision_recall(real, fake, k: int = 3) -> tuple[float, float]:
     x, y = _np(real), _np(fake)
     if min(len(x), len(y)) <= k:
-        raise ValueError(f"precision/recall with k = {k} needs more than {k} samples per set")
+        raise UserError(f"precision/recall with k = {k} needs more than {k} samples per set")
     precision = float((_in_balls(y, x, _kth_nn_radius(x, k)) > 0).mean())
     recall = float((_in_balls(x, y, _kth_nn_radius(y, k)) > 0).mean())
     return precision, recall
@@ -98,7 +100,7 @@ def precision_recall(real, fake, k: int = 3) -> tuple[float, float]:
 def density_coverage(real, fake, k: int = 5) -> tuple[float, float]:
     x, y = _np(real), _np(fake)
     if len(x) <= k:
-        raise ValueError(f"density/coverage with k = {k} needs more than {k} real samples")
+        raise UserError(f"density/coverage with k = {k} needs more than {k} real samples")
     r = _kth_nn_radius(x, k)
     density = float(_in_balls(y, x, r).sum() / (k * len(y)))
     tx, ty = torch.from_numpy(x), torch.from_numpy(y)

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import UserError
 from .digits import default_cache_dir
 from .metrics import feature_stats, frechet_distance
 from .metrics import density_coverage, kid, precision_recall
@@ -66,7 +67,8 @@ class DigitExtractor(Extractor):
 
     def features(self, images):
         if images.shape[1] != 1:
-            raise ValueError("the digit extractor takes greyscale [N, 1, H, W] images")
+            raise UserError("the digit extractor takes greyscale [N, 1, H, W] images; use the inception extractor "
+                            "for RGB", param="images")
         return self.model.features(images)
 
 
@@ -100,7 +102,8 @@ def get_extractor(spec="digits", **kw) -> Extractor:
     if isinstance(spec, nn.Module):
         return ModuleExtractor(spec, kw.get("name"))
     if spec not in EXTRACTORS:
-        raise ValueError(f"unknown extractor {spec!r}; choose from {sorted(EXTRACTORS)} or pass an nn.Module")
+        raise UserError(f"unknown extractor {spec!r}; choose from {sorted(EXTRACTORS)} or pass an nn.Module",
+                        param="spec")
     return EXTRACTORS[spec](**kw)
 
 
@@ -149,7 +152,7 @@ def image_metrics(samples: torch.Tensor, extractor: Extractor, reference: np.nda
     as many as the samples) the same metrics for them are returned as ``<name>_floor``."""
     bad = set(metrics) - set(METRICS)
     if bad:
-        raise ValueError(f"unknown metrics {sorted(bad)}; choose from {METRICS}")
+        raise UserError(f"unknown metrics {sorted(bad)}; choose from {METRICS}", param="metrics")
     out = {"n": int(len(samples)), "extractor": extractor.name, "n_reference": int(len(reference))}
     sets = {"": extractor(samples)}
     if floor is not None:

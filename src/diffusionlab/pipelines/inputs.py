@@ -1,4 +1,4 @@
-"""The ``--input`` of every pipeline: an image file, a folder of images or a ``.npy`` batch.
+"""The inputs of every pipeline: an image file, a folder of images or a ``.npy`` batch.
 
 ``load_inputs(spec, shape)`` returns float32 [N, C, H, W] in [-1, 1] at the model's ``shape``
 (C, H, W), in a stable order (a folder's files sorted by name). A ``.npy`` is what ``sample
@@ -14,13 +14,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..data.paths import MissingPath
+from ..errors import UserError
+
 PAD_FROM = {32: 28}  # model side -> the native side that is padded to it (MNIST's 28 -> 32)
 
 
 def _fit(x: torch.Tensor, shape: tuple, what: str, size: tuple | None = None, hint: str = "") -> torch.Tensor:
+    """``x`` at the model's side (28x28 padded to 32x32), or a ``UserError`` naming the size it takes."""
     c, h, w = shape if size is None else (shape[0], *size)
     if x.shape[1] != c:
-        raise ValueError(f"{what}: {x.shape[1]} channel(s); this model takes {c}")
+        raise UserError(f"{what}: {x.shape[1]} channel(s); this model takes {c}", param="spec")
     got = tuple(x.shape[-2:])
     if got == (h, w):
         return x
@@ -28,7 +32,7 @@ def _fit(x: torch.Tensor, shape: tuple, what: str, size: tuple | None = None, hi
         p = (h - got[0]) // 2
         return F.pad(x, (p, p, p, p), value=-1.0)
     pad = f" (or {PAD_FROM[h]}x{PAD_FROM[h]}, padded)" if h == w and h in PAD_FROM else ""
-    raise ValueError(f"{what}: images are {got[0]}x{got[1]}; this model takes {h}x{w}{pad}{hint}")
+    raise UserError(f"{what}: images are {got[0]}x{got[1]}; this model takes {h}x{w}{pad}{hint}", param="spec")
 
 
 def _image(path: Path, channels: int) -> torch.Tensor:
@@ -38,7 +42,7 @@ def _image(path: Path, channels: int) -> torch.Tensor:
         with Image.open(path) as im:
             arr = np.asarray(im.convert("L" if channels == 1 else "RGB"), dtype=np.float32)
     except Exception as e:  # PIL raises many types for unreadable files
-        raise ValueError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
+        raise UserError(f"{path}: not a readable image ({type(e).__name__}: {e})", param="spec") from None
     t = torch.from_numpy(arr / 127.5 - 1.0)
     return t[None] if channels == 1 else t.permute(2, 0, 1)
 
@@ -50,38 +54,39 @@ def load_inputs(spec, shape: tuple, size: tuple | None = None, hint: str = "") -
 
     path = Path(spec)
     if not path.exists():
-        raise FileNotFoundError(f"--input {spec}: no such file or folder")
+        raise MissingPath(f"{spec}: no such file or folder", param="spec")
     c = shape[0]
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS)
         if not files:
-            raise ValueError(f"--input {spec}: no images in the folder ({', '.join(IMAGE_EXTENSIONS)})")
+            raise UserError(f"{spec}: no images in the folder ({', '.join(IMAGE_EXTENSIONS)})", param="spec")
         imgs = [_image(p, c) for p in files]
         sizes = {tuple(t.shape[-2:]) for t in imgs}
         if len(sizes) > 1:
-            raise ValueError(f"--input {spec}: images of different sizes {sorted(sizes)}")
+            raise UserError(f"{spec}: images of different sizes {sorted(sizes)}", param="spec")
         x = torch.stack(imgs)
     elif path.suffix.lower() == ".npy":
         try:
             arr = np.load(path, allow_pickle=False)
         except Exception as e:
-            raise ValueError(f"--input {spec}: not a readable .npy ({e})") from None
+            raise UserError(f"{spec}: not a readable .npy ({e})", param="spec") from None
         if arr.ndim == 3:
             arr = arr[None]
         if arr.ndim != 4:
-            raise ValueError(f"--input {spec}: expected [N, C, H, W] images, got shape {arr.shape}")
+            raise UserError(f"{spec}: expected [N, C, H, W] images, got shape {arr.shape}", param="spec")
         x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
         if not torch.isfinite(x).all():
-            raise ValueError(f"--input {spec}: holds NaN or infinite values")
+            raise UserError(f"{spec}: holds NaN or infinite values", param="spec")
         if x.abs().max() > 1.0 + 1e-3:
-            raise ValueError(f"--input {spec}: values in [{float(x.min()):.3g}, {float(x.max()):.3g}]; "
-                             "expected [-1, 1] (what `sample --npy` writes)")
+            raise UserError(f"{spec}: values in [{float(x.min()):.3g}, {float(x.max()):.3g}]; "
+                            "expected [-1, 1] (what `write_npy` / the sample command's .npy output holds)",
+                            param="spec")
         x = x.clamp(-1, 1)
     else:
         x = _image(path, c)[None]
     if len(x) == 0:
-        raise ValueError(f"--input {spec}: no images")
-    return _fit(x, shape, f"--input {spec}", size, hint)
+        raise UserError(f"{spec}: no images", param="spec")
+    return _fit(x, shape, str(spec), size, hint)
 
 
 def batches(images: torch.Tensor, cond, batch_size: int, seed: int):

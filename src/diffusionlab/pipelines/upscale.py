@@ -1,10 +1,10 @@
 """Super-resolution by image conditioning (SR3, Saharia et al. 2021).
 
-A model trained with ``--cond image --task superres --lowres L`` (``training.conditioning.
+A model trained with image conditioning, task ``superres`` and ``lowres`` L (``training.conditioning.
 ImageCondition``) denoises the full-resolution image with the low-resolution input, bicubic-
 upsampled to the output size (``data.degrade.superres_condition``), concatenated to its noisy
 input. ``upscale`` builds that condition for every input and samples with the checkpoint's
-sampler; any sampler and any guidance (``--guidance``: CFG against the null image, for a model
+sampler; any sampler and any guidance (``guidance``: CFG against the null image, for a model
 trained with ``p_uncond`` > 0) works. Input i uses ``per_sample_generators(seed, [i])``;
 ``samples`` k > 1 draws k per input (seeds ``seed``, ``seed + 1``, ...) and returns their mean,
 the posterior-mean estimate that trades detail for distortion (PSNR); each sample is
@@ -12,11 +12,14 @@ clamped to [-1, 1] before the mean.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from ..core.cond import Cond
 from ..core.protocol import info_of
-from ..core.sampling import sample
+from ..core.sampling import sample, sampling_defaults
+from ..errors import UserError
 from .inputs import batches
 
 
@@ -24,8 +27,8 @@ def lowres_size(den) -> tuple:
     """(H, W) of the model's low-resolution input; a clear error for a model of another kind."""
     info = info_of(den)
     if "image" not in info.conditioning or info.lowres is None:
-        raise ValueError("upscale needs a super-resolution checkpoint (train with --cond image --task superres "
-                         "--lowres 16)")
+        raise UserError("upscale needs a super-resolution checkpoint (a model trained on image conditioning, "
+                        "task superres, with a low resolution such as 16)", param="den")
     return tuple(info.lowres)
 
 
@@ -39,14 +42,13 @@ def upscale(den, low: torch.Tensor, steps: int | None = None, sampler: str | Non
     info = info_of(den)
     want = lowres_size(den)
     if tuple(low.shape[-2:]) != want:
-        raise ValueError(f"upscale takes {want[0]}x{want[1]} inputs; got {low.shape[-2]}x{low.shape[-1]}")
+        raise UserError(f"upscale takes {want[0]}x{want[1]} inputs; got {low.shape[-2]}x{low.shape[-1]}", param="low")
     if samples < 1:
-        raise ValueError(f"--samples is at least 1, got {samples}")
+        raise UserError(f"is at least 1, got {samples}", param="samples")
     c, h, w = info.image_shape
     if low.shape[1] != c:
-        raise ValueError(f"upscale: {low.shape[1]} channel(s); this model takes {c}")
-    sampler = sampler or info.default_sampler or "ddim"
-    steps = int(steps or info.default_steps or 50)
+        raise UserError(f"upscale: {low.shape[1]} channel(s); this model takes {c}", param="low")
+    sampler, steps, _ = dataclasses.astuple(sampling_defaults(info, sampler, steps))
     image = superres_condition(low.float(), (h, w))
     total = None
     for k in range(samples):

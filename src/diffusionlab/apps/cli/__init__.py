@@ -1,0 +1,114 @@
+"""Command line: ``diffusionlab train | sample | eval | noise | samplers | demo | img2img |
+inpaint | upscale | train-classifier``, one module per command (``register(sub)`` adds its
+parser and sets ``run``); shared option groups in ``options``.
+
+Exit codes (``diffusionlab.errors``, README "Exit codes"), the same for every command:
+0 success; 2 a user error (``UserError``, a damaged or missing checkpoint, a diverged training,
+a bad flag): one line ``diffusionlab <command>: error: <message>`` naming the flag, and a hint;
+130 Ctrl-C; 143 SIGTERM (raised as ``Terminated`` so ``finally`` blocks and atomic writes clean
+up); 1 anything else, a bug, with its traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import sys
+import threading
+import traceback
+
+from ...errors import EXIT_BUG, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USER, Terminated, UserError
+from . import classifier, demo, noise, pipelines, sample, samplers, train
+from . import eval as eval_cmd
+from .common import Loaded, guided, load, write_npy
+
+COMMANDS = (train, sample, eval_cmd, noise, samplers, demo, pipelines, classifier)  # in `--help` order
+
+__all__ = ["main", "build_parser", "write_npy", "Loaded", "load", "guided", "EXIT_OK"]
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with the commands' error format: one line and a hint, exit status 2."""
+
+    def error(self, message):
+        self.exit(EXIT_USER, f"{self.prog}: error: {message}\nhint: see `{self.prog} --help`\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="diffusionlab", description="Train, sample and measure diffusion models.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        command.register(sub)
+    return parser
+
+
+def _user_errors() -> tuple:
+    """The exception types that are the user's to fix (exit 2), with their default hints."""
+    from ...models.checkpoint import CheckpointError
+    from ...training.trainer import TrainingDiverged
+
+    return ((CheckpointError, "point --ckpt at a run directory written by `diffusionlab train`"),
+            (TrainingDiverged, "resume from the last checkpoint with a lower --lr or --precision fp32"),
+            (UserError, None))  # after its subclasses: the first match gives the hint
+
+
+def report(command: str, e: BaseException, flags: dict, hint: str | None) -> None:
+    """The one-line error of a command, naming the flag that fed the failing parameter."""
+    param = getattr(e, "param", None)
+    message = f"{flags.get(param, param)}: {e.message}" if param else str(getattr(e, "message", e))
+    print(f"diffusionlab {command}: error: {message}", file=sys.stderr)
+    hint = getattr(e, "hint", None) or hint or f"see `diffusionlab {command} --help`"
+    print(f"hint: {hint}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def sigterm_raises():
+    """SIGTERM raises ``Terminated`` in the main thread while the command runs."""
+    def handler(signum, frame):
+        raise Terminated()
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def main(argv=None) -> int:
+    """Run one command; returns its exit status (``--help`` exits through SystemExit(0))."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:
+        if e.code in (0, None):
+            raise
+        return EXIT_USER
+    return run(args)
+
+
+def run(args) -> int:
+    """``args.run(args)`` with the exit-code table applied."""
+    errors = _user_errors()
+    try:
+        with sigterm_raises():
+            return args.run(args)
+    except tuple(t for t, _ in errors) as e:
+        report(args.command, e, args.param_flags, next(h for t, h in errors if isinstance(e, t)))
+        return EXIT_USER
+    except KeyboardInterrupt:
+        print(f"diffusionlab {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Terminated:
+        print(f"diffusionlab {args.command}: terminated", file=sys.stderr)
+        return EXIT_TERMINATED
+    except Exception:  # a bug: the traceback is the report
+        traceback.print_exc()
+        return EXIT_BUG
+
+
+def _classifier_free(a, den):
+    """The guided denoiser of the class / prompt / CFG flags in ``a`` (kept for bench scripts;
+    ``guided`` also returns the condition)."""
+    return guided(a, den)[0]
