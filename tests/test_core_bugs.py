@@ -231,13 +231,54 @@ def test_the_same_seed_draws_the_same_images_everywhere(tmp_path):
         dl.sample(den, (1, 1, 8, 8), steps=2, seed=1, generator=torch.Generator())
 
 
-def test_demo_visuals_use_the_seed_helper():
-    import inspect
+class _Gauss:
+    """Images N(0.3, 0.4^2 I): the exact denoiser, elementwise (so any batch split is exact)."""
 
-    from diffusionlab.apps import demo
+    def __init__(self, **info):
+        from diffusionlab.core.denoiser import DenoiserInfo
 
-    src = inspect.getsource(demo)
-    assert "1_000_003" not in src and "per_sample_generators" in src
+        self.info = DenoiserInfo(sigma_min=0.01, sigma_max=40.0, image_shape=(1, 4, 4), **info)
+
+    def __call__(self, x, sigma, cond=None):
+        sigma = torch.as_tensor(sigma, dtype=x.dtype).reshape(-1, 1, 1, 1)
+        return 0.3 + 0.16 / (0.16 + sigma ** 2) * (x - 0.3)
+
+
+def test_sample_i_has_its_own_stream_whatever_the_batch_and_the_global_rng_is_untouched():
+    """dl.sample(seed=), sample_many and the pipelines give image i the draws of
+    per_sample_generators(seed, [i]): the same result at any batch size and split; and none of
+    them reads or advances torch's global RNG."""
+    from diffusionlab.core.cond import CondSpec
+    from diffusionlab.pipelines.img2img import img2img
+    from diffusionlab.pipelines.inpaint import inpaint, parse_mask
+    from diffusionlab.pipelines.upscale import upscale
+
+    den, sr = _Gauss(), _Gauss(cond=CondSpec(kind="image", image_channels=1, lowres=(2, 2)))
+    shape, n, seed = (1, 4, 4), 5, 11
+    x = torch.linspace(-0.9, 0.9, 16).reshape(1, *shape).repeat(n, 1, 1, 1)   # n copies of one image
+    torch.manual_seed(123)                                        # whatever the global state is, nothing changes
+    state = torch.get_rng_state()
+    for sampler in ("ddpm", "euler_ancestral", "dpmpp_2m_sde"):
+        whole = dl.sample(den, (n, *shape), sampler=sampler, steps=4, seed=seed)
+        for i in range(n):
+            one = dl.sample(den, (1, *shape), sampler=sampler, steps=4, generator=per_sample_generators(seed, [i]))
+            torch.testing.assert_close(one[0], whole[i], atol=1e-6, rtol=0)
+        for bs in (1, 2):
+            part = sample_many(den, shape, n, sampler, 4, seed=seed, batch_size=bs, progress=False)
+            torch.testing.assert_close(part, whole, atol=1e-6, rtol=0)
+        assert (whole[0] - whole[1]).abs().max() > 1e-3                       # the streams differ per index
+    mask = parse_mask("left", shape)
+    for run in (lambda bs: img2img(den, x, 0.6, steps=5, sampler="euler_ancestral", seed=seed, batch_size=bs),
+                lambda bs: inpaint(den, x, mask, steps=5, sampler="ddpm", seed=seed, jump_length=2, resample=2,
+                                   batch_size=bs),
+                lambda bs: upscale(sr, x[:, :, :2, :2], steps=3, sampler="euler_ancestral", seed=seed, batch_size=bs)):
+        whole = run(n)
+        for bs in (1, 2):
+            torch.testing.assert_close(run(bs), whole, atol=1e-6, rtol=0)
+        assert (whole[0] - whole[1]).abs().max() > 1e-3                       # same input, own streams
+    assert torch.equal(torch.get_rng_state(), state)
+    with pytest.raises(ValueError, match="seed or generator"):
+        dl.sample(den, (1, *shape), steps=2, seed=1, generator=torch.Generator())
 
 
 # ------------------------------------------------------------------ 5. explicit, device-correct draws

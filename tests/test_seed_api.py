@@ -4,8 +4,10 @@ import pytest
 import torch
 from PIL import Image
 
+import diffusionlab as dl
 from diffusionlab import (GaussianDiffusion, Trainer, Unet, cosine_beta_schedule, linear_beta_schedule, p_losses,
                           p_sample, q_sample, quadratic_beta_schedule, sigmoid_beta_schedule)
+from diffusionlab.core.rng import per_sample_generators
 
 
 def test_tutorial_lines_run_verbatim():
@@ -26,10 +28,27 @@ def test_objectives_losses_and_sampling_range(objective, loss_type):
                                   loss_type=loss_type, beta_schedule="linear")
     loss = diffusion(torch.rand(4, 1, 16, 16))
     loss.backward()
-    s = diffusion.sample(batch_size=3)
-    assert s.shape == (3, 1, 16, 16) and s.min() >= 0 and s.max() <= 1
-    frames = diffusion.sample(batch_size=2, return_all_timesteps=True)
+    with torch.no_grad():  # the zero-initialised output layer would make every pred_x0 sample the same
+        for p in model.parameters():
+            if not p.any():
+                p.normal_(0, 0.05, generator=torch.Generator().manual_seed(1))
+    # sample() is dl.sample of the model's own denoiser (its declared sampler and steps: DDIM, the
+    # 5 sampling_timesteps, eta 0), with the network in eval mode, mapped from [-1, 1] to [0, 1]
+    s = diffusion.sample(batch_size=3, generator=per_sample_generators(7, range(3)))
+    assert diffusion.model.training                                       # the train mode is restored
+    diffusion.model.eval()
+    ref = dl.sample(diffusion.denoiser, (3, 1, 16, 16), sampler="ddim", steps=5, seed=7)
+    diffusion.model.train()
+    assert s.shape == (3, 1, 16, 16)
+    torch.testing.assert_close(s, ((ref + 1) / 2).clamp(0, 1), atol=1e-6, rtol=0)
+    # sample i is drawn from its own generator: the same seed gives the same images at any batch size
+    again = diffusion.sample(batch_size=2, generator=per_sample_generators(7, range(2)))
+    torch.testing.assert_close(again, s[:2], atol=1e-6, rtol=0)
+    other = diffusion.sample(batch_size=2, generator=per_sample_generators(8, range(2)))
+    assert (other - s[:2]).abs().max() > 1e-3
+    frames = diffusion.sample(batch_size=2, return_all_timesteps=True, generator=per_sample_generators(7, range(2)))
     assert frames.shape == (2, 5, 1, 16, 16)
+    torch.testing.assert_close(frames[:, -1], s[:2], atol=1e-6, rtol=0)   # the last frame is the sample
 
 
 def test_full_chain_sampling_uses_ddpm_and_size_errors():
