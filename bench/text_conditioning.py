@@ -98,7 +98,7 @@ def main() -> None:
              f"- command: `python bench/text_conditioning.py --run {a.run} --class-run {a.class_run} --n {a.n}`",
              f"- CPU: {cpu['model']}, {cpu['kind']}; {os.cpu_count()} cores",
              f"- text run: {meta['summary']['steps']} steps in {meta['summary']['train_seconds']:.0f} s "
-             f"(argv {' '.join(meta.get('argv', []))}); encoder {info.text_encoder}",
+             f"(argv {' '.join(meta.get('argv', []))}); encoder {info.cond.encoder}",
              f"- class run: {cls_meta['summary']['steps']} steps in {cls_meta['summary']['train_seconds']:.0f} s"
              if cls_meta else "- class run: none",
              f"- {a.n} samples per row, digit i % 10 for sample i, seeds 0..{a.n - 1}", "",

@@ -5,6 +5,8 @@ import math
 import pytest
 import torch
 
+from diffusionlab.core.cond import CondSpec
+
 import diffusionlab as dl
 from diffusionlab.core.cfg import ClassifierFree, classifier_free, null_cond
 from diffusionlab.core.cond import Cond
@@ -25,7 +27,7 @@ class ClassMixture:
         self.mu = torch.randn(K, D, generator=g, dtype=F64) * 2
         self.s, self.K = s, K
         self.calls, self.batches = 0, []
-        self.info = DenoiserInfo(sigma_min=0.01, sigma_max=40.0, conditioning=("labels",), num_classes=K)
+        self.info = DenoiserInfo(sigma_min=0.01, sigma_max=40.0, cond=CondSpec(kind="class", num_classes=K))
 
     def cond_mean(self, x, sigma, k):
         r = (self.s ** 2 / (self.s ** 2 + sigma ** 2)).reshape(-1, 1)
@@ -110,8 +112,9 @@ def test_rescale_zero_is_plain_cfg_and_one_restores_the_conditional_std():
     c = Cond(labels=LABELS)
     assert torch.equal(ClassifierFree(m, 5.0, rescale=0.0)(x, sigma, c), ClassifierFree(m, 5.0)(x, sigma, c))
     got = ClassifierFree(m, 5.0, rescale=1.0)(x, sigma, c)
-    eps, eps_c = (x - got) / s, (x - m.cond_mean(x, sigma, LABELS)) / s
-    assert torch.allclose(eps.std(dim=1), eps_c.std(dim=1), rtol=1e-10)
+    a = 1 / (1 + s ** 2) ** 0.5  # v = alpha eps - sigma_vp x0 in normalised coordinates (the space of the rescale)
+    v, v_c = ((a * (x - d) / s - s * a * d) for d in (got, m.cond_mean(x, sigma, LABELS)))
+    assert torch.allclose(v.std(dim=1), v_c.std(dim=1), rtol=1e-10)
 
 
 def test_guidance_interval_uses_the_conditional_model_outside():
@@ -132,7 +135,7 @@ def test_cfg_exposes_its_parts_and_composes_with_other_wrappers():
     x, sigma = _x(), torch.full((5,), 0.5, dtype=F64)
     out = den(x, sigma, Cond(labels=LABELS))
     assert out.shape == x.shape and set(cfg.last) == {"sigma", "cond", "uncond"}
-    assert den.info.conditioning == ("labels",)
+    assert den.info.cond.fields == ("labels",)
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
@@ -164,7 +167,7 @@ def test_learned_variance_keeps_the_conditional_half():
     class LV(ClassMixture):
         def __init__(self):
             super().__init__()
-            self.info = DenoiserInfo(conditioning=("labels",), num_classes=3, learned_variance=True)
+            self.info = DenoiserInfo(cond=CondSpec(kind="class", num_classes=3), learned_variance=True)
 
         def denoise_with_variance(self, x, sigma, cond=None):
             return self(x, sigma, cond), torch.arange(x.shape[0], dtype=F64)[:, None].expand_as(x)
@@ -210,8 +213,8 @@ def test_class_conditional_checkpoint_records_its_conditioning(class_run):
     assert cfg["conditioning"] == {"kind": "class", "num_classes": 10, "class_names": [str(k) for k in range(10)]}
     assert cfg["sampling"]["guidance"] == 2.5 and cfg["network"]["config"]["num_classes"] == 10
     den = dl.load_denoiser(class_run)
-    assert den.info.conditioning == ("labels",) and den.info.default_guidance == 2.5
-    assert den.info.class_names == tuple(str(k) for k in range(10))
+    assert den.info.cond.fields == ("labels",) and den.info.default_guidance == 2.5
+    assert den.info.cond.class_names == tuple(str(k) for k in range(10))
     assert (den.info.default_sampler, den.info.default_steps) == (cfg["sampling"]["sampler"], cfg["sampling"]["steps"])
 
 

@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 import torch
 
+from diffusionlab.core.cond import CondSpec
+
 from diffusionlab.apps.cli import main
 from diffusionlab.core.protocol import DenoiserInfo
 from diffusionlab.core.samplers import SAMPLERS
@@ -298,8 +300,8 @@ class GaussSR:
 
     def __init__(self, s=0.1):
         self.s = s
-        self.info = DenoiserInfo(sigma_min=0.01, sigma_max=20.0, image_shape=SHAPE, conditioning=("image",),
-                                 cond_channels=1, lowres=(4, 4))
+        self.info = DenoiserInfo(sigma_min=0.01, sigma_max=20.0, image_shape=SHAPE,
+                                 cond=CondSpec(kind="image", image_channels=1, lowres=(4, 4)))
 
     def __call__(self, x, sigma, cond=None):
         sigma = torch.as_tensor(sigma, dtype=x.dtype).reshape(-1, 1, 1, 1)
@@ -337,8 +339,9 @@ def test_degradation_is_block_means_and_bicubic_keeps_constants():
     torch.testing.assert_close(upsample(torch.full((1, 1, 4, 4), 0.3), 8), torch.full((1, 1, 8, 8), 0.3))
     assert float(upsample(torch.tensor([[[[-1.0, 1.0], [1.0, -1.0]]]]), 8).abs().max()) <= 1.0   # clamped
     for bad in (32, 0, 12):
-        with pytest.raises(ValueError, match="--lowres"):
+        with pytest.raises(UserError, match=f"low resolution {bad} must divide") as e:
             check_lowres(bad, 32)
+        assert e.value.param == "lowres" and "--" not in e.value.message
 
 
 @pytest.mark.parametrize("arch", ["unet", "dit"])
@@ -380,7 +383,7 @@ def test_the_training_condition_is_the_degraded_batch_after_augmentation(tmp_pat
     assert t.model.config["cond_channels"] == 1
     b = t.batch(0)
     torch.testing.assert_close(b.cond.image, superres_condition(downsample(b.x, 8), 32))
-    for bad, msg in ((dict(lowres=None), "needs --task superres and --lowres"), (dict(lowres=10), "--lowres 10"),
+    for bad, msg in ((dict(lowres=None), "needs --task superres and --lowres"), (dict(lowres=10), "lowres: the low resolution 10"),
                      (dict(cond="class"), "belongs to --cond image")):
         with pytest.raises(ValueError, match=msg):
             Trainer(config=tiny_config(**{"cond": "image", "task": "superres", "lowres": 8, **bad},

@@ -9,7 +9,8 @@ import torch
 
 import diffusionlab as dl
 from diffusionlab.apps.cli import main
-from diffusionlab.models.continuous import PROCESS_PARAMS, ContinuousDiffusion
+from diffusionlab.models.continuous import ContinuousDiffusion
+from diffusionlab.models.processes import PROCESSES
 from diffusionlab.core.denoiser import (DiscreteDenoiser, EDMDenoiser, EDMPrecond, NCSNDenoiser, SDEDenoiser,
                                    geometric_ladder, ncsn_levels_for)
 from diffusionlab.models.loading import load_denoiser, load_diffusion
@@ -128,15 +129,30 @@ def test_ladder_is_geometric_and_sized_by_technique_2():
     assert ncsn_levels_for(64) < ncsn_levels_for(1024)
 
 
+class _Half(torch.nn.Module):
+    """A network whose output is half its input, whatever the noise level."""
+
+    def forward(self, x, t):
+        return 0.5 * x
+
+
 def test_process_attributes():
     vp = SDEDenoiser(torch.nn.Identity(), VPSDE())
-    assert (vp.process, vp.default_schedule) == ("vp", "karras") and not hasattr(vp, "default_sampler")
+    assert (vp.process, vp.info.default_schedule, vp.info.default_sampler) == ("vp", "karras", None)
+    # a VP model declares no sampler of its own: it is sampled with the fallback, DDIM with 50 steps
+    half = SDEDenoiser(_Half(), VPSDE())
+    own, meta = dl.sample(half, (2, 4), seed=0, return_info=True)
+    assert torch.equal(own, dl.sample(half, (2, 4), sampler="ddim", steps=50, seed=0)) and meta["nfe"] == 50
+    assert not torch.equal(own, dl.sample(half, (2, 4), sampler="euler_ancestral", steps=50, seed=0))
     assert vp.prior_std(10.0) == pytest.approx(math.sqrt(101))
     assert SDEDenoiser(torch.nn.Identity(), VESDE()).prior_std(10.0) == 10.0
     assert SDEDenoiser(torch.nn.Identity(), SubVPSDE()).process == "subvp"
     edm = EDMDenoiser(torch.nn.Identity())
     assert (edm.process, edm.sigma_min, edm.sigma_max, edm.default_schedule, edm.default_sampler,
             edm.default_steps, edm.prior_std(80.0)) == ("edm", 0.002, 80.0, "karras", "heun", 18, 80.0)
+    half = EDMDenoiser(_Half())
+    own, meta = dl.sample(half, (2, 4), seed=0, return_info=True)        # its own: Heun, 18 steps (35 NFE)
+    assert torch.equal(own, dl.sample(half, (2, 4), sampler="heun", steps=18, seed=0)) and meta["nfe"] == 35
     ncsn = NCSNDenoiser(torch.nn.Identity(), levels=100)
     assert (ncsn.process, ncsn.default_schedule, ncsn.default_sampler, ncsn.default_steps) == \
         ("ncsn", "ladder", "annealed_langevin", 100)
@@ -208,9 +224,9 @@ def test_sde_and_ncsn_losses_draw_their_noise_levels():
 
 
 # ------------------------------------------------------------------ training end to end
-PROCS = sorted(PROCESS_PARAMS)
+PROCS = sorted(PROCESSES)  # the registry walk: every process trains, saves, resumes, loads and samples
 DIGITS = ["--preset", "tiny", "--data", "digits", "--image-size", "8", "--threads", "1", "--no-progress"]
-DENOISERS = {"vp": SDEDenoiser, "subvp": SDEDenoiser, "ve": SDEDenoiser, "edm": EDMDenoiser,
+DENOISERS = {"ddpm": DiscreteDenoiser, "vp": SDEDenoiser, "subvp": SDEDenoiser, "ve": SDEDenoiser, "edm": EDMDenoiser,
              "ncsn": NCSNDenoiser}
 
 
@@ -219,12 +235,12 @@ def test_train_resume_load_and_sample_every_process(process, tmp_path):
     run = tmp_path / "run"
     assert main(["train", *DIGITS, "--process", process, "--steps", "2", "--out", str(run)]) == 0
     cfg = json.loads((run / "checkpoints" / "step-00000002" / "config.json").read_text())
-    assert cfg["kind"] == "continuous_diffusion" and cfg["diffusion"]["process"] == process
+    assert cfg["kind"] == PROCESSES[process].kind and cfg["diffusion"]["process"] == process
     resumed = Trainer(config=tiny_config(out_dir=str(run), max_steps=3, progress=False), resume=True)
     assert resumed.cfg.diffusion.process == process and resumed.step == 2
     resumed.train()
     den = load_denoiser(run)
-    assert type(den) is DENOISERS[process] and den.process == process and den.image_shape == (1, 8, 8)
+    assert type(den) is DENOISERS[process] and den.process == process and den.info.image_shape == (1, 8, 8)
     extra = {"schedule": "karras"} if process == "ncsn" else {}   # the 'ladder' grid belongs to dl.sample
     x = dl.sample(den, (3, 1, 8, 8), sampler="ddim", steps=3, generator=torch.Generator().manual_seed(0), **extra)
     assert x.shape == (3, 1, 8, 8) and torch.isfinite(x).all()
@@ -243,7 +259,7 @@ def test_trainer_api_with_a_continuous_diffusion_and_grids(tmp_path):
     t.train()
     assert (tmp_path / "samples" / "step-00000002.png").is_file()
     back = load_diffusion(tmp_path)
-    assert isinstance(back, ContinuousDiffusion) and back.params["sigma_data"] == 0.6
+    assert isinstance(back, ContinuousDiffusion) and back.process_config.sigma_data == 0.6
     img = back.sample(batch_size=2, sampler="ddim", steps=3)
     assert img.shape == (2, 1, 8, 8) and 0 <= img.min() and img.max() <= 1
     assert torch.isfinite(back(torch.rand(4, 1, 8, 8)))

@@ -5,6 +5,8 @@ import math
 import pytest
 import torch
 
+from diffusionlab.core.protocol import Network
+
 import diffusionlab as dl
 from diffusionlab.core.cond import Batch, Cond, as_cond
 from diffusionlab.core.denoiser import (DenoiserInfo, DiscreteDenoiser, EDMDenoiser, NCSNDenoiser, SDEDenoiser,
@@ -27,13 +29,14 @@ def test_a_bare_function_gets_the_defaults():
     assert info.prior_std(7.0) == 7.0 and not info.learned_variance and info.cond.fields == ()
 
 
+DECLARED = {"image_shape": (1, 8, 8)}  # what a checkpoint declares, given at construction
 DENOISERS = {
-    "ddpm": lambda net: DiscreteDenoiser(net, DiscreteSchedule.from_name("linear", 100), "eps"),
-    "vp": lambda net: SDEDenoiser(net, SDES["vp"]()),
-    "subvp": lambda net: SDEDenoiser(net, SDES["subvp"]()),
-    "ve": lambda net: SDEDenoiser(net, SDES["ve"]()),
-    "edm": lambda net: EDMDenoiser(net),
-    "ncsn": lambda net: NCSNDenoiser(net, levels=20),
+    "ddpm": lambda net: DiscreteDenoiser(net, DiscreteSchedule.from_name("linear", 100), "eps", declared=DECLARED),
+    "vp": lambda net: SDEDenoiser(net, SDES["vp"](), declared=DECLARED),
+    "subvp": lambda net: SDEDenoiser(net, SDES["subvp"](), declared=DECLARED),
+    "ve": lambda net: SDEDenoiser(net, SDES["ve"](), declared=DECLARED),
+    "edm": lambda net: EDMDenoiser(net, declared=DECLARED),
+    "ncsn": lambda net: NCSNDenoiser(net, levels=20, declared=DECLARED),
 }
 
 
@@ -41,7 +44,6 @@ DENOISERS = {
 def test_every_denoiser_declares_its_info(process):
     net = dl.Unet(dim=8, dim_mults=(1,), channels=1, num_res_blocks=1, groups=4, num_classes=3)
     den = DENOISERS[process](net)
-    den.image_shape = (1, 8, 8)
     info = den.info
     assert info.process == process and info.image_shape == (1, 8, 8)
     assert info.cond.fields == ("labels",) and info.cond.num_classes == 3
@@ -208,9 +210,7 @@ def test_unet_null_label_is_the_learned_extra_row():
 def test_a_denoiser_passes_cond_through_to_the_network():
     seen = []
 
-    class Net(torch.nn.Module):
-        accepts_cond = True
-
+    class Net(Network):  # a library network: always called with a Cond
         def forward(self, x, t, cond):
             seen.append(cond)
             return torch.zeros_like(x)

@@ -160,3 +160,27 @@ def test_training_draws_are_keyed_by_global_sample_index(tmp_path):
         assert torch.allclose(a[k], b[k], atol=1e-6), k
     c = one_step(batch_size=8, grad_accum=1, seed=1)
     assert any(not torch.allclose(a[k], c[k], atol=1e-6) for k in a)  # the seed matters
+
+
+@pytest.mark.parametrize("process", ["edm", "ncsn", "ddpm"])
+def test_recorded_sampling_defaults_win_for_every_process(process, tmp_path):
+    """Bug 2: EDM and NCSN applied their class default before the checkpoint's record, and only
+    conditional runs recorded one. Every run records its defaults, and a record wins."""
+    import json
+
+    from diffusionlab.apps.cli import main
+    from diffusionlab.models.loading import load_denoiser
+
+    run = tmp_path / "run"
+    assert main(["train", "--preset", "tiny", "--data", "digits", "--image-size", "8", "--threads", "1",
+                 "--no-progress", "--process", process, "--steps", "1", "--out", str(run)]) == 0
+    path = run / "checkpoints" / "step-00000001" / "config.json"
+    cfg = json.loads(path.read_text())
+    own = {"edm": ("heun", 18), "ncsn": ("annealed_langevin", None), "ddpm": ("ddim", 50)}[process]
+    assert cfg["sampling"]["sampler"] == own[0] and cfg["sampling"]["guidance"] == 1.0
+    cfg["sampling"].update(sampler="euler", steps=7)
+    path.write_text(json.dumps(cfg))
+    (path.parent / "manifest.json").unlink()  # edited by hand: no manifest to check against
+    info = load_denoiser(run).info
+    assert (info.default_sampler, info.default_steps) == ("euler", 7)
+    assert (sampling_defaults(info).sampler, sampling_defaults(info).steps) == ("euler", 7)

@@ -294,7 +294,7 @@ def text_run(tmp_path_factory):
 def test_a_text_checkpoint_records_its_encoder_and_defaults(text_run):
     den = dl.load_denoiser(text_run)
     info = den.info
-    assert info.conditioning == ("tokens",) and info.text_encoder == "small" and info.default_guidance == 2.0
+    assert info.cond.fields == ("tokens",) and info.cond.encoder == "small" and info.default_guidance == 2.0
     guided, cond = conditioned(den, prompt="a handwritten three")
     assert guided is not den and cond(3).tokens.shape[0] == 3
     assert conditioned(den, prompt="")[1](2).null.all()          # the empty prompt is the null condition
@@ -315,7 +315,7 @@ def test_sample_with_prompts_and_negative_prompts(text_run, tmp_path):
 
 
 @pytest.mark.parametrize("extra,msg", [
-    (["--class", "3"], "it takes --prompt / --negative-prompt"),
+    (["--class", "3"], "it takes a prompt and a negative prompt"),
     (["--negative-class", "3"], "text-conditional"),
     (["--prompt", "x" * 1025], "at most 1024"),
 ])
@@ -357,4 +357,5 @@ def test_text_conditioning_needs_captions(tmp_path, capsys):
         warnings.simplefilter("ignore")
         assert main([*args, "--out", str(tmp_path / "run2")]) == 0
     cfg = json.loads(next((tmp_path / "run2" / "checkpoints").glob("step-*/config.json")).read_text())
-    assert cfg["conditioning"] == {"kind": "text", "encoder": "small", "max_tokens": 64, "captions": "captions.jsonl"}
+    assert cfg["conditioning"] == {"kind": "text", "encoder": "small", "max_tokens": 64, "captions": "captions.jsonl",
+                                 "encoder_fingerprint": "small-bytes-v1-64"}

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
+from ..errors import UserError
 import torch.nn.functional as F
 
 from . import rng
@@ -73,7 +74,7 @@ def unpack(batch_or_x0, cond=None):
     """(x0, cond) from a ``Batch`` or from images plus an optional condition."""
     if isinstance(batch_or_x0, Batch):
         if cond is not None:
-            raise ValueError("a Batch carries its own cond: do not pass cond as well")
+            raise UserError("a Batch carries its own cond: do not pass cond as well")
         return batch_or_x0.x, batch_or_x0.cond
     return batch_or_x0, cond
 
@@ -90,7 +91,7 @@ T_SAMPLINGS = ("uniform", "importance")
 def per_sample_loss(pred: torch.Tensor, target: torch.Tensor, loss_type: str = "l2") -> torch.Tensor:
     """Element-wise loss averaged over all but the batch dimension -> [B]."""
     if loss_type not in LOSS_TYPES:
-        raise ValueError(f"unknown loss_type {loss_type!r}; choose from {sorted(LOSS_TYPES)}")
+        raise UserError(f"unknown loss_type {loss_type!r}; choose from {sorted(LOSS_TYPES)}")
     return LOSS_TYPES[loss_type](pred.float(), target.float()).flatten(1).mean(1)
 
 
@@ -249,7 +250,7 @@ class OutputMSE(Weighting):
     """Weight 1 on the network's own target (exactly 1, not lambda c_out^2 rounded)."""
 
     def x0_weight(self, sigma):
-        raise ValueError("OutputMSE weights the output space: lambda = 1 / c_out^2 depends on the parameterization")
+        raise UserError("OutputMSE weights the output space: lambda = 1 / c_out^2 depends on the parameterization")
 
     def output_weight(self, sigma, c_out):
         return torch.ones_like(sigma)
@@ -324,9 +325,9 @@ class DenoisingLoss:
     def __init__(self, precond, draw, weighting: Weighting, loss_type: str = "l2", vlb: VLBTerm | None = None,
                  offset_noise: float = 0.0, learned_variance: bool = False):
         if loss_type not in LOSS_TYPES:
-            raise ValueError(f"unknown loss_type {loss_type!r}; choose from {sorted(LOSS_TYPES)}")
+            raise UserError(f"unknown loss_type {loss_type!r}; choose from {sorted(LOSS_TYPES)}")
         if vlb is not None and not isinstance(draw, DiscreteTimesteps):
-            raise ValueError("the VLB term needs a discrete schedule")
+            raise UserError("the VLB term needs a discrete schedule")
         self.precond, self.sigma_draw, self.weighting, self.loss_type = precond, draw, weighting, loss_type
         self.vlb, self.offset_noise, self.learned_variance = vlb, float(offset_noise), learned_variance
 
@@ -371,7 +372,7 @@ class DenoisingLoss:
             out = call_net(net, net_in, noise_label(c_noise, x0), cond)
         C = x0.shape[1]
         if self.learned_variance and out.shape[1] < 2 * C:
-            raise ValueError(f"a learned-variance loss needs {2 * C} output channels, the network gives {out.shape[1]}")
+            raise UserError(f"a learned-variance loss needs {2 * C} output channels, the network gives {out.shape[1]}")
         pred = out[:, :C]
         loss = torch.zeros(x0.shape[0], device=x0.device)
         if self.vlb is None or self.vlb.kind != "vlb":
@@ -407,19 +408,19 @@ def DiscreteLoss(schedule: DiscreteSchedule, objective: str = "v", loss_type: st
     min-SNR-gamma or EDM weighting; ``loss_kind`` 'hybrid' / 'vlb' add the VLB term for a
     learned-variance network; ``t_sampling`` 'importance' is improved DDPM's."""
     if min_snr_gamma and sigma_data:
-        raise ValueError("choose one loss weighting: min_snr_gamma or sigma_data (EDM)")
+        raise UserError("choose one loss weighting: min_snr_gamma or sigma_data (EDM)")
     if loss_kind not in LOSS_KINDS:
-        raise ValueError(f"unknown loss_kind {loss_kind!r}; choose from {LOSS_KINDS}")
+        raise UserError(f"unknown loss_kind {loss_kind!r}; choose from {LOSS_KINDS}")
     if t_sampling not in T_SAMPLINGS:
-        raise ValueError(f"unknown t_sampling {t_sampling!r}; choose from {T_SAMPLINGS}")
+        raise UserError(f"unknown t_sampling {t_sampling!r}; choose from {T_SAMPLINGS}")
     if learned_variance and loss_kind == "simple":
-        raise ValueError("a learned-variance network needs loss_kind 'hybrid' or 'vlb': "
+        raise UserError("a learned-variance network needs loss_kind 'hybrid' or 'vlb': "
                          "L_simple gives its variance channel no gradient")
     if loss_kind == "hybrid" and not learned_variance:
-        raise ValueError("loss_kind 'hybrid' trains the variance channel: it needs learned_variance "
+        raise UserError("loss_kind 'hybrid' trains the variance channel: it needs learned_variance "
                          "(use 'vlb' to train a fixed-variance model on the bound)")
     if loss_kind != "simple" and offset_noise:
-        raise ValueError("offset noise leaves the x = x0 + sigma n process, so the VLB does not apply to it")
+        raise UserError("offset noise leaves the x = x0 + sigma n process, so the VLB does not apply to it")
     weighting = MinSNR(min_snr_gamma) if min_snr_gamma else EDMWeighting(sigma_data) if sigma_data else OutputMSE()
     return DenoisingLoss(DiscretePrecond(schedule, canonical_objective(objective)),
                          DiscreteTimesteps(schedule, importance=t_sampling == "importance"), weighting, loss_type,

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
+from ..errors import UserError
 
 _F64 = torch.float64
 
@@ -102,14 +103,14 @@ def make_betas(schedule: str | Sequence[float] | torch.Tensor, timesteps: int,
     """Betas from a schedule name (see BETA_SCHEDULES) or any user array of betas in (0, 1)."""
     if isinstance(schedule, str):
         if schedule not in BETA_SCHEDULES:
-            raise ValueError(f"unknown beta schedule {schedule!r}; choose from {sorted(BETA_SCHEDULES)}")
+            raise UserError(f"unknown beta schedule {schedule!r}; choose from {sorted(BETA_SCHEDULES)}")
         betas = BETA_SCHEDULES[schedule](timesteps, **kwargs)
     else:
         betas = torch.as_tensor(schedule, dtype=_F64).flatten()
         if len(betas) != timesteps:
-            raise ValueError(f"got {len(betas)} betas for timesteps={timesteps}")
+            raise UserError(f"got {len(betas)} betas for timesteps={timesteps}")
     if not bool(((betas > 0) & (betas < 1)).all()):
-        raise ValueError("betas must lie strictly between 0 and 1")
+        raise UserError("betas must lie strictly between 0 and 1")
     return rescale_zero_terminal_snr(betas) if zero_terminal_snr else betas
 
 
@@ -170,7 +171,7 @@ def discrete_timesteps(T: int, steps: int, spacing: str = "trailing") -> torch.T
     - ``linspace``: round(linspace(T - 1, 0, steps)).
     """
     if not 1 <= steps <= T:
-        raise ValueError(f"steps must be in 1..{T}, got {steps}")
+        raise UserError(f"steps must be in 1..{T}, got {steps}")
     if spacing == "trailing":
         idx = torch.round(torch.arange(T, 0, -T / steps, dtype=_F64)).long() - 1
     elif spacing == "leading":
@@ -178,7 +179,7 @@ def discrete_timesteps(T: int, steps: int, spacing: str = "trailing") -> torch.T
     elif spacing == "linspace":
         idx = torch.round(torch.linspace(T - 1, 0, steps, dtype=_F64)).long()
     else:
-        raise ValueError(f"unknown timestep spacing {spacing!r}: use trailing, leading or linspace")
+        raise UserError(f"unknown timestep spacing {spacing!r}: use trailing, leading or linspace")
     return idx[:steps]
 
 
@@ -243,18 +244,18 @@ def get_sigmas(schedule: str, steps: int, sigma_min: float | None = None,
     if not isinstance(schedule, str):
         s = torch.as_tensor(schedule, dtype=_F64).flatten()
         if len(s) < 1 or bool((s[1:] > s[:-1]).any()):
-            raise ValueError("custom sigmas must be non-increasing")
+            raise UserError("custom sigmas must be non-increasing")
         return s if s[-1] == 0 else torch.cat([s, torch.zeros(1, dtype=_F64)])
     if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+        raise UserError(f"steps must be >= 1, got {steps}")
     if schedule in ("trailing", "leading", "linspace"):
         if table_sigmas is None:
-            raise ValueError(f"schedule {schedule!r} needs a discrete model's sigma table")
+            raise UserError(f"schedule {schedule!r} needs a discrete model's sigma table")
         return sigmas_from_timesteps(table_sigmas, discrete_timesteps(len(table_sigmas), steps, schedule))
     if sigma_min is None or sigma_max is None:
-        raise ValueError(f"schedule {schedule!r} needs sigma_min and sigma_max")
+        raise UserError(f"schedule {schedule!r} needs sigma_min and sigma_max")
     if not math.isfinite(sigma_max):
-        raise ValueError(f"schedule {schedule!r} needs a finite sigma_max; use 'trailing' for "
+        raise UserError(f"schedule {schedule!r} needs a finite sigma_max; use 'trailing' for "
                          "zero-terminal-SNR models")
     if schedule == "karras":
         return karras_sigmas(steps, sigma_min, sigma_max, rho)
@@ -263,4 +264,4 @@ def get_sigmas(schedule: str, steps: int, sigma_min: float | None = None,
     if schedule in ("exponential", "logsnr"):
         # log-SNR uniform: log SNR = -2 log sigma, so it is the exponential (log-sigma uniform) grid
         return exponential_sigmas(steps, sigma_min, sigma_max)
-    raise ValueError(f"unknown sigma schedule {schedule!r}; choose from {SIGMA_SCHEDULES}")
+    raise UserError(f"unknown sigma schedule {schedule!r}; choose from {SIGMA_SCHEDULES}")

@@ -22,6 +22,8 @@ newest intact one; every error names the file it is about.
 """
 from __future__ import annotations
 
+from ..errors import UserError
+
 import contextlib
 import hashlib
 import json
@@ -44,12 +46,11 @@ MANIFEST = "manifest.json"
 STEP_DIR = re.compile(r"^step-(\d{8})$")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError):
     """A checkpoint is missing, damaged, or of another format version. ``hint`` says what to do."""
 
     def __init__(self, message: str, hint: str | None = None):
-        super().__init__(message)
-        self.hint = hint
+        super().__init__(message, hint=hint)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -268,7 +269,7 @@ def resume_checkpoint(run_dir, strict: bool = False, log=None) -> Path | None:
         except CheckpointError as e:
             if strict:
                 raise CheckpointError(f"cannot resume from {ck}: {e}",
-                                      hint="drop --strict-resume to fall back to the newest intact checkpoint") from e
+                                      hint="resume without strict_resume to fall back to the newest intact checkpoint") from e
             moved = _aside(ck)
             skipped.append(moved)
             log(f"resume: skipped damaged checkpoint {ck.name} ({e}); renamed it to {moved.name}")
@@ -277,7 +278,7 @@ def resume_checkpoint(run_dir, strict: bool = False, log=None) -> Path | None:
             atomic_write(root / "latest", ck.name + "\n")
         return ck
     raise CheckpointError(f"{root} holds no intact checkpoint (all renamed aside as *.damaged)",
-                          hint="start a new run with --overwrite, or restore a checkpoint")
+                          hint="start a new run (overwrite), or restore a checkpoint")
 
 
 def _check_format(cfg: dict, ckpt: Path) -> None:

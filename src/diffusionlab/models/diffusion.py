@@ -13,17 +13,18 @@ DDIM when ``sampling_timesteps < timesteps`` (a learned-variance model: DDPM on 
 from __future__ import annotations
 
 import dataclasses
-from abc import ABC, abstractmethod
 from contextlib import nullcontext
 
 import torch
 from torch import nn
 
 from ..core import rng
-from ..core.denoiser import DiscreteDenoiser, canonical_objective
+from ..core.denoiser import canonical_objective
 from ..core.losses import DiscreteLoss
-from .processes import DiffusionConfig
-from ..core.sampling import sample as dl_sample
+from ..core.protocol import Network
+from ..core.sampling import sample as dl_sample, sampling_defaults
+from ..errors import UserError
+from .processes import PROCESSES, DiffusionConfig, fill
 from ..core.schedules import DiscreteSchedule
 
 
@@ -35,17 +36,33 @@ def unnormalize(x: torch.Tensor) -> torch.Tensor:
     return ((x + 1) / 2).clamp(0, 1)
 
 
-class DiffusionModel(nn.Module, ABC):
-    """The one front-end base of the seed API: a network plus a process. Images enter
-    ``forward`` in [0, 1] and ``sample`` returns [0, 1] (the library works in [-1, 1] inside).
-    A subclass sets ``loss_fn`` and ``config``, builds its denoiser in ``denoiser_for`` and
-    picks its default sampler and steps in ``sampling_defaults``."""
+class DiffusionModel(nn.Module):
+    """The one front-end of the seed API: a network plus a process (``processes.PROCESSES``).
+    Images enter ``forward`` in [0, 1] and ``sample`` returns [0, 1] (the library works in
+    [-1, 1] inside). The process's registry entry builds the denoiser (``self.denoiser``) and the
+    training loss (``self.loss_fn``); ``process_config`` is the whole setting with the defaults
+    filled in (what checkpoints store)."""
 
-    def __init__(self, model: nn.Module, image_size):
+    def __init__(self, model: nn.Module, image_size, config: DiffusionConfig, channels: int | None = None):
         super().__init__()
         self.model = model
-        self.channels = getattr(model, "channels", 3)
+        self.channels = channels or (model.channels if isinstance(model, Network) else 3)
         self.image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        self.process_config = fill(config, (self.channels, *self.image_size))
+        self.spec = PROCESSES[self.process_config.process]
+        self.denoiser = self.denoiser_for(model)
+        self.loss_fn = self.spec.loss(self.process_config, self.denoiser)
+
+    @classmethod
+    def from_config(cls, model: nn.Module, image_size, config: DiffusionConfig) -> "DiffusionModel":
+        """The front-end of a stored ``DiffusionConfig`` (the loaders' and the trainer's path)."""
+        self = cls.__new__(cls)
+        DiffusionModel.__init__(self, model, image_size, config)
+        return self
+
+    @property
+    def process(self) -> str:
+        return self.process_config.process
 
     @property
     def device(self):
@@ -56,13 +73,23 @@ class DiffusionModel(nn.Module, ABC):
         """The process config as a dict with ``image_size`` (``process_config`` is the typed one)."""
         return {**dataclasses.asdict(self.process_config), "image_size": list(self.image_size)}
 
-    @abstractmethod
+    def seed_api_defaults(self, net: nn.Module) -> dict:
+        """The seed API's own sampling defaults, declared on its denoisers: DDPM ancestral over all
+        T steps, DDIM on fewer (a learned-variance model: DDPM on the respaced chain); the other
+        processes their own sampler where they have one, else DDIM, with ``sampling_steps``."""
+        d = self.process_config
+        if self.spec.default_sampler is not None:
+            return {}
+        steps = d.sampling_steps or (d.timesteps if d.process == "ddpm" else 50)
+        if d.process != "ddpm":
+            return {"default_steps": steps}
+        full = steps == d.timesteps or (isinstance(net, Network) and net.learned_variance)
+        return {"default_sampler": "ddpm" if full else "ddim", "default_steps": steps}
+
     def denoiser_for(self, net: nn.Module, autocast_dtype=None):
         """``net`` (e.g. the EMA copy) wrapped as this process's sigma-space denoiser."""
-
-    @abstractmethod
-    def sampling_defaults(self, steps: int | None) -> tuple[str, int, dict]:
-        """(sampler, steps, knobs) when ``sample`` is given no sampler."""
+        declared = {"image_shape": (self.channels, *self.image_size), **self.seed_api_defaults(net)}
+        return self.spec.denoiser(net, self.process_config, autocast_dtype, declared)
 
     def loss(self, x: torch.Tensor, cond=None, generator=None, autocast=None) -> torch.Tensor:
         """Mean training loss for images already in [-1, 1]."""
@@ -71,64 +98,61 @@ class DiffusionModel(nn.Module, ABC):
     def forward(self, img: torch.Tensor, cond=None, generator=None) -> torch.Tensor:
         """Training loss for a batch of images in [0, 1] (the seed API)."""
         if tuple(img.shape[-2:]) != self.image_size:
-            raise ValueError(f"images are {tuple(img.shape[-2:])}, the model expects {self.image_size}")
+            raise UserError(f"images are {tuple(img.shape[-2:])}, the model expects {self.image_size}", param="img")
         return self.loss(normalize(img), cond, generator)
 
     @torch.no_grad()
     def sample(self, batch_size: int = 16, cond=None, generator=None, sampler: str | None = None,
                steps: int | None = None, return_all_timesteps: bool = False, autocast_dtype=None,
                **knobs) -> torch.Tensor:
-        """Images in [0, 1], [B, C, H, W] (or [B, steps + 1, C, H, W] with return_all_timesteps)."""
-        if sampler is None:
-            sampler, steps, defaults = self.sampling_defaults(steps)
-            knobs = {**defaults, **knobs}
-        elif steps is None:
-            steps = self.sampling_defaults(None)[1]
-        return sample_images(self, self.denoiser, batch_size, sampler, steps, cond, generator,
+        """Images in [0, 1], [B, C, H, W] (or [B, steps + 1, C, H, W] with return_all_timesteps).
+        Sampler and steps: ``core.sampling.sampling_defaults`` (the seed API's defaults above)."""
+        choice = sampling_defaults(self.denoiser, sampler, steps)
+        if choice.sampler == "ddim" and self.process_config.ddim_eta:
+            knobs.setdefault("eta", self.process_config.ddim_eta)
+        return sample_images(self, self.denoiser, batch_size, choice.sampler, choice.steps, cond, generator,
                              return_all_timesteps, autocast_dtype, **knobs)
 
 
+# the seed tutorials' GaussianDiffusion keywords that name a DiffusionConfig field differently
+SEED_KWARGS = {"offset_noise_strength": "offset_noise", "sampling_timesteps": "sampling_steps",
+               "ddim_sampling_eta": "ddim_eta"}
+
+
 class GaussianDiffusion(DiffusionModel):
-    def __init__(self, model: nn.Module, *, image_size, timesteps: int = 1000,
-                 sampling_timesteps: int | None = None, objective: str = "pred_v",
-                 beta_schedule: str = "cosine", loss_type: str = "l2", min_snr_gamma: float | None = None,
-                 min_snr_loss_weight: bool = False, offset_noise_strength: float = 0.0,
-                 zero_terminal_snr: bool = False, ddim_sampling_eta: float = 0.0,
-                 schedule_kwargs: dict | None = None, sigma_data: float | None = None,
-                 loss_kind: str = "simple", vlb_weight: float = 0.001, t_sampling: str = "uniform"):
-        super().__init__(model, image_size)
-        self.objective = canonical_objective(objective)
-        self.schedule = DiscreteSchedule.from_name(beta_schedule, timesteps, zero_terminal_snr,
-                                                   **(schedule_kwargs or {}))
-        self.num_timesteps = timesteps
-        self.sampling_timesteps = sampling_timesteps or timesteps
-        if not 1 <= self.sampling_timesteps <= timesteps:
-            raise ValueError(f"sampling_timesteps must be in 1..{timesteps}")
-        self.ddim_sampling_eta = ddim_sampling_eta
-        if min_snr_loss_weight and min_snr_gamma is None:
-            min_snr_gamma = 5.0
-        self.denoiser = DiscreteDenoiser(model, self.schedule, self.objective)
-        self.loss_fn = DiscreteLoss(self.schedule, self.objective, loss_type, min_snr_gamma,
-                                    offset_noise_strength, sigma_data, loss_kind=loss_kind, vlb_weight=vlb_weight,
-                                    t_sampling=t_sampling, learned_variance=self.denoiser.learned_variance)
-        self.process_config = DiffusionConfig(
-            process="ddpm", timesteps=timesteps, objective=self.objective, beta_schedule=beta_schedule,
-            loss_type=loss_type, min_snr_gamma=min_snr_gamma, offset_noise=offset_noise_strength,
-            zero_terminal_snr=zero_terminal_snr, sigma_data=sigma_data, loss_kind=loss_kind, vlb_weight=vlb_weight,
-            t_sampling=t_sampling, schedule_kwargs=schedule_kwargs or None, ddim_eta=ddim_sampling_eta,
-            sampling_steps=self.sampling_timesteps)
+    """The seed tutorials' ``GaussianDiffusion(model, image_size=, timesteps=, objective=,
+    beta_schedule=, loss_type=, ...)``: the ddpm process. Keywords are ``DiffusionConfig`` fields
+    (``SEED_KWARGS`` maps the tutorials' other names); ``min_snr_loss_weight=True`` means
+    ``min_snr_gamma`` 5."""
 
-    def denoiser_for(self, net: nn.Module, autocast_dtype=None) -> DiscreteDenoiser:
-        """``net`` (e.g. the EMA copy) wrapped as a sigma-space denoiser on this schedule."""
-        return DiscreteDenoiser(net, self.schedule, self.objective, autocast_dtype)
+    def __init__(self, model: nn.Module, *, image_size, objective: str = "pred_v", beta_schedule: str = "cosine",
+                 min_snr_loss_weight: bool = False, **kwargs):
+        fields = {SEED_KWARGS.get(k, k): v for k, v in kwargs.items()}
+        unknown = set(fields) - set(DiffusionConfig.__dataclass_fields__)
+        if unknown:
+            raise TypeError(f"GaussianDiffusion got unexpected keywords {sorted(unknown)}")
+        if min_snr_loss_weight and fields.get("min_snr_gamma") is None:
+            fields["min_snr_gamma"] = 5.0
+        T = fields.get("timesteps", 1000)
+        steps = fields.get("sampling_steps") or T
+        if not 1 <= steps <= T:
+            raise UserError(f"must be in 1..{T}", param="sampling_timesteps")
+        fields["sampling_steps"] = steps
+        fields["schedule_kwargs"] = fields.get("schedule_kwargs") or None
+        super().__init__(model, image_size, DiffusionConfig(process="ddpm", objective=canonical_objective(objective),
+                                                            beta_schedule=beta_schedule, **fields))
 
-    def sampling_defaults(self, steps):
-        """DDPM ancestral over all T steps; DDIM (eta ``ddim_sampling_eta``) on fewer, except a
-        learned-variance model, which samples ancestrally on the respaced chain."""
-        steps = steps or self.sampling_timesteps
-        if steps == self.num_timesteps or self.denoiser.learned_variance:
-            return "ddpm", steps, {}
-        return "ddim", steps, {"eta": self.ddim_sampling_eta}
+    @property
+    def schedule(self):
+        return self.denoiser.schedule
+
+    @property
+    def num_timesteps(self) -> int:
+        return self.process_config.timesteps
+
+    @property
+    def objective(self) -> str:
+        return self.process_config.objective
 
 
 @torch.no_grad()

@@ -12,84 +12,143 @@ Format 1 (written before the configs were unified) is migrated on load (``checkp
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 
+from torch import nn
+
+from ..core.cond import CondSpec
+from ..core.protocol import Network, network_cond
+from ..errors import UserError
 from .checkpoint import CheckpointError, load_checkpoint
 from .continuous import ContinuousDiffusion
-from .diffusion import GaussianDiffusion
+from .diffusion import DiffusionModel, GaussianDiffusion
 from ..nn import NETWORKS, build_network
-from .processes import SDE_PROCESSES, DiffusionConfig, continuous_params, validate
+from .processes import PROCESSES, DiffusionConfig, fill, validate
 
 WEIGHTS = ("ema", "model", "guide")
-MODEL_TYPES = NETWORKS  # the older name of the registry
 
 
 def build_diffusion(net, image_size, d: DiffusionConfig, sample_steps: int = 50):
-    """The process ``d`` around ``net``: ``GaussianDiffusion`` for ddpm, else ``ContinuousDiffusion``.
-    ``d.sampling_steps`` (else ``sample_steps``) is the seed API's default number of sampling steps."""
+    """The seed API's front-end of process ``d`` around ``net`` (``GaussianDiffusion`` for ddpm,
+    else ``ContinuousDiffusion``: the same ``DiffusionModel`` built from the registry entry).
+    ``d.sampling_steps`` (else ``sample_steps``) is its ``sample()`` default number of steps."""
     validate(d)
     steps = d.sampling_steps or sample_steps
-    if d.process == "ddpm":
-        return GaussianDiffusion(net, image_size=image_size, timesteps=d.timesteps, objective=d.objective,
-                                 beta_schedule=d.beta_schedule, loss_type=d.loss_type, min_snr_gamma=d.min_snr_gamma,
-                                 offset_noise_strength=d.offset_noise, zero_terminal_snr=d.zero_terminal_snr,
-                                 sampling_timesteps=min(steps, d.timesteps), sigma_data=d.sigma_data,
-                                 loss_kind=d.loss_kind, vlb_weight=d.vlb_weight, t_sampling=d.t_sampling,
-                                 schedule_kwargs=d.schedule_kwargs, ddim_sampling_eta=d.ddim_eta)
-    sde = d.process in SDE_PROCESSES
-    return ContinuousDiffusion(net, image_size=image_size, process=d.process, objective=d.objective if sde else None,
-                               loss_type=d.loss_type, likelihood_weighting=d.likelihood_weighting if sde else False,
-                               sampling_steps=steps, **continuous_params(d))
+    discrete = PROCESSES[d.process].kind == "discrete_diffusion"
+    cls = GaussianDiffusion if discrete else ContinuousDiffusion
+    return cls.from_config(net, image_size, dataclasses.replace(d, sampling_steps=min(steps, d.timesteps) if discrete else steps))
 
 
 def checkpoint_config(diffusion, arch: str, network_config: dict, train: dict) -> dict:
     """The format-2 config.json body of a model (module docstring)."""
-    kind = "discrete_diffusion" if diffusion.process_config.process == "ddpm" else "continuous_diffusion"
-    return {"kind": kind, "network": {"arch": arch, "config": network_config},
+    return {"kind": PROCESSES[diffusion.process_config.process].kind, "network": {"arch": arch, "config": network_config},
             "diffusion": dataclasses.asdict(diffusion.process_config), "image_size": list(diffusion.image_size),
             "train": train}
 
 
-def load_diffusion(path, use_ema: bool = True, device=None, weights: str | None = None
-                   ) -> GaussianDiffusion | ContinuousDiffusion:
-    """The checkpoint's model and process with its (EMA by default) weights, in eval mode:
-    ``GaussianDiffusion`` for ddpm, ``ContinuousDiffusion`` for vp, subvp, ve, edm and ncsn.
-    ``weights`` picks the set explicitly: "ema", "model" (the raw weights) or "guide" (the
-    autoguidance snapshot the trainer writes with ``guide_at``); None means "ema" if use_ema else "model"."""
+@dataclass(frozen=True)
+class Provenance:
+    """Where a loaded model came from: the step folder, its training step, the weight set, and
+    the checkpoint format it was written in."""
+
+    path: str
+    step: int | None
+    weights: str
+    format_version: int
+
+
+@dataclass(frozen=True)
+class CheckpointRecord:
+    """A checkpoint read once (``read_checkpoint``): the network with its weights (eval mode), the
+    process (its registry entry and typed config), what the model is conditioned on, its sampling
+    defaults and where it came from. ``declared()`` is what its denoiser declares beyond the
+    process and the network (``DenoiserInfo`` fields)."""
+
+    network: nn.Module
+    arch: str
+    process: DiffusionConfig
+    image_shape: tuple
+    cond: CondSpec
+    sampler: str | None
+    steps: int | None
+    guidance: float | None
+    provenance: Provenance
+    train: dict
+
+    @property
+    def spec(self):
+        return PROCESSES[self.process.process]
+
+    def declared(self) -> dict:
+        return {"image_shape": self.image_shape, "cond": self.cond, "default_sampler": self.sampler,
+                "default_steps": self.steps, "default_guidance": self.guidance}
+
+
+def _pick_weights(ck: dict, use_ema: bool, weights: str | None) -> str:
     weights = weights or ("ema" if use_ema else "model")
     if weights not in WEIGHTS:
-        raise ValueError(f"unknown weights {weights!r}; choose from {', '.join(WEIGHTS)}")
+        raise UserError(f"unknown weights {weights!r}; choose from {', '.join(WEIGHTS)}", param="weights")
+    if ck[weights] is None:
+        raise CheckpointError(f"{ck['path']} holds no guide snapshot: train with a guide snapshot "
+                              "(guide_at, e.g. 0.3) or guide with another checkpoint")
+    return weights
+
+
+def _cond_record(net: nn.Module, cfg: dict) -> CondSpec:
+    """The network's declaration, with what only the checkpoint knows: class names, the
+    low-resolution side, the text encoder's fingerprint."""
+    rec = cfg.get("conditioning") or {}
+    lowres = rec.get("lowres")
+    names = rec.get("class_names")
+    return dataclasses.replace(network_cond(net), class_names=tuple(names) if names else None,
+                               lowres=(int(lowres), int(lowres)) if lowres else None,
+                               encoder_fingerprint=rec.get("encoder_fingerprint"))
+
+
+def read_checkpoint(path, use_ema: bool = True, weights: str | None = None, device=None) -> CheckpointRecord:
+    """The one reader of a checkpoint (run dir, checkpoints dir or step dir; any readable format):
+    verified, migrated, its network built with the chosen weights (EMA by default; "model" the raw
+    ones, "guide" the autoguidance snapshot), nothing else built."""
     ck = load_checkpoint(path)
     cfg, where = ck["config"], ck["path"] / "config.json"
-    if ck[weights] is None:
-        raise CheckpointError(f"{ck['path']} holds no guide snapshot (train with --guide-at, e.g. 0.3, "
-                              "or guide with another checkpoint: --guide PATH)")
+    weights = _pick_weights(ck, use_ema, weights)
     try:
         net = build_network(cfg["network"]["arch"], cfg["network"]["config"])
-        diffusion = build_diffusion(net, tuple(cfg["image_size"]), DiffusionConfig.from_dict(cfg["diffusion"]))
+        image_size = tuple(cfg["image_size"])
+        image_shape = (net.channels if isinstance(net, Network) else 3, *image_size)
+        process = fill(DiffusionConfig.from_dict(cfg["diffusion"]), image_shape)
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{where}: unusable model config: {e}") from e
     try:
         net.load_state_dict(ck[weights])
     except RuntimeError as e:
         raise CheckpointError(f"weights in {ck['path']} do not fit its config: {e}") from e
-    diffusion.checkpoint_path = str(ck["path"])
-    diffusion.class_names = (cfg.get("conditioning") or {}).get("class_names")
-    lowres = (cfg.get("conditioning") or {}).get("lowres")
-    diffusion.lowres = (int(lowres), int(lowres)) if lowres else None
-    diffusion.default_guidance = (cfg.get("sampling") or {}).get("guidance")
-    diffusion.recorded_sampling = dict(cfg.get("sampling") or {})
-    diffusion.checkpoint_step = cfg.get("guide_step") if weights == "guide" else cfg.get("step")
-    return diffusion.to(device or "cpu").eval()
+    sampling = cfg.get("sampling") or {}
+    step = cfg.get("guide_step") if weights == "guide" else cfg.get("step")
+    prov = Provenance(str(ck["path"]), step, weights, int(cfg.get("migrated_from") or cfg["format_version"]))
+    return CheckpointRecord(net.to(device or "cpu").eval(), cfg["network"]["arch"], process, image_shape,
+                            _cond_record(net, cfg), sampling.get("sampler"), sampling.get("steps"),
+                            sampling.get("guidance"), prov, dict(cfg.get("train") or {}))
+
+
+def load_diffusion(path, use_ema: bool = True, device=None, weights: str | None = None) -> DiffusionModel:
+    """The checkpoint's model and process as the seed API's front-end (``GaussianDiffusion`` for
+    a discrete process, else ``ContinuousDiffusion``), with its training loss: what resuming or
+    fine-tuning needs. Sampling needs only ``load_denoiser``."""
+    rec = read_checkpoint(path, use_ema, weights, device)
+    cls = GaussianDiffusion if rec.spec.kind == "discrete_diffusion" else ContinuousDiffusion
+    return cls.from_config(rec.network, rec.image_shape[1:], rec.process).eval()
 
 
 def load_denoiser(path, use_ema: bool = True, device=None, autocast_dtype=None, weights: str | None = None):
     """Any checkpoint (run dir, checkpoints dir or step dir) as a sigma-space denoiser of its
-    process (``DiscreteDenoiser``, ``SDEDenoiser``, ``EDMDenoiser`` or ``NCSNDenoiser``), with
-    ``info.image_shape`` set."""
-    diffusion = load_diffusion(path, use_ema, device, weights)
-    den = diffusion.denoiser_for(diffusion.model, autocast_dtype)
-    den.image_shape = (diffusion.channels, *diffusion.image_size)
-    den.class_names, den.default_guidance = diffusion.class_names, diffusion.default_guidance
-    den.lowres = diffusion.lowres
-    den.recorded_sampling = {k: v for k, v in diffusion.recorded_sampling.items() if k in ("sampler", "steps")}
-    return den.eval()
+    process (``DiscreteDenoiser``, ``SDEDenoiser``, ``EDMDenoiser`` or ``NCSNDenoiser``) whose
+    ``info`` declares everything the checkpoint records (image shape, conditioning, sampling
+    defaults). No training loss is built. A text model whose recorded encoder fingerprint differs
+    from the installed encoder's warns (``text.check_fingerprint``)."""
+    rec = read_checkpoint(path, use_ema, weights, device)
+    if rec.cond.kind == "text":
+        from ..text.encoders import check_fingerprint
+
+        check_fingerprint(rec.cond.encoder_fingerprint, rec.cond.encoder)
+    return rec.spec.denoiser(rec.network, rec.process, autocast_dtype, rec.declared()).eval()

@@ -1,23 +1,28 @@
-"""The process of a model as ONE typed config, ONE table of which field applies to which
-process, ONE validation and ONE builder (``build_diffusion``), used by the trainer, the
-checkpoint loader and the CLI alike.
+"""A process is ONE registry entry: ``PROCESSES[name]`` is a ``ProcessSpec`` holding everything
+that differs between DDPM, VP, sub-VP, VE, EDM and NCSN - the ``DiffusionConfig`` fields it
+reads and its own defaults for them, the objectives it takes, how to build its sigma-space
+denoiser around a network and its training loss, and (through its denoiser class) its default
+sampling grid, sampler and steps. Everything else derives from the registry: ``PROCESS_FIELDS``
+(which field applies to which process, for ``validate`` and the CLI's checks), ``fill`` (the
+defaults of fields left None), the checkpoint's ``kind``, the trainer's and the loader's
+builders. Adding a process is one entry here plus its tests (docs/ARCHITECTURE.md).
 
-``DiffusionConfig.process`` picks the family (README "Processes"): ``ddpm`` (discrete,
-``GaussianDiffusion``) or ``vp`` / ``subvp`` / ``ve`` / ``edm`` / ``ncsn`` (``ContinuousDiffusion``).
-``PROCESS_FIELDS`` says which other field each process reads; a field set away from its
-default for a process that does not read it is an error (``validate``). Fields left None take
-the process's own default (``PROCESS_DEFAULTS``).
+``DiffusionConfig`` is the one typed config of every process (what checkpoints store); a field
+set away from its default for a process that does not read it is an error (``validate``).
 """
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 
+from ..core import losses
 from ..core.dataclass_io import from_dict
-
-PROCESSES = ("ddpm", "vp", "subvp", "ve", "edm", "ncsn")
-SDE_PROCESSES = ("vp", "subvp", "ve")
-
+from ..core.denoiser import (DiscreteDenoiser, EDMDenoiser, NCSNDenoiser, PreconditionedDenoiser, SDEDenoiser,
+                             ncsn_levels_for)
+from ..core.schedules import DiscreteSchedule
+from ..core.sde import SDES
+from ..errors import UserError
 
 @dataclass
 class DiffusionConfig:
@@ -53,34 +58,118 @@ class DiffusionConfig:
         return from_dict(cls, d)
 
 
-# field -> the processes that read it (process and loss_type: all)
+
+
+COMMON_FIELDS = ("process", "loss_type", "sampling_steps")  # read by every process
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """One process (module docstring). ``denoiser(net, d, autocast_dtype, declared)`` and
+    ``loss(d, denoiser)`` take ``d`` with the defaults filled in (``fill``)."""
+
+    name: str
+    summary: str
+    fields: tuple                      # the DiffusionConfig fields it reads besides COMMON_FIELDS
+    denoiser: Callable                 # (net, d, autocast_dtype, declared) -> PreconditionedDenoiser
+    loss: Callable                     # (d, denoiser) -> a losses.DenoisingLoss
+    denoiser_class: type               # its default grid / sampler / steps: the class attributes
+    defaults: dict = field(default_factory=dict)  # its own values of fields left None
+    objectives: tuple = ()             # the objectives it takes (): a fixed parameterization
+    kind: str = "continuous_diffusion"  # the checkpoint's "kind" (format 2)
+
+    @property
+    def default_sampler(self) -> str | None:
+        return self.denoiser_class.default_sampler
+
+    @property
+    def default_schedule(self) -> str:
+        return self.denoiser_class.default_schedule
+
+
+def _discrete_schedule(d: DiffusionConfig) -> DiscreteSchedule:
+    return DiscreteSchedule.from_name(d.beta_schedule, d.timesteps, d.zero_terminal_snr, **(d.schedule_kwargs or {}))
+
+
+def _ddpm_denoiser(net, d, autocast_dtype=None, declared=None):
+    return DiscreteDenoiser(net, _discrete_schedule(d), d.objective, autocast_dtype, declared)
+
+
+def _ddpm_loss(d, den):
+    return losses.DiscreteLoss(den.schedule, d.objective, d.loss_type, d.min_snr_gamma, d.offset_noise, d.sigma_data,
+                               loss_kind=d.loss_kind, vlb_weight=d.vlb_weight, t_sampling=d.t_sampling,
+                               learned_variance=den.learned_variance)
+
+
+def _sde(d: DiffusionConfig):
+    if d.process == "ve":
+        return SDES["ve"](d.sigma_min, d.sigma_max, d.eps_t)
+    return SDES[d.process](d.beta_min, d.beta_max, d.eps_t)
+
+
+def _sde_denoiser(net, d, autocast_dtype=None, declared=None):
+    return SDEDenoiser(net, _sde(d), d.objective, autocast_dtype, declared)
+
+
+def _sde_loss(d, den):
+    return losses.SDELoss(den.sde, den.objective, d.loss_type, d.likelihood_weighting)
+
+
+def _edm_denoiser(net, d, autocast_dtype=None, declared=None):
+    return EDMDenoiser(net, d.sigma_data, d.sigma_min, d.sigma_max, autocast_dtype, declared)
+
+
+def _edm_loss(d, den):
+    return losses.EDMLoss(d.sigma_data, d.p_mean, d.p_std, d.loss_type)
+
+
+def _ncsn_denoiser(net, d, autocast_dtype=None, declared=None):
+    return NCSNDenoiser(net, d.sigma_min, d.sigma_max, d.ncsn_levels, autocast_dtype, declared)
+
+
+def _ncsn_loss(d, den):
+    return losses.NCSNLoss(den.ladder, d.loss_type)
+
+
+_SDE_FIELDS = ("objective", "eps_t", "likelihood_weighting")
+_VP = dict(beta_min=0.1, beta_max=20.0, eps_t=1e-5)
+_OBJECTIVES = ("eps", "x0", "v")
+PROCESSES: dict[str, ProcessSpec] = {s.name: s for s in (
+    ProcessSpec("ddpm", "discrete DDPM (Ho et al. 2020; improved DDPM's variants)",
+                ("timesteps", "objective", "beta_schedule", "min_snr_gamma", "offset_noise", "zero_terminal_snr",
+                 "sigma_data", "loss_kind", "vlb_weight", "t_sampling", "schedule_kwargs", "ddim_eta"),
+                _ddpm_denoiser, _ddpm_loss, DiscreteDenoiser, objectives=_OBJECTIVES, kind="discrete_diffusion"),
+    ProcessSpec("vp", "variance-preserving SDE (Song et al. 2021)", ("beta_min", "beta_max") + _SDE_FIELDS,
+                _sde_denoiser, _sde_loss, SDEDenoiser, _VP, _OBJECTIVES + ("score",)),
+    ProcessSpec("subvp", "sub-VP SDE (Song et al. 2021)", ("beta_min", "beta_max") + _SDE_FIELDS,
+                _sde_denoiser, _sde_loss, SDEDenoiser, _VP, _OBJECTIVES + ("score",)),
+    ProcessSpec("ve", "variance-exploding SDE (Song et al. 2021)", ("sigma_min", "sigma_max") + _SDE_FIELDS,
+                _sde_denoiser, _sde_loss, SDEDenoiser, dict(sigma_min=0.01, sigma_max=50.0, eps_t=0.0),
+                _OBJECTIVES + ("score",)),
+    ProcessSpec("edm", "EDM preconditioning (Karras et al. 2022)", ("sigma_min", "sigma_max", "sigma_data", "p_mean", "p_std"),
+                _edm_denoiser, _edm_loss, EDMDenoiser,
+                dict(sigma_min=0.002, sigma_max=80.0, sigma_data=0.5, p_mean=-1.2, p_std=1.2)),
+    ProcessSpec("ncsn", "noise-conditional score network (Song & Ermon 2019/2020)",
+                ("sigma_min", "sigma_max", "ncsn_levels"), _ncsn_denoiser, _ncsn_loss, NCSNDenoiser,
+                dict(sigma_min=0.01, sigma_max=50.0)),
+)}
+
+# field -> the processes that read it (COMMON_FIELDS: all), derived from the registry
 PROCESS_FIELDS: dict[str, tuple] = {
-    "timesteps": ("ddpm",), "objective": ("ddpm", *SDE_PROCESSES), "beta_schedule": ("ddpm",),
-    "min_snr_gamma": ("ddpm",), "offset_noise": ("ddpm",), "zero_terminal_snr": ("ddpm",),
-    "sigma_data": ("ddpm", "edm"), "loss_kind": ("ddpm",), "vlb_weight": ("ddpm",), "t_sampling": ("ddpm",),
-    "beta_min": ("vp", "subvp"), "beta_max": ("vp", "subvp"), "eps_t": SDE_PROCESSES,
-    "sigma_min": ("ve", "edm", "ncsn"), "sigma_max": ("ve", "edm", "ncsn"), "likelihood_weighting": SDE_PROCESSES,
-    "p_mean": ("edm",), "p_std": ("edm",), "ncsn_levels": ("ncsn",), "schedule_kwargs": ("ddpm",),
-    "ddim_eta": ("ddpm",),
-}
-# the continuous processes' own defaults for the fields left None
-PROCESS_DEFAULTS: dict[str, dict] = {
-    "vp": dict(beta_min=0.1, beta_max=20.0, eps_t=1e-5),
-    "subvp": dict(beta_min=0.1, beta_max=20.0, eps_t=1e-5),
-    "ve": dict(sigma_min=0.01, sigma_max=50.0, eps_t=0.0),
-    "edm": dict(sigma_min=0.002, sigma_max=80.0, sigma_data=0.5, p_mean=-1.2, p_std=1.2),
-    "ncsn": dict(sigma_min=0.01, sigma_max=50.0, ncsn_levels=None),   # None: Technique 2 for the image
-}
+    f.name: tuple(n for n, spec in PROCESSES.items() if f.name in spec.fields)
+    for f in dataclasses.fields(DiffusionConfig) if f.name not in COMMON_FIELDS}
 _DEFAULT = DiffusionConfig()
+
+
+def process_spec(name: str) -> ProcessSpec:
+    if name not in PROCESSES:
+        raise UserError(f"unknown process {name!r}; choose from {', '.join(PROCESSES)}", param="process")
+    return PROCESSES[name]
 
 
 def misplaced_fields(d: DiffusionConfig) -> list[str]:
     """Fields set away from their default for a process that does not read them."""
-    out = []
-    for name, procs in PROCESS_FIELDS.items():
-        if d.process not in procs and getattr(d, name) != getattr(_DEFAULT, name):
-            out.append(name)
-    return out
+    return [n for n, procs in PROCESS_FIELDS.items() if d.process not in procs and getattr(d, n) != getattr(_DEFAULT, n)]
 
 
 def for_process(d: DiffusionConfig, process: str) -> DiffusionConfig:
@@ -91,18 +180,33 @@ def for_process(d: DiffusionConfig, process: str) -> DiffusionConfig:
 
 
 def validate(d: DiffusionConfig) -> DiffusionConfig:
-    """The one check of a process config: a known process, and no setting of another process."""
-    if d.process not in PROCESSES:
-        raise ValueError(f"unknown process {d.process!r}; choose from {', '.join(PROCESSES)}")
+    """The one check of a process config: a known process, no setting of another process, an
+    objective the process takes."""
+    spec = process_spec(d.process)
     bad = misplaced_fields(d)
     if bad:
         where = "; ".join(f"{n} applies to process {' / '.join(PROCESS_FIELDS[n])}" for n in bad)
-        raise ValueError(f"{where}, not {d.process!r}")
-    if d.objective == "score" and d.process == "ddpm":
-        raise ValueError("objective 'score' applies to vp / subvp / ve")
+        raise UserError(f"{where}, not {d.process!r}", param=bad[0])
+    if spec.objectives and d.objective not in spec.objectives and d.objective not in ("pred_noise", "pred_x0", "pred_v"):
+        raise UserError(f"objective {d.objective!r} does not apply to process {d.process!r}; it takes "
+                        f"{', '.join(spec.objectives)}", param="objective")
     return d
 
 
-def continuous_params(d: DiffusionConfig) -> dict:
-    """A continuous process's parameters with its defaults filled in."""
-    return {k: (getattr(d, k) if getattr(d, k) is not None else v) for k, v in PROCESS_DEFAULTS[d.process].items()}
+def fill(d: DiffusionConfig, image_shape: tuple) -> DiffusionConfig:
+    """``d`` validated, with the process's defaults in the fields left None (NCSN's ladder length
+    from the image size: Song & Ermon 2020, Technique 2)."""
+    spec = process_spec(validate(d).process)
+    filled = dataclasses.replace(d, **{k: v for k, v in spec.defaults.items() if getattr(d, k) is None})
+    if "ncsn_levels" in spec.fields and filled.ncsn_levels is None:
+        dim = int(image_shape[0] * image_shape[1] * image_shape[2])
+        filled = dataclasses.replace(filled, ncsn_levels=ncsn_levels_for(dim, filled.sigma_min, filled.sigma_max))
+    return filled
+
+
+def build_denoiser(net, d: DiffusionConfig, image_shape: tuple, autocast_dtype=None,
+                   declared: dict | None = None) -> PreconditionedDenoiser:
+    """The process ``d`` around ``net`` as a sigma-space denoiser (no training loss is built).
+    ``declared``: what a checkpoint records (DenoiserInfo fields); ``image_shape`` is declared too."""
+    d = fill(d, image_shape)
+    return PROCESSES[d.process].denoiser(net, d, autocast_dtype, {"image_shape": tuple(image_shape), **(declared or {})})

@@ -164,7 +164,7 @@ def concat_image(x: torch.Tensor, cond, channels: int, network: str) -> torch.Te
     img = cond.image
     if not channels:
         if img is not None:
-            raise ValueError(f"this {network} takes no image conditioning (train with --cond image)")
+            raise ValueError(f"this {network} takes no image conditioning (it was built without cond_channels)")
         return x
     b, _, h, w = x.shape
     if img is None:
@@ -191,7 +191,7 @@ def add_condition(emb: torch.Tensor, cond, class_emb: nn.Embedding | None, cond_
     [B, L]) for the network's cross-attention."""
     cond = as_cond(cond)
     if text is None and (cond.text is not None or cond.tokens is not None):
-        raise ValueError(f"this {network} was built without text conditioning (train with --cond text)")
+        raise ValueError(f"this {network} was built without text conditioning (text_dim)")
     batch, device = emb.shape[0], emb.device
     null = cond.null_mask(batch, device)
     if cond.labels is not None and class_emb is None:

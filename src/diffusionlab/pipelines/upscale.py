@@ -26,10 +26,10 @@ from .inputs import batches
 def lowres_size(den) -> tuple:
     """(H, W) of the model's low-resolution input; a clear error for a model of another kind."""
     info = info_of(den)
-    if "image" not in info.conditioning or info.lowres is None:
+    if info.cond.kind != "image" or info.cond.lowres is None:
         raise UserError("upscale needs a super-resolution checkpoint (a model trained on image conditioning, "
                         "task superres, with a low resolution such as 16)", param="den")
-    return tuple(info.lowres)
+    return tuple(info.cond.lowres)
 
 
 def upscale(den, low: torch.Tensor, steps: int | None = None, sampler: str | None = None, seed: int = 0,

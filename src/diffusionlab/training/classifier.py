@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import torch
+from ..errors import UserError
 import torch.nn.functional as F
 
 from ..core.files import atomic_path, atomic_write
@@ -38,14 +39,14 @@ def train_classifier(data: str = "mnist", out: str = "runs/classifier", steps: i
 
     out = Path(out)
     if (out / META).exists() and not overwrite:
-        raise ValueError(f"{out} already holds a classifier; pass --overwrite to replace it")
+        raise UserError(f"{out} already holds a classifier; overwrite it or choose another folder", param="overwrite")
     if not 0 < sigma_min < sigma_max or not math.isfinite(sigma_max):
-        raise ValueError(f"need 0 < sigma_min < sigma_max < inf, got {sigma_min}, {sigma_max}")
+        raise UserError(f"need 0 < sigma_min < sigma_max < inf, got {sigma_min}, {sigma_max}")
     if steps is None and time_budget is None:
-        raise ValueError("give steps or a time budget")
+        raise UserError("give steps or a time budget")
     train, val = load_image_sets(data, image_size, channels)
     if train.labels is None:
-        raise ValueError(f"a classifier needs labelled data, and {data!r} has no labels")
+        raise UserError(f"a classifier needs labelled data, and {data!r} has no labels")
     k = len(train.class_names or []) or int(train.labels.max()) + 1
     torch.manual_seed(seed)
     net = NoisyClassifier(channels=channels, num_classes=k, dim=dim, class_names=train.class_names)

@@ -17,6 +17,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 
 import torch
+from ..errors import UserError
 
 from ..core.cond import Cond
 
@@ -62,7 +63,7 @@ class ClassCondition(ConditionSource):
 
     def __init__(self, train_set, val_set, data: str, device, num_classes: int | None = None):
         if train_set.labels is None:
-            raise ValueError(f"class conditioning needs labels, and data {data!r} has none (a folder needs one "
+            raise UserError(f"class conditioning needs labels, and data {data!r} has none (a folder needs one "
                              "sub-folder per class or a labels.csv of file,label rows)")
         self.names = train_set.class_names
         self.num_classes = num_classes or len(self.names or []) or int(train_set.labels.max()) + 1
@@ -103,7 +104,7 @@ class TextCondition(ConditionSource):
             self.grid_prompts = [prompt_for(i % 10, "heldout", i // 10) for i in range(100)]
         else:
             if train_set.captions is None:
-                raise ValueError(f"text conditioning needs captions, and data {data!r} has none (a folder needs "
+                raise UserError(f"text conditioning needs captions, and data {data!r} has none (a folder needs "
                                  "a captions.jsonl of {\"file\": ..., \"caption\": ...} lines beside the images)")
             prompts = list(dict.fromkeys(train_set.captions + val_set.captions))
             index = {p: i for i, p in enumerate(prompts)}
@@ -121,8 +122,10 @@ class TextCondition(ConditionSource):
         return {"text_dim": encoder_width(self.encoder_name), "text_encoder": self.encoder_name}
 
     def record(self) -> dict:
+        from ..text.encoders import encoder_fingerprint
+
         return {"kind": "text", "encoder": self.encoder_name, "max_tokens": self.encoder.max_tokens,
-                "captions": self.source}
+                "captions": self.source, "encoder_fingerprint": encoder_fingerprint(self.encoder_name)}
 
     def train(self, idx, generator, x=None) -> Cond:
         if self.digits:
@@ -151,7 +154,7 @@ class ImageCondition(ConditionSource):
         from ..data.degrade import check_lowres
 
         if task not in IMAGE_TASKS:
-            raise ValueError(f"--task {task!r}: image conditioning does {', '.join(IMAGE_TASKS)}")
+            raise UserError(f"{task!r}: image conditioning does {', '.join(IMAGE_TASKS)}", param="task")
         check_lowres(lowres, image_size)
         self.task, self.lowres, self.size, self.channels = task, int(lowres), int(image_size), int(channels)
         self.val_images = val_set.images.to(device)
@@ -170,7 +173,7 @@ class ImageCondition(ConditionSource):
 
     def train(self, idx, generator, x=None) -> Cond:
         if x is None:
-            raise ValueError("image conditioning is made from the batch's images (pass x)")
+            raise UserError("image conditioning is made from the batch's images (pass x)")
         return self.condition(x)
 
     def val(self, start, stop, x=None) -> Cond:
@@ -186,12 +189,12 @@ def condition_source(kind: str, train_set, val_set, data: str, device, text_enco
                      num_classes: int | None = None, task: str | None = None, lowres: int | None = None,
                      image_size: int | None = None) -> ConditionSource:
     if kind not in COND_KINDS:
-        raise ValueError(f"unknown conditioning {kind!r}; choose from {', '.join(COND_KINDS)}")
+        raise UserError(f"unknown conditioning {kind!r}; choose from {', '.join(COND_KINDS)}")
     if kind != "image" and task is not None:
-        raise ValueError(f"--task {task!r} belongs to --cond image")
+        raise UserError(f"{task!r} belongs to image conditioning (cond 'image')", param="task")
     if kind == "image":
         if task is None or lowres is None:
-            raise ValueError("--cond image needs --task superres and --lowres SIZE (e.g. 16)")
+            raise UserError("image conditioning needs task 'superres' and a low-resolution side lowres (e.g. 16)", param="lowres")
         size = image_size or int(train_set.images.shape[-1])
         return ImageCondition(val_set, task, lowres, size, int(train_set.images.shape[1]), device)
     if kind == "class":

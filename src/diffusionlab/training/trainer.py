@@ -24,6 +24,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+from ..errors import UserError
 
 from ..models.checkpoint import (CheckpointError, find_checkpoint, load_checkpoint, read_config, resume_checkpoint,
                           run_has_checkpoints, save_checkpoint, write_json_atomic)
@@ -36,6 +37,7 @@ from ..models.loading import build_diffusion as build_process, checkpoint_config
 from ..nn import build_network, network_config
 from ..models.processes import validate
 from ..core.rng import per_sample_generators, stream_seed
+from ..core.sampling import sampling_defaults
 from .config import TrainConfig, default_model
 from .ema import EMA
 
@@ -86,7 +88,7 @@ def build_diffusion(cfg: TrainConfig):
     with torch.random.fork_rng(devices=[]):  # weights depend on the seed only, not on prior RNG use
         torch.manual_seed(cfg.seed)
         net = build_network(cfg.arch, cfg.model)
-    return build_process(net, cfg.image_size, validate(cfg.diffusion), cfg.sample_steps)
+    return build_process(net, cfg.image_size, validate(cfg.diffusion), cfg.sample_steps or 50)
 
 
 def _config_from_diffusion(diffusion, **fields) -> TrainConfig:
@@ -95,8 +97,6 @@ def _config_from_diffusion(diffusion, **fields) -> TrainConfig:
     mc = getattr(diffusion.model, "config", None)
     model = network_config(arch, mc) if mc else default_model()
     d = diffusion.process_config
-    if d.process != "ddpm":
-        fields.setdefault("sample_steps", d.sampling_steps or 50)
     return TrainConfig(arch=arch, model=model, diffusion=d, image_size=diffusion.image_size[0], **fields)
 
 
@@ -127,7 +127,7 @@ class Trainer:
             config = dataclasses.replace(config, **seed_kw)
         self.resume_from = None
         if resume and overwrite:
-            raise ValueError("resume continues the run in the output folder, overwrite replaces it: choose one")
+            raise UserError("resume continues the run in the output folder, overwrite replaces it: choose one")
         if resume:  # the newest intact checkpoint; damaged newer ones are renamed aside (checkpoint.py)
             self.resume_from = resume_checkpoint(config.out_dir, strict=strict_resume)
             if self.resume_from is not None:  # the checkpoint's config wins, but budgets may grow
@@ -137,7 +137,7 @@ class Trainer:
         elif run_has_checkpoints(config.out_dir) and not overwrite:  # checked before anything is written
             raise RunExistsError(
                 f"{config.out_dir} already holds a training run ({find_checkpoint(config.out_dir).name}); "
-                "nothing was written", hint="pass --resume to continue that run, or --overwrite to replace it")
+                "nothing was written", hint="resume that run, or overwrite it")
         self.overwrite = overwrite and not resume
         self.clock = clock or time.perf_counter  # injectable: tests run the time budget on a fake clock
         self.cfg = cfg = config
@@ -150,7 +150,7 @@ class Trainer:
         train_set, val_set = load_image_sets(cfg.data, cfg.image_size, cfg.model.channels, cfg.val_fraction, cfg.seed)
         self.train_data, self.val_data = train_set.images, val_set.images
         if not 0.0 <= cfg.p_uncond <= 1.0:
-            raise ValueError(f"p_uncond is a probability, got {cfg.p_uncond}")
+            raise UserError(f"p_uncond is a probability, got {cfg.p_uncond}")
         kind = "class" if cfg.cond == "none" and cfg.model.num_classes else cfg.cond  # a class-conditional network
         self.conditioning = condition_source(kind, train_set, val_set.subset(range(min(cfg.n_val, len(val_set)))),
                                              cfg.data, self.device, text_encoder=cfg.text_encoder,
@@ -160,7 +160,7 @@ class Trainer:
             settings = self.conditioning.model_settings()
             cfg = self.cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **settings))
         if len(self.train_data) < cfg.batch_size:
-            raise ValueError(f"only {len(self.train_data)} training images for batch size {cfg.batch_size}")
+            raise UserError(f"only {len(self.train_data)} training images for batch size {cfg.batch_size}")
         self.diffusion = diffusion if diffusion is not None else build_diffusion(cfg)
         self.channels_last = self.device.type == "cpu"
         self.model = self.diffusion.model.to(self.device)
@@ -174,7 +174,7 @@ class Trainer:
         self.ema = EMA(self.model, cfg.ema_decay, cfg.ema_power)
         self.loss_fn = loss if loss is not None else self.diffusion.loss_fn  # a losses.TrainingLoss
         if cfg.guide_at is not None and not 0.0 < cfg.guide_at < 1.0:
-            raise ValueError(f"guide_at is a fraction of the training, in (0, 1); got {cfg.guide_at}")
+            raise UserError(f"guide_at is a fraction of the training, in (0, 1); got {cfg.guide_at}")
         self.guide_sd, self.guide_step = None, None
         self.step, self.elapsed, self.planned, self._saved_step = 0, 0.0, cfg.max_steps, None
         self._extractor, self._floor_needed = None, True
@@ -229,7 +229,7 @@ class Trainer:
             self.opt.zero_grad(set_to_none=True)
             raise TrainingDiverged(
                 f"loss became {total} at step {self.step}; stopping. The last good checkpoint is "
-                f"{self._latest_name()}. Try a lower --lr, --precision fp32, or gradient clipping.")
+                f"{self._latest_name()}. Try a lower learning rate, fp32 precision, or gradient clipping.")
         if self.scaler:
             self.scaler.unscale_(self.opt)
         gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip or float("inf")).item()
@@ -260,15 +260,23 @@ class Trainer:
     def ema_denoiser(self):
         return self.diffusion.denoiser_for(self.ema.model, autocast_dtype=self.amp_dtype)
 
+    def sampling_choice(self, steps: int | None = None):
+        """The sampler, steps and guidance of grids, evaluations and the checkpoint's record
+        (``core.sampling.sampling_defaults`` on the config's values); steps at most a discrete
+        model's T."""
+        den, cfg = self.ema_denoiser(), self.cfg
+        choice = sampling_defaults(den, cfg.sample_sampler, steps or cfg.sample_steps, cfg.guidance)
+        table = den.info.table_sigmas
+        return dataclasses.replace(choice, steps=min(choice.steps, len(table))) if table is not None else choice
+
     def save_grid(self, name: str) -> Path:
         from ..core.sampling import sample
         from ..evaluation.viz import save_grid
 
-        cfg = self.cfg
+        cfg, choice = self.cfg, self.sampling_choice()
         gens = per_sample_generators(cfg.seed, range(cfg.n_grid))
-        steps = cfg.sample_steps if cfg.diffusion.process != "ddpm" else min(cfg.sample_steps, cfg.diffusion.timesteps)
         x = sample(self.ema_denoiser(), (cfg.n_grid, cfg.model.channels, cfg.image_size, cfg.image_size),
-                   sampler=cfg.sample_sampler, steps=steps, generator=gens, device=self.device,
+                   sampler=choice.sampler, steps=choice.steps, generator=gens, device=self.device,
                    cond=self.sampling_cond(cfg.n_grid))
         path = self.out / "samples" / f"{name}.png"
         save_grid(x.float().cpu(), path, nrow=int(math.ceil(math.sqrt(cfg.n_grid))), upscale=2)
@@ -292,16 +300,16 @@ class Trainer:
             try:
                 self._extractor = get_extractor("digits" if cfg.model.channels == 1 else "inception")
             except FileNotFoundError as e:
-                print(f"warning: --eval-every skipped: {e}", file=sys.stderr)
+                print(f"warning: sample-quality evaluation skipped: {e}", file=sys.stderr)
                 self._extractor = False
         if self._extractor is False:
             return None
         shape = (cfg.model.channels, cfg.image_size, cfg.image_size)
-        steps = cfg.eval_steps if cfg.diffusion.process != "ddpm" else min(cfg.eval_steps, cfg.diffusion.timesteps)
+        choice = self.sampling_choice(cfg.eval_steps)
         from ..core.sampling import sample_many
 
         t0 = time.perf_counter()
-        x = sample_many(self.ema_denoiser(), shape, cfg.eval_n, cfg.sample_sampler, steps, seed=cfg.seed + 1,
+        x = sample_many(self.ema_denoiser(), shape, cfg.eval_n, choice.sampler, choice.steps, seed=cfg.seed + 1,
                         batch_size=250, progress=False, cond=self.sampling_cond(cfg.eval_n))
         ref = reference_features(self._extractor, cfg.data, "heldout", cfg.image_size, cfg.model.channels,
                                  images=None if cfg.data in ("mnist", "digits") else self.val_data.cpu())
@@ -322,8 +330,8 @@ class Trainer:
         record = self.conditioning.record()
         if record:  # what sample / load_denoiser need to condition and guide it
             config["conditioning"] = record
-            config["sampling"] = {"sampler": self.cfg.sample_sampler, "steps": self.cfg.sample_steps,
-                                  "guidance": self.cfg.guidance}
+        choice = self.sampling_choice()  # every run records its sampling defaults
+        config["sampling"] = {"sampler": choice.sampler, "steps": choice.steps, "guidance": choice.guidance}
         state = {"planned_steps": self.planned, "elapsed_train_seconds": self.elapsed, "ema_step": self.ema.step}
         if self.guide_step is not None:  # in config.json: loaders read it there, and so does resume
             config["guide_step"] = self.guide_step
