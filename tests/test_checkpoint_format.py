@@ -26,7 +26,7 @@ def test_format1_fixtures_load_and_sample_the_same_images(name, process, tmp_pat
     ckpt = tmp_path / "checkpoint"
     shutil.copytree(FIXTURES / name / "checkpoint", ckpt)  # loading must not need to write
     cfg = read_config(ckpt)
-    assert cfg["format_version"] == 2 and cfg["migrated_from"] == 1 and cfg["diffusion"]["process"] == process
+    assert cfg["format_version"] == 3 and cfg["migrated_from"] == 1 and cfg["diffusion"]["process"] == process
     den = dl.load_denoiser(ckpt)
     assert den.info.process == process and den.info.image_shape == (1, 8, 8)
     gens = [torch.Generator().manual_seed(100 + i) for i in range(4)]
@@ -35,10 +35,41 @@ def test_format1_fixtures_load_and_sample_the_same_images(name, process, tmp_pat
     assert torch.allclose(x, expected, atol=1e-5, rtol=1e-5), (x - expected).abs().max()
 
 
+def test_format2_fixture_loads_and_samples_the_same_images(tmp_path):
+    """A class-conditional checkpoint written by the code before format 3
+    (tests/fixtures/make_fixture2.py): it loads with its conditioning and sampling record and
+    samples the same images for the same labels and seeds."""
+    ckpt = tmp_path / "checkpoint"
+    shutil.copytree(FIXTURES / "format2_class" / "checkpoint", ckpt)
+    cfg = read_config(ckpt)
+    assert cfg["format_version"] == 3 and cfg["migrated_from"] == 2
+    den = dl.load_denoiser(ckpt)
+    info = den.info
+    assert (info.cond.kind, info.cond.num_classes, info.default_sampler, info.default_steps, info.default_guidance) == \
+        ("class", 10, "ddpm", 4, 2.0)
+    assert info.cond.class_names == tuple(str(k) for k in range(10))
+    gens = [torch.Generator().manual_seed(100 + i) for i in range(4)]
+    x = dl.sample(den, (4, 1, 8, 8), sampler="ddim", steps=4, generator=gens, cond=dl.Cond(labels=torch.tensor([0, 3, 5, 9])))
+    expected = torch.from_numpy(np.load(FIXTURES / "format2_class" / "expected_ddim4_seed100.npy"))
+    assert torch.allclose(x, expected, atol=1e-5, rtol=1e-5), (x - expected).abs().max()
+    assert main(["sample", "--ckpt", str(ckpt), "--class", "3", "--n", "2", "--out", str(tmp_path / "s.png")]) == 0
+
+
+def test_format2_edm_drops_the_sampler_it_never_applied():
+    """Format 2 EDM / NCSN checkpoints recorded a sampler their loader never applied: migrated,
+    they sample with their own as before; the guidance scale stays."""
+    from diffusionlab.models.checkpoint import migrate_config
+
+    cfg = {"format_version": 2, "diffusion": {"process": "edm"}, "sampling": {"sampler": "ddpm", "steps": 50, "guidance": 3.0}}
+    assert migrate_config(cfg)["sampling"] == {"guidance": 3.0}
+    cfg["diffusion"]["process"] = "ddpm"
+    assert migrate_config(cfg)["sampling"] == {"sampler": "ddpm", "steps": 50, "guidance": 3.0}
+
+
 def test_new_checkpoints_store_only_dataclass_dicts(tmp_path):
     assert main(["train", *DIGITS, "--steps", "1", "--out", str(tmp_path)]) == 0
     cfg = json.loads((tmp_path / "checkpoints" / "step-00000001" / "config.json").read_text())
-    assert cfg["format_version"] == FORMAT_VERSION == 2
+    assert cfg["format_version"] == FORMAT_VERSION == 3 and set(cfg["sampling"]) == {"sampler", "steps", "guidance"}
     assert set(cfg) >= {"network", "diffusion", "image_size", "train"} and "model" not in cfg
     net_cfg = UnetConfig.from_dict(cfg["network"]["config"])
     assert json.loads(json.dumps(dataclasses.asdict(net_cfg))) == cfg["network"]["config"]

@@ -40,8 +40,8 @@ from safetensors.torch import load_file, save_file
 
 from ..core.files import atomic_write, write_json_atomic  # noqa: F401 (re-exported)
 
-FORMAT_VERSION = 2          # config.json layout (loading.py); format 1 is migrated on read
-READABLE_FORMATS = (1, 2)
+FORMAT_VERSION = 3          # config.json layout (loading.py); formats 1 and 2 are migrated on read
+READABLE_FORMATS = (1, 2, 3)
 MANIFEST = "manifest.json"
 STEP_DIR = re.compile(r"^step-(\d{8})$")
 
@@ -294,14 +294,37 @@ _FORMAT1_DDPM_RENAMES = {"offset_noise_strength": "offset_noise", "ddim_sampling
 
 
 def migrate_config(cfg: dict) -> dict:
+    """A config.json body of any readable format as format 3 (``migrated_from`` names the
+    format it was written in). Format 3 records ``sampling`` (sampler, steps, guidance) for
+    every run, and a text model's encoder fingerprint."""
+    v = cfg.get("format_version")
+    if v == 1:
+        cfg = _migrate_1_to_2(cfg)
+    if cfg.get("format_version") == 2:
+        cfg = _migrate_2_to_3(cfg, v)
+    return cfg
+
+
+def _migrate_2_to_3(cfg: dict, written: int) -> dict:
+    """Format 2 recorded ``sampling`` for conditional runs only, and a process with a sampler of
+    its own (EDM heun, NCSN annealed Langevin) never applied the recorded sampler and steps (it
+    applied its own first): they are dropped there, so the model samples as it did."""
+    from .processes import PROCESSES
+
+    sampling = dict(cfg.get("sampling") or {})
+    spec = PROCESSES.get(cfg["diffusion"].get("process", "ddpm"))
+    if spec is not None and spec.default_sampler is not None:
+        sampling.pop("sampler", None)
+        sampling.pop("steps", None)
+    return {**cfg, "format_version": 3, "migrated_from": cfg.get("migrated_from", written), "sampling": sampling}
+
+
+def _migrate_1_to_2(cfg: dict) -> dict:
     """A format-1 config.json body (``model: {type, config}``, the front-end's own ``diffusion``
     dict with ``image_size`` inside) as format 2 (``network``, a ``DiffusionConfig`` dict,
-    ``image_size``); format 2 is returned as is. Checkpoints from before processes existed
-    (no ``process``) are ddpm."""
+    ``image_size``). Checkpoints from before processes existed (no ``process``) are ddpm."""
     from .processes import DiffusionConfig
 
-    if cfg.get("format_version") == 2:
-        return cfg
     names = set(DiffusionConfig.__dataclass_fields__)
     d = dict(cfg["diffusion"])
     image_size = d.pop("image_size")
