@@ -289,7 +289,7 @@ def test_train_a_classifier_and_guide_an_unconditional_model(runs, tmp_path, cap
     assert main([*base, "--class", "3"]) == 2
     assert "classifier guidance" in capsys.readouterr().err
     assert main([*base, "--classifier", str(cls)]) == 2
-    assert "give --class" in capsys.readouterr().err
+    assert "--class: classifier guidance steers toward a class" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- super-resolution (SR3)
