@@ -32,7 +32,7 @@ with q: main(["train", *D, "--steps", "1", "--out", str(t2)])
 with q: main(["sample", "--ckpt", str(t2), "--n", "3", "--steps", "3", "--sampler", "ddpm", "--seed", "4", "--precision", "fp32", "--out", str(t2 / "s.png"), "--npy", str(t2 / "s.npy")])
 cli = torch.from_numpy(np.load(t2 / "s.npy"))
 try:
-    from diffusionlab.apps.demo import sample_many
+    from diffusionlab.core.sampling import sample_many
 except ImportError:
     from diffusionlab.core.sampling import sample_many
 many = sample_many(dl.load_denoiser(t2), (1, 8, 8), 3, "ddpm", 3, seed=4, progress=False)

@@ -99,12 +99,17 @@ def main() -> None:
         rows_s.append((s, agree(out, y), rmse, secs / a.n * 100))
         print(rows_s[-1], flush=True)
     # classifier guidance on the null path: what `sample --classifier CLS --class K --classifier-scale S` does
-    from diffusionlab.training.classifier import load_classifier, train_classifier
+    from diffusionlab.errors import UserError
+    from diffusionlab.training.classifier import classifier_summary, load_classifier, train_classifier
 
-    if "classifier" in parts and not (Path(a.classifier) / "classifier.json").is_file():
-        train_classifier("mnist", a.classifier, None, a.classifier_budget, sigma_min=info.sigma_min,
-                         sigma_max=info.finite_sigma_max())
-    cls = load_classifier(a.classifier) if "classifier" in parts else None
+    cls = None
+    if "classifier" in parts:
+        try:
+            cls = load_classifier(a.classifier)
+        except UserError:  # none there yet (a run folder, or the older classifier.json format)
+            train_classifier("mnist", a.classifier, None, a.classifier_budget, sigma_min=info.sigma_min,
+                             sigma_max=info.finite_sigma_max())
+            cls = load_classifier(a.classifier)
     labels = torch.arange(a.n) % 10
     for s in (float(v) for v in a.classifier_scales.split(",")) if cls is not None else ():
         outs = []
@@ -134,7 +139,7 @@ def main() -> None:
     lines += ["", "| img2img strength | agreement with the input's label | RMSE to the input ([-1, 1] scale) | "
               "seconds per 100 inputs |", "|---:|---:|---:|---:|"]
     lines += [f"| {s:g} | {acc:.3f} | {rmse:.3f} | {sp:.1f} |" for s, acc, rmse, sp in rows_s]
-    meta = cls.meta if cls is not None else None
+    meta = classifier_summary(a.classifier) if cls is not None else None
     lines += [] if meta is None else ["", f"Classifier guidance on the null path: noise-aware classifier `{a.classifier}` "
               f"({meta['steps']} steps, {meta['seconds']:.0f} s; held-out accuracy at sigma "
               + ", ".join(f"{k}: {v:.2f}" for k, v in meta["heldout_accuracy_at_sigma"].items())

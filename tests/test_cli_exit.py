@@ -80,9 +80,3 @@ def test_help_exits_0_through_system_exit():
     with pytest.raises(SystemExit) as e:
         main(["noise", "--help"])
     assert e.value.code == 0
-
-
-def test_the_old_names_still_import():
-    import diffusionlab.cli as old
-
-    assert old is cli and callable(cli.write_npy) and callable(noise.register)

@@ -26,7 +26,7 @@ LAYERS = {
     # L5 applications
     "apps": 5, "__main__": 5,
 }
-EXEMPT = {"__init__", "_compat"}  # the package root re-exports every layer; _compat aliases the old paths
+EXEMPT = {"__init__"}  # the package root re-exports every layer
 
 
 def _module_name(path: Path) -> str:
@@ -144,18 +144,3 @@ def test_the_import_scanner_sees_lazy_and_relative_imports(tmp_path, snippet, ex
     fake = SRC / "data" / "_layer_probe.py"
     monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: snippet if self == fake else Path.read_bytes(self).decode())
     assert [t for _, t in _imports(fake)] == [expected]
-
-
-def test_old_module_paths_still_import_the_same_modules():
-    """The flat tree's paths keep working for one release (diffusionlab/_compat.py)."""
-    import importlib
-
-    from diffusionlab import _compat
-
-    for old, new in _compat.MOVED.items():
-        assert importlib.import_module(f"diffusionlab.{old}") is importlib.import_module(f"diffusionlab.{new}")
-    import diffusionlab.core.samplers.euler as new_euler
-    import diffusionlab.samplers.euler as old_euler
-    from diffusionlab.cli import main  # the console-script entry point
-
-    assert old_euler is new_euler and callable(main)

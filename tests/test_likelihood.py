@@ -15,6 +15,7 @@ from diffusionlab.core.likelihood import (BPD_OFFSET_ODE, discretized_gaussian_l
                                      log_likelihood, normal_kl, ode_bits_per_dim, prior_log_prob, quantize_8bit,
                                      vlb, vlb_terms)
 from diffusionlab.core.losses import DiscreteLoss, ImportanceSampler
+from diffusionlab.core.protocol import Network
 from diffusionlab.core.process import p_log_variance, vb_term_bits
 from diffusionlab.core.schedules import DiscreteSchedule
 from diffusionlab.core.sde import SubVPSDE, VESDE, VPSDE
@@ -75,11 +76,13 @@ def test_quantize_8bit_and_mnist_are_on_the_grid():
 
 
 # ------------------------------------------------------------------ VLB: sigma-space == alpha-space
-class VarNet(torch.nn.Module):
-    """A random conv 'network' with C or 2C outputs (the second half: improved DDPM's v)."""
+class VarNet(Network):
+    """A random conv 'network' with C or 2C outputs (the second half: improved DDPM's v), declared
+    like the library's networks (``Network.learned_variance``)."""
 
     def __init__(self, channels=2, learned=True, seed=0):
         super().__init__()
+        self.learned_variance = learned
         torch.manual_seed(seed)
         self.channels, self.out_channels = channels, channels * (2 if learned else 1)
         self.conv = torch.nn.Conv2d(channels, self.out_channels, 3, padding=1).double()
@@ -209,8 +212,10 @@ def test_importance_sampled_hybrid_run_resumes_exactly(tmp_path, one_thread):
 
 
 # ------------------------------------------------------------------ learned variance in the DDPM sampler
-class ConstVarNet(torch.nn.Module):
+class ConstVarNet(Network):
     """Exact x0 of the oracle through AnalyticNet plus a constant variance channel v."""
+
+    learned_variance = True
 
     def __init__(self, inner, v):
         super().__init__()

@@ -196,7 +196,7 @@ def test_guide_snapshot_is_the_early_ema_and_survives_resume(tmp_path, one_threa
 
 def test_guide_errors(tmp_path):
     from diffusionlab.models.loading import load_denoiser
-    from diffusionlab.training.checkpoint import CheckpointError
+    from diffusionlab.models.checkpoint import CheckpointError
 
     with pytest.raises(ValueError, match="guide_at"):
         Trainer(config=tiny_config(out_dir=str(tmp_path / "x"), guide_at=1.5))

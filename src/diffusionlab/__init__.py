@@ -3,7 +3,6 @@
 Every model is a denoiser in sigma-space, ``denoiser(x, sigma, cond) -> x0_hat`` with
 x = x0 + sigma * n; samplers, guidance and likelihoods are written once against it.
 """
-from . import _compat
 from .core.cond import Batch, Cond
 from .core.denoiser import PRECONDITIONING, DiscreteDenoiser, EDMDenoiser, NCSNDenoiser, SDEDenoiser
 from .core.likelihood import log_likelihood, ode_bits_per_dim, vlb
@@ -21,7 +20,6 @@ from .nn import Unet, UnetConfig
 from .training import TrainConfig, Trainer
 from . import text  # noqa: E402 (prompts to conditions: dl.text.get_encoder, captions)
 
-_compat.install()  # the flat tree's module paths (diffusionlab.denoiser, .cli, ...) keep importing
 
 __version__ = "0.1.0"
 

@@ -1,2 +1,2 @@
-"""Applications (layer L5): the command line (``apps.cli``, entry point ``diffusionlab.cli:main``)
+"""Applications (layer L5): the command line (``apps.cli``, entry point ``diffusionlab.apps.cli:main``)
 and ``make demo`` (``apps.demo``); the web app comes here."""

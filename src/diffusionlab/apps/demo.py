@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from ..models.checkpoint import write_json_atomic
+from ..core.files import write_json_atomic
 from ..core.rng import per_sample_generators, randn
-from ..core.sampling import sample_many  # noqa: F401 (lives in sampling.py; re-exported for older imports)
+from ..core.sampling import sample_many, sampling_defaults
 from ..training import Trainer, demo_text_config
 
 GUIDANCE_PICTURE = (0.0, 1.0, 2.0, 4.0, 7.5)
@@ -160,7 +160,8 @@ def run_demo(out_dir: str = "runs/demo", time_budget: float | None = 600.0, n_ev
     den = load_denoiser(run_dir, autocast_dtype=trainer.amp_dtype)
     den.net.to(memory_format=torch.channels_last)
     info = den.info
-    sampler, steps, guidance = info.default_sampler, info.default_steps, info.default_guidance
+    choice = sampling_defaults(info)  # the checkpoint's recorded sampler, steps and guidance (what `sample` uses)
+    sampler, steps, guidance = choice.sampler, choice.steps, choice.guidance
     vis = write_visuals(run_dir, den, cfg, sampler, steps, schedule=den.schedule)
     classifier = load_digit_classifier()  # trained once and cached; not part of the budget
     shape = info.image_shape

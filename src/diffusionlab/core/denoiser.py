@@ -33,7 +33,6 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .process import learned_log_variance
 from .protocol import (FALLBACK_SIGMA_MAX, FALLBACK_SIGMA_MIN, Denoiser, DenoiserInfo,  # noqa: F401 (re-exported)
                        DenoiserWrapper, Network, _param_device, call_net, info_of, network_cond)
 from .schedules import DiscreteSchedule
@@ -321,17 +320,6 @@ class DiscreteDenoiser(PreconditionedDenoiser):
     def t_to_sigma(self, t: torch.Tensor) -> torch.Tensor:
         return self.precond.t_to_sigma(t)
 
-    def log_variance(self, x: torch.Tensor, sigma: torch.Tensor, cond=None, sigma_next: float | None = None):
-        """log-variance (sigma-space) of the learned p(x_s | x_t) for the step sigma -> sigma_next
-        (default: the next lower sigma of the model's own table). ``sigma``: one value for the batch."""
-        s = float(torch.as_tensor(sigma).reshape(-1)[0])
-        if sigma_next is None:
-            lower = self.table_sigmas[self.table_sigmas < s * (1 - 1e-9)]
-            if len(lower) == 0:
-                raise ValueError("sigma is the model's lowest: the step to 0 is the decoder, give sigma_next")
-            sigma_next = float(lower.max())
-        _, frac = self.denoise_with_variance(x, sigma, cond)
-        return learned_log_variance(frac, s, float(sigma_next))
 
 
 class SDEDenoiser(PreconditionedDenoiser):

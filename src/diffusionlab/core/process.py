@@ -112,17 +112,6 @@ def score_to_eps(score, abar):
     return -s * score
 
 
-def p_mean_variance(schedule: DiscreteSchedule, x0_pred: torch.Tensor, x_t: torch.Tensor,
-                    t: torch.Tensor, variance: str = "small"):
-    """Mean and variance of p_theta(x_{t-1} | x_t) given the model's x0 prediction:
-    the posterior mean with x0_pred in place of x0, and variance beta_tilde_t ('small')
-    or beta_t ('large'; DDPM's sigma_t^2 = beta_t)."""
-    mean, var, _ = q_posterior(schedule, x0_pred, x_t, t)
-    if variance == "large":
-        var = extract(schedule.betas, t, x_t.shape, x_t.dtype)
-    return mean, var
-
-
 def p_sample(model_eps, schedule: DiscreteSchedule, x_t: torch.Tensor, t_index: int,
              generator: torch.Generator | None = None, variance: str = "small", noise=None):
     """One DDPM ancestral step exactly as the seeds write it (Ho et al. Algorithm 2):

@@ -152,15 +152,6 @@ class DiscreteSchedule:
         return bool(self.abar[-1] == 0)
 
 
-def sigma_to_abar(sigma):
-    """abar = 1 / (1 + sigma^2)."""
-    return 1.0 / (1.0 + sigma ** 2)
-
-
-def abar_to_sigma(abar):
-    return ((1 - abar) / abar) ** 0.5
-
-
 # ----------------------------------------------------------------------------- sigma grids
 def discrete_timesteps(T: int, steps: int, spacing: str = "trailing") -> torch.Tensor:
     """Decreasing 0-based step indices (index i is step t = i + 1) for a ``steps``-step sampler.

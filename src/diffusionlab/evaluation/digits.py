@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from ..core.files import atomic_path
 from ..errors import UserError
-from .metrics import feature_stats, frechet_distance  # noqa: F401 (moved; re-exported)
+from .metrics import feature_stats, frechet_distance
 
 __all__ = [
     "DigitClassifier",

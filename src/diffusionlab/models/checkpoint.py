@@ -38,7 +38,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..core.files import atomic_write, write_json_atomic  # noqa: F401 (re-exported)
+from ..core.files import atomic_write, write_json_atomic
 
 FORMAT_VERSION = 3          # config.json layout (loading.py); formats 1 and 2 are migrated on read
 READABLE_FORMATS = (1, 2, 3)

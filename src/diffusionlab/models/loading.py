@@ -111,6 +111,9 @@ def read_checkpoint(path, use_ema: bool = True, weights: str | None = None, devi
     ones, "guide" the autoguidance snapshot), nothing else built."""
     ck = load_checkpoint(path)
     cfg, where = ck["config"], ck["path"] / "config.json"
+    if cfg.get("kind") == "classifier":  # training.classifier writes these: no process to sample
+        raise CheckpointError(f"{ck['path']} holds a noise-aware classifier, not a diffusion model",
+                              hint="guide a diffusion model with it (classifier guidance: training.classifier.load_classifier)")
     weights = _pick_weights(ck, use_ema, weights)
     try:
         net = build_network(cfg["network"]["arch"], cfg["network"]["config"])

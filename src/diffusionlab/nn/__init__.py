@@ -1,16 +1,24 @@
 """Networks. Each has its dataclass config beside it (``Unet`` / ``UnetConfig``), is built with
 ``from_config``, and is named in ``NETWORKS`` (the one registry the CLI, the trainer and the
-checkpoint loader use), so a new backbone (``--arch dit``) is one module plus one entry."""
+checkpoint loader use), so a new backbone (``--arch dit``) is one module plus one entry.
+
+``CLASSIFIERS`` names the networks that are not denoisers: the noise-aware classifier of
+classifier guidance, which the trainer builds from the same kind of config (``TrainConfig.arch``,
+``TrainConfig.model``) when ``TrainConfig.classifier`` selects that task. It is kept out of
+``NETWORKS`` so that nothing offers it as a diffusion backbone (``train --arch``)."""
+from .classifier import NoisyClassifier, NoisyClassifierConfig
 from .dit import DiT, DiTConfig, dit_demo_model
 from .unet import Unet, UnetConfig
 
 NETWORKS: dict = {"unet": Unet, "dit": DiT}   # arch -> class with .Config (a dataclass) and .from_config
+CLASSIFIERS: dict = {"classifier": NoisyClassifier}  # the same protocol; trained by training.classifier
 
 
 def network_class(arch: str):
-    if arch not in NETWORKS:
-        raise ValueError(f"unknown network {arch!r}; choose from {', '.join(NETWORKS)}")
-    return NETWORKS[arch]
+    cls = NETWORKS.get(arch) or CLASSIFIERS.get(arch)
+    if cls is None:
+        raise ValueError(f"unknown network {arch!r}; choose from {', '.join([*NETWORKS, *CLASSIFIERS])}")
+    return cls
 
 
 def network_config(arch: str, d: dict):
@@ -24,4 +32,5 @@ def build_network(arch: str, config):
     return cls.from_config(config if isinstance(config, cls.Config) else network_config(arch, config))
 
 
-__all__ = ["Unet", "UnetConfig", "DiT", "DiTConfig", "dit_demo_model", "NETWORKS", "build_network", "network_config", "network_class"]
+__all__ = ["Unet", "UnetConfig", "DiT", "DiTConfig", "dit_demo_model", "NoisyClassifier", "NoisyClassifierConfig",
+           "NETWORKS", "CLASSIFIERS", "build_network", "network_config", "network_class"]

@@ -5,6 +5,11 @@ Input scaling and noise label as EDM's (Karras et al. 2022): the network sees
 x / sqrt(sigma_data^2 + sigma^2) (unit variance at every sigma) and log(sigma) / 4 through a
 sinusoidal embedding that modulates every residual block (scale / shift); three resolutions,
 global average pooling, a linear head. ``sigma`` = inf is treated as the largest finite level.
+
+Named "classifier" in ``nn.CLASSIFIERS`` (built like every network: ``from_config``); its
+config carries the number of classes and their names, so a loaded classifier has
+``num_classes`` and ``class_names`` from construction. ``training.classifier`` trains it with the
+project's trainer and loads it back.
 """
 from __future__ import annotations
 

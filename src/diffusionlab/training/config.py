@@ -20,6 +20,20 @@ def default_model(**overrides) -> UnetConfig:
 
 
 @dataclass
+class ClassifierObjective:
+    """What makes a run train a noise-aware classifier instead of a diffusion model
+    (``TrainConfig.classifier``; ``training.classifier``): the cross-entropy of an image's label at
+    x0 + sigma n, ln sigma uniform in [ln sigma_min, ln sigma_max]."""
+
+    sigma_min: float = 0.002
+    sigma_max: float = 160.0
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ClassifierObjective":
+        return from_dict(cls, d)
+
+
+@dataclass
 class TrainConfig:
     data: str = "mnist"              # mnist | digits | path/to/images
     image_size: int = 32
@@ -28,6 +42,8 @@ class TrainConfig:
     arch: str = "unet"               # the network (nn.NETWORKS)
     model: UnetConfig = field(default_factory=default_model)  # the arch's config dataclass
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    classifier: ClassifierObjective | None = None  # set: train a noise-aware classifier (arch "classifier",
+    #                                  nn.CLASSIFIERS; training.classifier) on the labels instead of a diffusion model
     batch_size: int = 64
     grad_accum: int = 1
     lr: float = 2e-3
@@ -77,6 +93,7 @@ class TrainConfig:
         d = dict(d)
         d["model"] = network_config(d.get("arch", "unet"), d.get("model", {}))
         d["diffusion"] = DiffusionConfig.from_dict(d.get("diffusion", {}))
+        d["classifier"] = ClassifierObjective.from_dict(d["classifier"]) if d.get("classifier") else None
         return from_dict(cls, d)
 
 

@@ -1,12 +1,15 @@
-"""One readable training loop for every diffusion model of the library.
+"""One readable training loop for every model of the library: the diffusion models, and the
+noise-aware classifier of classifier guidance (``TrainConfig.classifier``; training.classifier).
 
-The loop: draw a batch (a fixed-seed permutation per epoch), compute the diffusion loss under
+The loop: draw a batch (a fixed-seed permutation per epoch), compute the loss (the diffusion
+model's, or any ``core.losses.TrainingLoss``: a classifier's is ``NoisyClassifierLoss``) under
 autocast, accumulate gradients, clip, AdamW step with warm-up + cosine learning rate, update
-the EMA. Around it: validation loss, sample grids, metrics.jsonl, atomic checkpoints, exact
-resume. Ctrl-C (SIGINT) requests a stop: the loop finishes the optimizer step it is in,
-checkpoints, and returns; a second Ctrl-C aborts at once. Checkpoints are therefore always at
-an optimizer-step boundary (the position inside gradient accumulation is 0), and the data
-order is a pure function of (seed, step), so a resumed run continues exactly.
+the EMA. Around it: validation loss, sample grids and sample-quality evaluation (diffusion
+models only), metrics.jsonl, atomic checkpoints, exact resume. Ctrl-C (SIGINT) requests a stop:
+the loop finishes the optimizer step it is in, checkpoints, and returns; a second Ctrl-C aborts
+at once. Checkpoints are therefore always at an optimizer-step boundary (the position inside
+gradient accumulation is 0), and the data order is a pure function of (seed, step), so a
+resumed run continues exactly.
 """
 from __future__ import annotations
 
@@ -38,6 +41,7 @@ from ..nn import build_network, network_config
 from ..models.processes import validate
 from ..core.rng import per_sample_generators, stream_seed
 from ..core.sampling import sampling_defaults
+from .classifier import NoisyClassifierLoss, checkpoint_record as classifier_record, classifier_run
 from .config import TrainConfig, default_model
 from .ema import EMA
 
@@ -82,13 +86,18 @@ def package_versions() -> dict:
     return out
 
 
+def initial_network(cfg: TrainConfig):
+    """The network of the config (``nn.build_network``) with initial weights that depend on the
+    seed only."""
+    with torch.random.fork_rng(devices=[]):  # weights depend on the seed only, not on prior RNG use
+        torch.manual_seed(cfg.seed)
+        return build_network(cfg.arch, cfg.model)
+
+
 def build_diffusion(cfg: TrainConfig):
     """The network (``nn.NETWORKS[cfg.arch]``) and its process from the config (one builder,
     ``loading.build_diffusion``); the initial weights depend on the seed only."""
-    with torch.random.fork_rng(devices=[]):  # weights depend on the seed only, not on prior RNG use
-        torch.manual_seed(cfg.seed)
-        net = build_network(cfg.arch, cfg.model)
-    return build_process(net, cfg.image_size, validate(cfg.diffusion), cfg.sample_steps or 50)
+    return build_process(initial_network(cfg), cfg.image_size, validate(cfg.diffusion), cfg.sample_steps or 50)
 
 
 def _config_from_diffusion(diffusion, **fields) -> TrainConfig:
@@ -140,6 +149,11 @@ class Trainer:
                 "nothing was written", hint="resume that run, or overwrite it")
         self.overwrite = overwrite and not resume
         self.clock = clock or time.perf_counter  # injectable: tests run the time budget on a fake clock
+        self.is_classifier = classifier_run(config)  # checked before anything is loaded
+        if self.is_classifier:  # no validation loss, grids or sample-quality evaluation: diffusion models only
+            if diffusion is not None:
+                raise UserError("a classifier run builds its network from the config: pass no diffusion model")
+            config = dataclasses.replace(config, val_every=0, sample_every=0, eval_every=0)
         self.cfg = cfg = config
         self.out = Path(cfg.out_dir)
         self.threads = set_threads(cfg.num_threads)
@@ -151,19 +165,28 @@ class Trainer:
         self.train_data, self.val_data = train_set.images, val_set.images
         if not 0.0 <= cfg.p_uncond <= 1.0:
             raise UserError(f"p_uncond is a probability, got {cfg.p_uncond}")
-        kind = "class" if cfg.cond == "none" and cfg.model.num_classes else cfg.cond  # a class-conditional network
+        # a class-conditional network, or a classifier: the data's labels
+        kind = "class" if self.is_classifier or cfg.cond == "none" and cfg.model.num_classes else cfg.cond
         self.conditioning = condition_source(kind, train_set, val_set.subset(range(min(cfg.n_val, len(val_set)))),
                                              cfg.data, self.device, text_encoder=cfg.text_encoder,
-                                             num_classes=cfg.model.num_classes, task=cfg.task, lowres=cfg.lowres,
+                                             num_classes=None if self.is_classifier else cfg.model.num_classes,
+                                             task=cfg.task, lowres=cfg.lowres,
                                              image_size=cfg.image_size)
         if diffusion is None:  # the network's condition settings fit the data (class table, text width)
             settings = self.conditioning.model_settings()
+            if self.is_classifier:  # a classifier's config names its classes
+                settings["class_names"] = tuple(self.conditioning.names) if self.conditioning.names else None
             cfg = self.cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **settings))
         if len(self.train_data) < cfg.batch_size:
             raise UserError(f"only {len(self.train_data)} training images for batch size {cfg.batch_size}")
-        self.diffusion = diffusion if diffusion is not None else build_diffusion(cfg)
+        if self.is_classifier:  # not a diffusion model: the network and its loss
+            self.diffusion, net = None, initial_network(cfg)
+            loss = loss if loss is not None else NoisyClassifierLoss.from_config(cfg.classifier)
+        else:
+            self.diffusion = diffusion if diffusion is not None else build_diffusion(cfg)
+            net = self.diffusion.model
         self.channels_last = self.device.type == "cpu"
-        self.model = self.diffusion.model.to(self.device)
+        self.model = net.to(self.device)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.train_data = self.train_data.to(self.device)
@@ -326,12 +349,7 @@ class Trainer:
         rng = {"torch": torch.get_rng_state()}  # training draws are keyed by (seed, step, index): no state
         if torch.cuda.is_available() and self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        config = checkpoint_config(self.diffusion, self.cfg.arch, self.model_config(), self.cfg.to_dict())
-        record = self.conditioning.record()
-        if record:  # what sample / load_denoiser need to condition and guide it
-            config["conditioning"] = record
-        choice = self.sampling_choice()  # every run records its sampling defaults
-        config["sampling"] = {"sampler": choice.sampler, "steps": choice.steps, "guidance": choice.guidance}
+        config = classifier_record(self.cfg, self.model_config()) if self.is_classifier else self.diffusion_record()
         state = {"planned_steps": self.planned, "elapsed_train_seconds": self.elapsed, "ema_step": self.ema.step}
         if self.guide_step is not None:  # in config.json: loaders read it there, and so does resume
             config["guide_step"] = self.guide_step
@@ -343,6 +361,17 @@ class Trainer:
         return save_checkpoint(self.out, self.step, model=self.model, ema_model=self.ema.model, config=config,
                                optimizer=self.opt, train_state=state, rng=rng, keep=self.cfg.keep_checkpoints,
                                guide=self.guide_sd)
+
+    def diffusion_record(self) -> dict:
+        """The config.json body of a diffusion model (``loading.checkpoint_config``), with its
+        conditioning record and sampling defaults."""
+        config = checkpoint_config(self.diffusion, self.cfg.arch, self.model_config(), self.cfg.to_dict())
+        record = self.conditioning.record()
+        if record:  # what sample / load_denoiser need to condition and guide it
+            config["conditioning"] = record
+        choice = self.sampling_choice()  # every run records its sampling defaults
+        config["sampling"] = {"sampler": choice.sampler, "steps": choice.steps, "guidance": choice.guidance}
+        return config
 
     def model_config(self) -> dict:
         return getattr(self.model, "config", {})
@@ -487,7 +516,7 @@ class Trainer:
             bar.close()
             if old_handler is not None:
                 signal.signal(signal.SIGINT, old_handler)
-        if not (cfg.val_every and self.step % cfg.val_every == 0):
+        if not self.is_classifier and not (cfg.val_every and self.step % cfg.val_every == 0):
             self.log({"step": self.step, "val_loss": self.validation_loss(self.model),
                       "val_loss_ema": self.validation_loss(self.ema.model)})
         if cfg.eval_every and self.step % cfg.eval_every != 0:

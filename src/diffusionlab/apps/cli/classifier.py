@@ -1,4 +1,5 @@
-"""``diffusionlab train-classifier``: a noise-aware classifier for classifier guidance."""
+"""``diffusionlab train-classifier``: a noise-aware classifier for classifier guidance, trained by
+the project's trainer into a run folder (``training.classifier``; ``--resume`` continues it)."""
 from __future__ import annotations
 
 import json
@@ -23,7 +24,9 @@ def register(sub) -> None:
     p.add_argument("--channels", type=int, default=1, choices=[1, 3])
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace the run (or older classifier) in --out")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out (its stored settings; "
+                                                         "--steps / --time-budget may grow)")
     p.set_defaults(run=run, param_flags=options.param_flags(p))
 
 
@@ -39,6 +42,6 @@ def run(a) -> int:
                  "image_size": info.image_shape[-1], "channels": info.image_shape[0]}
     steps = a.steps if a.steps is not None or a.time_budget is not None else DEFAULT_STEPS
     meta = train_classifier(a.data, a.out, steps, a.time_budget, batch_size=a.batch_size, seed=a.seed,
-                            overwrite=a.overwrite, **shape)
+                            overwrite=a.overwrite, resume=a.resume, **shape)
     print(json.dumps({k: meta[k] for k in ("steps", "seconds", "heldout_accuracy_at_sigma")}, indent=2))
     return 0

@@ -110,9 +110,3 @@ def sample_dpm_2_ancestral(denoiser, x, sigmas, *, cond=None, generator=None, ca
 
 def heun_nfe(steps: int, **_) -> int:
     return 2 * steps - 1
-
-
-def ancestral_2_nfe(steps: int, eta: float = 1.0, **_) -> int:
-    # the last step goes to sigma_down = 0: one call; every other step two (sigma_down > 0
-    # because eta <= 1 keeps sigma_up < sigma_next)
-    return 2 * steps - 1
