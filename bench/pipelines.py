@@ -54,7 +54,8 @@ def main() -> None:
 
     den = dl.load_denoiser(a.ckpt, autocast_dtype=torch.bfloat16 if cpu_info()["fast_bf16"] else None)
     info = den.info
-    sampler, steps = info.default_sampler, a.steps or info.default_steps
+    choice = dl.sampling_defaults(info, None, a.steps)  # the checkpoint's sampler and steps, as the CLI
+    sampler, steps = choice.sampler, choice.steps
     guided, cond = conditioned(den)            # no prompt: the null condition
     x_all, y_all = load_mnist("heldout", 32, return_labels=True)
     x, y = x_all[: a.n], y_all[: a.n]

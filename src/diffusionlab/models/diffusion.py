@@ -80,8 +80,9 @@ class DiffusionModel(nn.Module):
         d = self.process_config
         if self.spec.default_sampler is not None:
             return {}
-        steps = d.sampling_steps or (d.timesteps if d.process == "ddpm" else 50)
-        if d.process != "ddpm":
+        discrete = self.spec.kind == "discrete_diffusion"
+        steps = d.sampling_steps or (d.timesteps if discrete else 50)
+        if not discrete:
             return {"default_steps": steps}
         full = steps == d.timesteps or (isinstance(net, Network) and net.learned_variance)
         return {"default_sampler": "ddpm" if full else "ddim", "default_steps": steps}

@@ -48,7 +48,7 @@ def encode_prompts(den, prompts, param: str = "prompt") -> Cond:
     spec = info_of(den).cond
     if spec.kind != "text":
         raise UserError("prompts need a text-conditional model (one trained on captions)", param=param)
-    return get_encoder(spec.encoder).encode(prompts)
+    return get_encoder(spec.encoder).encode(prompts, param=param)
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ def register(sub) -> None:
 def _register_img2img(sub) -> None:
     p = sub.add_parser("img2img", help="SDEdit: noise the inputs part of the way and denoise them back",
                        description="img2img by SDEdit (Meng et al. 2022): with N steps on the model's grid, the input "
-                                   "is noised to the sigma where the last round(S * N) steps begin, and those steps "
+                                   "is noised to the sigma where the last int(S * N) steps begin (floor, as diffusers), and those steps "
                                    "run. --strength 0 returns the input, 1 ignores it.")
     _common(p)
     p.add_argument("--strength", type=float, required=True, metavar="S", help="0..1")
