@@ -35,11 +35,11 @@ import warnings
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from ..core.files import atomic_path
 from ..errors import UserError
+from .digit_net import INPUT_SIZE as _INPUT_SIZE, DigitClassifier, _accuracy, _augment, _init_weights
 from .metrics import feature_stats, frechet_distance
 
 __all__ = [
@@ -57,116 +57,6 @@ __all__ = [
 
 CLASSIFIER_FILENAME = "digit_classifier_v1.safetensors"
 CLASSIFIER_INFO_FILENAME = "digit_classifier_v1.json"
-_INPUT_SIZE = 32
-
-
-# --------------------------------------------------------------------------- classifier
-class DigitClassifier(nn.Module):
-    """Small CNN for 1-channel digits in [-1, 1] (~0.2 M parameters).
-
-    Four 3x3 conv layers (16-32-64-64 channels, GroupNorm + ReLU, 2x2 max-pool after the
-    first three), flatten of the 4x4x64 map, a 128-d fully connected + ReLU *feature*
-    layer (the analogue of the Inception pool3 features used by FID), and a linear
-    10-way head. No dropout and no batch statistics, so train and eval mode compute the
-    same function.
-
-    Inputs of any size >= 16 are accepted: images that are not 32x32 are resized
-    bilinearly to 32x32 (a 28x28 digit is therefore scaled up a little rather than
-    padded; the training augmentation includes small rescaling).
-    """
-
-    feature_dim = 128
-
-    def __init__(self, width: int = 16):
-        super().__init__()
-        w = width
-        self.conv1 = nn.Conv2d(1, w, 3, padding=1)
-        self.norm1 = nn.GroupNorm(4, w)
-        self.conv2 = nn.Conv2d(w, 2 * w, 3, padding=1)
-        self.norm2 = nn.GroupNorm(8, 2 * w)
-        self.conv3 = nn.Conv2d(2 * w, 4 * w, 3, padding=1)
-        self.norm3 = nn.GroupNorm(8, 4 * w)
-        self.conv4 = nn.Conv2d(4 * w, 4 * w, 3, padding=1)
-        self.norm4 = nn.GroupNorm(8, 4 * w)
-        self.fc = nn.Linear(4 * w * 4 * 4, self.feature_dim)
-        self.head = nn.Linear(self.feature_dim, 10)
-
-    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 3:
-            x = x.unsqueeze(1)
-        if x.dim() != 4 or x.shape[1] != 1:
-            raise ValueError(f"expected images [B, 1, H, W], got shape {tuple(x.shape)}")
-        if min(x.shape[-2:]) < 16:
-            raise UserError(f"the digit classifier reads images of at least 16x16, got {tuple(x.shape[-2:])}", param="images")
-        p = next(self.parameters())
-        x = x.to(device=p.device, dtype=p.dtype)
-        if tuple(x.shape[-2:]) != (_INPUT_SIZE, _INPUT_SIZE):
-            x = F.interpolate(x, size=(_INPUT_SIZE, _INPUT_SIZE), mode="bilinear",
-                              align_corners=False, antialias=max(x.shape[-2:]) > _INPUT_SIZE)
-        return x
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Penultimate features [B, 128] (float32, non-negative: post-ReLU)."""
-        x = self._prepare(x)
-        x = F.max_pool2d(F.relu(self.norm1(self.conv1(x))), 2)  # 16x16
-        x = F.max_pool2d(F.relu(self.norm2(self.conv2(x))), 2)  # 8x8
-        x = F.max_pool2d(F.relu(self.norm3(self.conv3(x))), 2)  # 4x4
-        x = F.relu(self.norm4(self.conv4(x)))
-        return F.relu(self.fc(x.flatten(1)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Class logits [B, 10]."""
-        return self.head(self.features(x))
-
-    def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
-        """Class probabilities [B, 10] (softmax of the logits)."""
-        return F.softmax(self.forward(x), dim=1)
-
-
-def _init_weights(model: nn.Module, gen: torch.Generator) -> None:
-    """Kaiming-uniform init drawn from ``gen`` (no global RNG)."""
-    for m in model.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            fan_in = m.weight[0].numel()
-            gain = 1.0 if m is getattr(model, "head", None) else math.sqrt(2.0)
-            bound = gain * math.sqrt(3.0 / fan_in)
-            with torch.no_grad():
-                m.weight.copy_(torch.rand(m.weight.shape, generator=gen) * 2 * bound - bound)
-                m.bias.zero_()
-
-
-def _augment(x: torch.Tensor, gen: torch.Generator, max_shift: float = 2.0,
-             max_rot_deg: float = 10.0, scale_range: tuple[float, float] = (0.9, 1.15)
-             ) -> torch.Tensor:
-    """Random small affine jitter (shift in pixels, rotation, isotropic scale), every draw
-    from ``gen``. Background stays at -1."""
-    b, _, h, w = x.shape
-    ang = (torch.rand(b, generator=gen) * 2 - 1) * math.radians(max_rot_deg)
-    lo, hi = scale_range
-    s = lo + torch.rand(b, generator=gen) * (hi - lo)
-    shift = (torch.rand(b, 2, generator=gen) * 2 - 1) * max_shift
-    # affine_grid maps output coords to input coords; zoom by s means sampling at 1/s.
-    cos, sin = torch.cos(ang) / s, torch.sin(ang) / s
-    theta = torch.zeros(b, 2, 3)
-    theta[:, 0, 0], theta[:, 0, 1] = cos, -sin
-    theta[:, 1, 0], theta[:, 1, 1] = sin, cos
-    theta[:, 0, 2] = shift[:, 0] * 2 / w
-    theta[:, 1, 2] = shift[:, 1] * 2 / h
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    # sample (x + 1) with zero padding so outside pixels become background (-1)
-    out = F.grid_sample(x + 1, grid, mode="bilinear", padding_mode="zeros",
-                        align_corners=False)
-    return out - 1
-
-
-@torch.no_grad()
-def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-              batch_size: int = 500) -> float:
-    correct = 0
-    for i in range(0, len(x), batch_size):
-        pred = model(x[i:i + batch_size]).argmax(1).cpu()
-        correct += (pred == y[i:i + batch_size]).sum().item()
-    return correct / max(len(x), 1)
 
 
 def _default_threads() -> int:
@@ -433,74 +323,70 @@ def digit_metrics(samples: torch.Tensor, classifier: DigitClassifier | None = No
     Also returned: ``confidence`` and ``copy_threshold``. Cost: a few seconds on a CPU for
     1,000 samples (two 1,000 x 4,000 pixel distance matrices plus ~6,000 forward passes).
     """
-    if classifier is None:
-        classifier = load_digit_classifier()
-    x = samples.detach().cpu().float()
-    if x.dim() == 3:
-        x = x.unsqueeze(1)
-    if x.dim() != 4 or x.shape[1] != 1:
-        raise ValueError(f"samples must be [N, 1, H, W], got {tuple(samples.shape)}")
-    x = torch.nan_to_num(x, nan=0.0).clamp(-1, 1)
-    n = len(x)
-    size = tuple(x.shape[-2:])
-    ref = _load_real("heldout", size) if real_reference is None else \
-        _match_size(real_reference.detach().cpu(), size)
-    train = _load_real("train", size) if real_train is None else \
-        _match_size(real_train.detach().cpu(), size)
-
+    classifier = classifier if classifier is not None else load_digit_classifier()
+    x = _as_digits(samples)
+    n, size = len(x), tuple(x.shape[-2:])
+    ref = _load_real("heldout", size) if real_reference is None else _match_size(real_reference.detach().cpu(), size)
+    train = _load_real("train", size) if real_train is None else _match_size(real_train.detach().cpu(), size)
     f_s, p_s = extract_features(classifier, x)
     f_r, p_r = extract_features(classifier, ref)
-    gen = torch.Generator().manual_seed(0)
-    n_floor = min(max(n, 2), len(train))
-    sub = torch.randperm(len(train), generator=gen)[:n_floor]
-    f_t, _ = extract_features(classifier, train[sub])
+    conf, ent, hist = _class_stats(p_s, confidence)
+    floor_conf, floor_ent, _ = _class_stats(p_r, confidence)
+    return {**_asked(p_s, n, confidence, requested, avoid), "n": int(n), "confidence": float(confidence),
+            "confident_fraction": conf, "class_entropy": ent, "class_histogram": hist,
+            **_fd_block(classifier, f_s, f_r, train, n), **_memorisation(x, ref, train),
+            "floor_confident_fraction": floor_conf, "floor_class_entropy": floor_ent}
 
+
+def _as_digits(samples: torch.Tensor) -> torch.Tensor:
+    """``samples`` as float [N, 1, H, W] on the CPU, NaN to 0, clamped to [-1, 1]."""
+    x = samples.detach().cpu().float()
+    x = x.unsqueeze(1) if x.dim() == 3 else x
+    if x.dim() != 4 or x.shape[1] != 1:
+        raise UserError(f"samples must be [N, 1, H, W], got {tuple(samples.shape)}", param="samples")
+    return torch.nan_to_num(x, nan=0.0).clamp(-1, 1)
+
+
+def _ratio(a, b) -> float:
+    return float(a / b) if b > 0 else float("inf") if a > 0 else float("nan")
+
+
+def _fd_block(classifier, f_s, f_r, train, n: int) -> dict:
+    """FD of the samples to the reference, and its floor: as many real training digits (a fixed
+    seed-0 subset) against the same reference."""
+    sub = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:min(max(n, 2), len(train))]
+    f_t, _ = extract_features(classifier, train[sub])
     mu_r, sig_r = feature_stats(f_r)
     fd = frechet_distance(*feature_stats(f_s), mu_r, sig_r)
     fd_floor = frechet_distance(*feature_stats(f_t), mu_r, sig_r)
+    return {"fd": fd, "fd_floor": fd_floor, "fd_ratio": _ratio(fd, fd_floor)}
 
-    conf, ent, hist = _class_stats(p_s, confidence)
-    floor_conf, floor_ent, _ = _class_stats(p_r, confidence)
 
-    nn_s = _nn_distances(x, train)
-    nn_h = _nn_distances(ref, train)
-    med_s = float(np.median(nn_s)) if n else float("nan")
+def _memorisation(x, ref, train) -> dict:
+    """Nearest-training-digit pixel distances of the samples and of the held-out digits."""
+    nn_s, nn_h = _nn_distances(x, train), _nn_distances(ref, train)
+    med_s = float(np.median(nn_s)) if len(x) else float("nan")
     med_h = float(np.median(nn_h))
     copy_threshold = 0.5 * float(np.percentile(nn_h, 5))
-    copied = float((nn_s < copy_threshold).mean()) if n else float("nan")
+    copied = float((nn_s < copy_threshold).mean()) if len(x) else float("nan")
+    return {"nn_dist_samples_median": med_s, "nn_dist_heldout_median": med_h, "nn_ratio": _ratio(med_s, med_h),
+            "copy_threshold": copy_threshold, "copied_fraction": copied}
 
-    def _ratio(a, b):
-        return float(a / b) if b > 0 else float("inf") if a > 0 else float("nan")
 
-    extra = {}
-    pred, top = p_s.argmax(1), p_s.max(1)
+def _asked(p_s, n: int, confidence: float, requested, avoid) -> dict:
+    """``requested_accuracy`` for the requested digits; ``avoided_share`` and
+    ``rest_confident_fraction`` for a digit steered away from."""
+    out, pred, top = {}, p_s.argmax(1), p_s.max(1)
     if requested is not None:
         req = np.asarray(torch.as_tensor(requested).cpu()).reshape(-1)
         if len(req) != n:
-            raise ValueError(f"{len(req)} requested digits for {n} samples")
-        extra["requested_accuracy"] = float((pred == req).mean()) if n else float("nan")
+            raise UserError(f"{len(req)} requested digits for {n} samples", param="requested")
+        out["requested_accuracy"] = float((pred == req).mean()) if n else float("nan")
     if avoid is not None:
         rest = pred != int(avoid)
-        extra["avoided_share"] = float((~rest).mean()) if n else float("nan")
-        extra["rest_confident_fraction"] = float((top[rest] > confidence).mean()) if rest.any() else float("nan")
-    return {
-        **extra,
-        "n": int(n),
-        "confidence": float(confidence),
-        "confident_fraction": conf,
-        "class_entropy": ent,
-        "class_histogram": hist,
-        "fd": fd,
-        "fd_floor": fd_floor,
-        "fd_ratio": _ratio(fd, fd_floor),
-        "nn_dist_samples_median": med_s,
-        "nn_dist_heldout_median": med_h,
-        "nn_ratio": _ratio(med_s, med_h),
-        "copy_threshold": copy_threshold,
-        "copied_fraction": copied,
-        "floor_confident_fraction": floor_conf,
-        "floor_class_entropy": floor_ent,
-    }
+        out["avoided_share"] = float((~rest).mean()) if n else float("nan")
+        out["rest_confident_fraction"] = float((top[rest] > confidence).mean()) if rest.any() else float("nan")
+    return out
 
 
 def format_digit_metrics(m: dict, columns: dict | None = None) -> str:
