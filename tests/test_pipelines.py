@@ -1,6 +1,8 @@
 """The pipelines (issue 17): img2img (SDEdit), inpainting (RePaint) over any sampler, classifier
 guidance, super-resolution (SR3: image conditioning by concatenation), their inputs and masks,
 and the CLI commands on conditional and unconditional models."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -276,7 +278,9 @@ def test_train_a_classifier_and_guide_an_unconditional_model(runs, tmp_path, cap
     cls = tmp_path / "cls"
     assert main(["train-classifier", "--data", "digits", "--steps", "20", "--ckpt", str(runs / "plain"),
                  "--out", str(cls)]) == 0
-    assert (cls / "classifier.safetensors").is_file() and (cls / "classifier.json").is_file()
+    ck = cls / "checkpoints" / "step-00000020"   # the trainer's checkpoint (manifest, format version)
+    assert (cls / "checkpoints" / "latest").read_text().strip() == ck.name and (ck / "manifest.json").is_file()
+    assert json.loads((ck / "config.json").read_text())["kind"] == "classifier"
     assert main(["train-classifier", "--data", "digits", "--steps", "1", "--out", str(cls)]) == 2   # no overwrite
     base = ["sample", "--ckpt", str(runs / "plain"), "--n", "2", "--steps", "3", "--out", str(tmp_path / "s.png")]
     assert main([*base, "--classifier", str(cls), "--class", "3", "--classifier-scale", "3",

@@ -230,7 +230,8 @@ def load_classifier(path) -> NoisyClassifier:
     try:
         if cfg["network"]["arch"] not in CLASSIFIERS:
             raise ValueError(f"network {cfg['network']['arch']!r} is not a classifier")
-        net = build_network(cfg["network"]["arch"], cfg["network"]["config"])
+        with torch.random.fork_rng(devices=[]):  # the initial weights are replaced: leave the global RNG alone
+            net = build_network(cfg["network"]["arch"], cfg["network"]["config"])
         net.load_state_dict(ck["ema"])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{where}: unusable classifier: {e}") from e
@@ -247,7 +248,8 @@ def _load_legacy(path: Path) -> NoisyClassifier:
     try:
         meta = json.loads(meta_path.read_text())
         config = {"class_names": meta.get("class_names"), **meta["config"]}
-        net = NoisyClassifier.from_config(NoisyClassifierConfig.from_dict(config))
+        with torch.random.fork_rng(devices=[]):  # the initial weights are replaced: leave the global RNG alone
+            net = NoisyClassifier.from_config(NoisyClassifierConfig.from_dict(config))
     except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{meta_path} is damaged: {e}") from e
     try:
