@@ -71,7 +71,7 @@ def test_outputs_of_a_run(tmp_path):
     assert run["cpu"]["kind"] in ("AMX + AVX-512 BF16", "AVX-512", "AVX2", "other")
     assert run["summary"]["steps"] == 4
     ck = load_checkpoint(tmp_path)
-    assert ck["config"]["format_version"] == 2 and ck["train_state"]["step"] == 4
+    assert ck["config"]["format_version"] == 3 and ck["train_state"]["step"] == 4
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert names == ["latest", "step-00000002", "step-00000004"]
 

@@ -115,49 +115,59 @@ def sample(denoiser, shape, sampler: str | None = None, steps: int | None = None
     records, else its process's default, else DDIM 50).
     """
     choice = sampling_defaults(denoiser, sampler, steps)
-    sampler, steps = choice.sampler, choice.steps
     if seed is not None:
         if generator is not None:
             raise ValueError("give seed or generator, not both")
         generator = per_sample_generators(seed, range(tuple(shape)[0]))
-    if partial:
-        if sigmas is None:
-            raise ValueError("partial runs a given piece of a grid: pass sigmas")
-        grid = torch.as_tensor(sigmas, dtype=torch.float64).flatten()
-        if len(grid) < 2 or bool((grid[1:] > grid[:-1]).any()):
-            raise ValueError("partial sigmas must be at least two, non-increasing")
-    else:
-        grid = resolve_sigmas(denoiser, steps, sigmas, sigma_min, sigma_max, schedule)
+    grid = _partial_grid(sigmas) if partial else resolve_sigmas(denoiser, choice.steps, sigmas, sigma_min, sigma_max, schedule)
     device = torch.device(device) if device is not None else (info_of(denoiser).device or torch.device("cpu"))
-    s0 = float(grid[0])
-    if init is not None:
-        if not math.isfinite(s0):
-            raise ValueError("init starts the sampler at a finite sigma; the grid starts at sigma = inf")
-        x = init.to(device)
-    else:
-        if noise is None:
-            noise = randn(tuple(shape), generator, device)
-        x = noise.to(device) * prior_std(denoiser, s0) if math.isfinite(s0) else noise.to(device)
+    x = _start(denoiser, shape, float(grid[0]), init, noise, generator, device)
     counted = CountingDenoiser(denoiser)
     cb = None
     if callback is not None:
         def cb(d):
             d["nfe"] = counted.nfe
             callback(d)
-    info, full_grid = SAMPLERS[sampler], grid
-    if math.isinf(s0) and not info.handles_inf:
-        # zero terminal SNR: the first step (from sigma = inf, where x holds unit noise) is DDIM's,
-        # x <- D(x, inf) + sigma_1 x; the chosen sampler runs the rest of the grid
-        x = SAMPLERS["ddim"].fn(counted, x, grid[:2], cond=cond, callback=cb)
-        grid = grid[1:]
-        if cb is not None:
-            first_cb = cb
-
-            def cb(d):  # keep the step index counting from the DDIM step
-                d["i"] += 1
-                first_cb(d)
+    info, full_grid = SAMPLERS[choice.sampler], grid
+    if math.isinf(float(grid[0])) and not info.handles_inf:
+        x, grid, cb = _first_step_from_inf(counted, x, grid, cond, cb)
     out = info.fn(counted, x, grid, cond=cond, generator=generator, callback=cb, **knobs) if len(grid) > 1 else x
     return (out, dict(nfe=counted.nfe, sigmas=full_grid)) if return_info else out
+
+
+def _partial_grid(sigmas) -> torch.Tensor:
+    """A given piece of a grid, run as it is (``sample(partial=True)``)."""
+    if sigmas is None:
+        raise ValueError("partial runs a given piece of a grid: pass sigmas")
+    grid = torch.as_tensor(sigmas, dtype=torch.float64).flatten()
+    if len(grid) < 2 or bool((grid[1:] > grid[:-1]).any()):
+        raise ValueError("partial sigmas must be at least two, non-increasing")
+    return grid
+
+
+def _start(denoiser, shape, s0: float, init, noise, generator, device) -> torch.Tensor:
+    """The sampler's starting x at the grid's first sigma: ``init``, or prior noise (its std the
+    model's prior at s0; unit VP noise at sigma = inf)."""
+    if init is not None:
+        if not math.isfinite(s0):
+            raise ValueError("init starts the sampler at a finite sigma; the grid starts at sigma = inf")
+        return init.to(device)
+    noise = randn(tuple(shape), generator, device) if noise is None else noise
+    return noise.to(device) * prior_std(denoiser, s0) if math.isfinite(s0) else noise.to(device)
+
+
+def _first_step_from_inf(counted, x, grid, cond, cb):
+    """Zero terminal SNR: the first step (from sigma = inf, where x holds unit noise) is DDIM's,
+    x <- D(x, inf) + sigma_1 x; the chosen sampler runs the rest of the grid, its callback's step
+    index counting on from this step."""
+    x = SAMPLERS["ddim"].fn(counted, x, grid[:2], cond=cond, callback=cb)
+    if cb is None:
+        return x, grid[1:], None
+
+    def shifted(d):
+        d["i"] += 1
+        cb(d)
+    return x, grid[1:], shifted
 
 
 def sample_many(denoiser, shape_one, n: int, sampler: str, steps: int, seed: int = 0,

@@ -1,13 +1,17 @@
-"""Rebuild a model from any checkpoint the project writes (``load_denoiser`` / ``load_diffusion``),
-and the one builder of a process around a network (``build_diffusion``).
+"""A checkpoint read in ONE place (``read_checkpoint`` -> a frozen ``CheckpointRecord``), the
+loaders built on it (``load_denoiser``: the process's denoiser, no training loss;
+``load_diffusion``: the seed API's front-end with its loss, for resuming or fine-tuning), and the
+one builder of a process around a network (``build_diffusion``).
 
-A checkpoint's config.json (format 2, ``checkpoint_config``) holds only dataclass dicts:
+A checkpoint's config.json (format 3, ``checkpoint_config``) holds only dataclass dicts:
 
-    {"format_version": 2, "step": N, "kind": "discrete_diffusion" | "continuous_diffusion",
+    {"format_version": 3, "step": N, "kind": PROCESSES[process].kind,
      "network": {"arch": "unet", "config": <UnetConfig>}, "diffusion": <DiffusionConfig>,
-     "image_size": [H, W], "train": <TrainConfig>, "guide_step": S (with an autoguidance snapshot)}
+     "image_size": [H, W], "train": <TrainConfig>,
+     "sampling": {"sampler", "steps", "guidance"} (every run), "conditioning": {...} (conditional runs;
+     text: the encoder fingerprint), "guide_step": S (with an autoguidance snapshot)}
 
-Format 1 (written before the configs were unified) is migrated on load (``checkpoint.migrate_config``).
+Formats 1 and 2 are migrated on read (``checkpoint.migrate_config``).
 """
 from __future__ import annotations
 

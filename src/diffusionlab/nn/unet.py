@@ -93,6 +93,8 @@ class Unet(Network):
         return cls(**asdict(config))
 
     def __init__(self, **settings):
+        # Over 60 lines on purpose: the network reads top to bottom as the seeds draw it (stem, down
+        # levels, middle, up levels, head); splitting it would scatter one picture over helpers.
         super().__init__()
         c = UnetConfig(**settings)
         dim, dim_mults, channels, out_channels = c.dim, tuple(c.dim_mults), c.channels, c.out_channels

@@ -18,38 +18,28 @@ import dataclasses
 import json
 import math
 import os
-import platform
 import signal
-import subprocess
 import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from ..errors import UserError
 
-from ..models.checkpoint import (CheckpointError, find_checkpoint, load_checkpoint, read_config, resume_checkpoint,
-                          run_has_checkpoints, save_checkpoint, write_json_atomic)
-from ..core.cond import Batch, Cond
-from .conditioning import COND_KINDS, condition_source  # noqa: F401 (COND_KINDS re-exported)
-from ..data.folder import random_hflip
-from ..core.devices import cpu_has_fast_bf16, cpu_info, pick_device, pick_precision, set_threads  # noqa: F401
-from ..models.diffusion import GaussianDiffusion
-from ..models.loading import build_diffusion as build_process, checkpoint_config
-from ..nn import build_network, network_config
-from ..models.processes import validate
+from ..core.cond import Batch
+from ..core.devices import cpu_info, pick_device, pick_precision, set_threads
 from ..core.rng import per_sample_generators, stream_seed
 from ..core.sampling import sampling_defaults
+from ..data.folder import random_hflip
+from ..errors import UserError
+from ..models.checkpoint import CheckpointError, find_checkpoint, load_checkpoint, save_checkpoint, write_json_atomic
+from ..models.diffusion import GaussianDiffusion
+from ..models.loading import checkpoint_config
 from .classifier import NoisyClassifierLoss, checkpoint_record as classifier_record, classifier_run
-from .config import TrainConfig, default_model
+from .conditioning import condition_source
+from .config import TrainConfig
 from .ema import EMA
-
-
-
-
-class RunExistsError(CheckpointError):
-    """The output folder already holds a run and neither resume nor overwrite was asked for."""
+from .setup import SEED_TRAINER_KWARGS, RunExistsError, build_diffusion, git_commit, initial_network, package_versions, run_config  # noqa: F401 (RunExistsError re-exported)
 
 
 class TrainingDiverged(RuntimeError):
@@ -67,48 +57,6 @@ def lr_at(step: int, cfg: TrainConfig, planned: int | None) -> float:
     return lo + (cfg.lr - lo) * 0.5 * (1 + math.cos(math.pi * frac))
 
 
-def git_commit() -> str | None:
-    try:
-        here = Path(__file__).resolve().parent
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or None
-    except Exception:
-        return None
-
-
-def package_versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for p in ("diffusionlab", "torch", "numpy", "safetensors", "einops", "pillow", "mlxtend", "scikit-learn"):
-        with contextlib.suppress(PackageNotFoundError):  # not installed: leave it out
-            out[p] = version(p)
-    return out
-
-
-def initial_network(cfg: TrainConfig):
-    """The network of the config (``nn.build_network``) with initial weights that depend on the
-    seed only."""
-    with torch.random.fork_rng(devices=[]):  # weights depend on the seed only, not on prior RNG use
-        torch.manual_seed(cfg.seed)
-        return build_network(cfg.arch, cfg.model)
-
-
-def build_diffusion(cfg: TrainConfig):
-    """The network (``nn.NETWORKS[cfg.arch]``) and its process from the config (one builder,
-    ``loading.build_diffusion``); the initial weights depend on the seed only."""
-    return build_process(initial_network(cfg), cfg.image_size, validate(cfg.diffusion), cfg.sample_steps or 50)
-
-
-def _config_from_diffusion(diffusion, **fields) -> TrainConfig:
-    """The TrainConfig of a seed-API model handed to the Trainer: its network's and process's configs."""
-    arch = getattr(diffusion.model, "arch", "unet")
-    mc = getattr(diffusion.model, "config", None)
-    model = network_config(arch, mc) if mc else default_model()
-    d = diffusion.process_config
-    return TrainConfig(arch=arch, model=model, diffusion=d, image_size=diffusion.image_size[0], **fields)
-
-
 class Trainer:
     """``Trainer(config=TrainConfig(...))`` builds everything from the config (the CLI path).
     ``Trainer(diffusion, 'path/to/images', train_batch_size=32, train_lr=2e-5, train_num_steps=...,
@@ -120,33 +68,16 @@ class Trainer:
                  results_folder=None, save_and_sample_every=None, num_samples=None,
                  augment_horizontal_flip=None, calculate_fid=False, resume: bool = False,
                  overwrite: bool = False, strict_resume: bool = False, loss=None, clock=None, **overrides):
-        seed_kw = {k: v for k, v in dict(batch_size=train_batch_size, lr=train_lr, max_steps=train_num_steps,
-                                           grad_accum=gradient_accumulate_every, ema_decay=ema_decay,
-                                           out_dir=results_folder, sample_every=save_and_sample_every,
-                                           checkpoint_every=save_and_sample_every, n_grid=num_samples,
-                                           hflip=augment_horizontal_flip).items() if v is not None}
+        seed_kw = {SEED_TRAINER_KWARGS[k]: v for k, v in dict(
+            train_batch_size=train_batch_size, train_lr=train_lr, train_num_steps=train_num_steps,
+            gradient_accumulate_every=gradient_accumulate_every, ema_decay=ema_decay, results_folder=results_folder,
+            num_samples=num_samples, augment_horizontal_flip=augment_horizontal_flip).items() if v is not None}
+        if save_and_sample_every is not None:
+            seed_kw.update(sample_every=save_and_sample_every, checkpoint_every=save_and_sample_every)
         if amp is not None:
             seed_kw["precision"] = "auto" if amp else "fp32"
-        if folder is not None:
-            seed_kw["data"] = str(folder)
-        seed_kw.update(overrides)
-        if config is None:
-            config = _config_from_diffusion(diffusion, **seed_kw) if diffusion is not None else TrainConfig(**seed_kw)
-        elif seed_kw:
-            config = dataclasses.replace(config, **seed_kw)
-        self.resume_from = None
-        if resume and overwrite:
-            raise UserError("resume continues the run in the output folder, overwrite replaces it: choose one")
-        if resume:  # the newest intact checkpoint; damaged newer ones are renamed aside (checkpoint.py)
-            self.resume_from = resume_checkpoint(config.out_dir, strict=strict_resume)
-            if self.resume_from is not None:  # the checkpoint's config wins, but budgets may grow
-                stored = TrainConfig.from_dict(read_config(self.resume_from)["train"])
-                config = dataclasses.replace(stored, max_steps=config.max_steps, time_budget=config.time_budget,
-                                             out_dir=config.out_dir, progress=config.progress)
-        elif run_has_checkpoints(config.out_dir) and not overwrite:  # checked before anything is written
-            raise RunExistsError(
-                f"{config.out_dir} already holds a training run ({find_checkpoint(config.out_dir).name}); "
-                "nothing was written", hint="resume that run, or overwrite it")
+        config, self.resume_from = run_config(diffusion, folder, config, {**seed_kw, **overrides}, resume, overwrite,
+                                              strict_resume)
         self.overwrite = overwrite and not resume
         self.clock = clock or time.perf_counter  # injectable: tests run the time budget on a fake clock
         self.is_classifier = classifier_run(config)  # checked before anything is loaded
@@ -179,6 +110,20 @@ class Trainer:
             cfg = self.cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **settings))
         if len(self.train_data) < cfg.batch_size:
             raise UserError(f"only {len(self.train_data)} training images for batch size {cfg.batch_size}")
+        self._setup_model(diffusion, loss)
+        if cfg.guide_at is not None and not 0.0 < cfg.guide_at < 1.0:
+            raise UserError(f"guide_at is a fraction of the training, in (0, 1); got {cfg.guide_at}")
+        self.guide_sd, self.guide_step = None, None
+        self.step, self.elapsed, self.planned, self._saved_step = 0, 0.0, cfg.max_steps, None
+        self._extractor, self._floor_needed = None, True
+        self._stop = False
+        if self.resume_from is not None:
+            self._restore(load_checkpoint(self.resume_from))
+
+    def _setup_model(self, diffusion, loss) -> None:
+        """The network (a diffusion model's, or a classifier), its device and memory format, the
+        optimizer, the EMA and the loss."""
+        cfg = self.cfg
         if self.is_classifier:  # not a diffusion model: the network and its loss
             self.diffusion, net = None, initial_network(cfg)
             loss = loss if loss is not None else NoisyClassifierLoss.from_config(cfg.classifier)
@@ -196,14 +141,6 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 and self.device.type == "cuda" else None
         self.ema = EMA(self.model, cfg.ema_decay, cfg.ema_power)
         self.loss_fn = loss if loss is not None else self.diffusion.loss_fn  # a losses.TrainingLoss
-        if cfg.guide_at is not None and not 0.0 < cfg.guide_at < 1.0:
-            raise UserError(f"guide_at is a fraction of the training, in (0, 1); got {cfg.guide_at}")
-        self.guide_sd, self.guide_step = None, None
-        self.step, self.elapsed, self.planned, self._saved_step = 0, 0.0, cfg.max_steps, None
-        self._extractor, self._floor_needed = None, True
-        self._stop = False
-        if self.resume_from is not None:
-            self._restore(load_checkpoint(self.resume_from))
 
     # ------------------------------------------------------------------ pieces of the loop
     def autocast(self):
@@ -491,22 +428,10 @@ class Trainer:
                 self._replan()
                 self._snapshot_guide()
                 if self.step % cfg.log_every == 0 or self.step == 1:
-                    ips = window_n * cfg.batch_size * cfg.grad_accum / max(window_t, 1e-9)
-                    self.log({"step": self.step, "loss": loss, "lr": self.opt.param_groups[0]["lr"],
-                              "grad_norm": gnorm, "img_per_s": ips, "train_seconds": self.elapsed})
+                    self._log_train(loss, gnorm, window_n * cfg.batch_size * cfg.grad_accum / max(window_t, 1e-9), bar)
                     window_t, window_n = 0.0, 0
-                    bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{ips:.0f}",
-                                    left=self._eta(), refresh=False)
                 bar.update(1)
-                if cfg.val_every and self.step % cfg.val_every == 0:
-                    self.log({"step": self.step, "val_loss": self.validation_loss(self.model),
-                              "val_loss_ema": self.validation_loss(self.ema.model)})
-                if cfg.sample_every and self.step % cfg.sample_every == 0:
-                    self.save_grid(f"step-{self.step:08d}")
-                if cfg.eval_every and self.step % cfg.eval_every == 0:
-                    self.evaluate()
-                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
-                    self.checkpoint()
+                self._periodic()
                 if stop_after is not None and self.step >= stop_after:
                     self._stop = True
                 if self._stop:
@@ -529,6 +454,24 @@ class Trainer:
                    "wall_seconds": round(time.perf_counter() - wall0, 2), "checkpoint": str(ck)}
         self.write_run_json({"summary": summary})
         return summary
+
+    def _log_train(self, loss: float, gnorm: float, ips: float, bar) -> None:
+        self.log({"step": self.step, "loss": loss, "lr": self.opt.param_groups[0]["lr"],
+                  "grad_norm": gnorm, "img_per_s": ips, "train_seconds": self.elapsed})
+        bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{ips:.0f}", left=self._eta(), refresh=False)
+
+    def _periodic(self) -> None:
+        """Validation loss, sample grid, sample-quality evaluation and checkpoint, each on its period."""
+        cfg, step = self.cfg, self.step
+        if cfg.val_every and step % cfg.val_every == 0:
+            self.log({"step": step, "val_loss": self.validation_loss(self.model),
+                      "val_loss_ema": self.validation_loss(self.ema.model)})
+        if cfg.sample_every and step % cfg.sample_every == 0:
+            self.save_grid(f"step-{step:08d}")
+        if cfg.eval_every and step % cfg.eval_every == 0:
+            self.evaluate()
+        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+            self.checkpoint()
 
     RUN_FILES = ("checkpoints", "samples", "metrics.jsonl", "run.json", "eval.png")
 

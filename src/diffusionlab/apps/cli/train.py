@@ -63,8 +63,8 @@ FLAGS = (
     F("--dropout", "model.dropout", float, "U-Net dropout"),
     F("--learned-variance", "model.learned_variance", SWITCH,
       "ddpm: the network also outputs improved DDPM's variance channel (implies --loss-kind hybrid)"),
-    F("--process", "diffusion.process", str, "ddpm (discrete, default), vp / subvp / ve (SDEs), edm, ncsn; "
-                                             "see README 'Processes'", tuple(PROCESSES)),
+    F("--process", "diffusion.process", str, "; ".join(f"{k}: {v.summary}" for k, v in PROCESSES.items())
+      + " (default ddpm; README 'Processes')", tuple(PROCESSES)),
     F("--objective", "diffusion.objective", str, "score: vp, subvp, ve only", ("eps", "x0", "v", "score")),
     F("--schedule", "diffusion.beta_schedule", str, "ddpm beta schedule", tuple(BETA_SCHEDULES)),
     F("--timesteps", "diffusion.timesteps", int, "ddpm"),
