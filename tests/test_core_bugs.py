@@ -19,18 +19,20 @@ from diffusionlab.core.rng import per_sample_generators
 from diffusionlab.core.sampling import CountingDenoiser, sample_many
 from diffusionlab.core.schedules import DiscreteSchedule
 from diffusionlab.training import Trainer, tiny_config
+from diffusionlab.core.cond import CondSpec
+from diffusionlab.core.protocol import Network
 
 DIGITS = ["--preset", "tiny", "--data", "digits", "--image-size", "8", "--threads", "1", "--no-progress"]
 
 
 # ------------------------------------------------------------------ 1. wrappers on learned variance
-class WideLearnedVarianceNet(torch.nn.Module):
+class WideLearnedVarianceNet(Network):
     """2C output channels: an x0 'prediction' far outside [-1, 1], and a variance channel; class
     labels (3 classes) shift the prediction, the null label does not."""
 
     channels, out_channels = 1, 2
-    accepts_cond = True
-    config = {"num_classes": 3}
+    cond_spec = CondSpec(kind="class", num_classes=3)
+    learned_variance = True
 
     def forward(self, x, t, cond):
         shift = 0.0
@@ -101,7 +103,7 @@ def test_training_into_a_run_folder_is_refused_and_writes_nothing(tmp_path, caps
     capsys.readouterr()
     assert main(["train", *DIGITS, "--steps", "2", "--seed", "5", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "already holds a training run" in err and "--resume" in err and "--overwrite" in err
+    assert "already holds a training run" in err and "resume" in err and "overwrite" in err
     assert _snapshot(tmp_path) == before
 
 
@@ -159,7 +161,7 @@ def test_strict_resume_stops_and_names_the_file(tmp_path):
     _truncate(bad)
     with pytest.raises(ck.CheckpointError, match="ema.safetensors") as e:
         Trainer(config=tiny_config(out_dir=str(tmp_path), max_steps=6), resume=True, strict_resume=True)
-    assert "strict-resume" in e.value.hint
+    assert "strict_resume" in e.value.hint
     assert (tmp_path / "checkpoints" / "step-00000004").is_dir()  # nothing renamed
 
 

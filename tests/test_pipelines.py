@@ -387,8 +387,8 @@ def test_the_training_condition_is_the_degraded_batch_after_augmentation(tmp_pat
     assert t.model.config["cond_channels"] == 1
     b = t.batch(0)
     torch.testing.assert_close(b.cond.image, superres_condition(downsample(b.x, 8), 32))
-    for bad, msg in ((dict(lowres=None), "needs --task superres and --lowres"), (dict(lowres=10), "lowres: the low resolution 10"),
-                     (dict(cond="class"), "belongs to --cond image")):
+    for bad, msg in ((dict(lowres=None), "needs task .superres. and a low-resolution side lowres"), (dict(lowres=10), "lowres: the low resolution 10"),
+                     (dict(cond="class"), "belongs to image conditioning")):
         with pytest.raises(ValueError, match=msg):
             Trainer(config=tiny_config(**{"cond": "image", "task": "superres", "lowres": 8, **bad},
                                        out_dir=str(tmp_path / "x")))

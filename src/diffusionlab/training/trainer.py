@@ -35,7 +35,7 @@ from ..errors import UserError
 from ..models.checkpoint import CheckpointError, find_checkpoint, load_checkpoint, save_checkpoint, write_json_atomic
 from ..models.diffusion import GaussianDiffusion
 from ..models.loading import checkpoint_config
-from .classifier import NoisyClassifierLoss, checkpoint_record as classifier_record, classifier_run
+from .classifier_loss import NoisyClassifierLoss, checkpoint_record as classifier_record, classifier_run
 from .conditioning import condition_source
 from .config import TrainConfig
 from .ema import EMA
