@@ -43,6 +43,8 @@ STAGES = [
      ".venv/bin/python bench/superres.py --ckpt runs/sr --n 500"),
     ("RESULTS_demo_avx2.md", "The make demo run at the AVX2 machine's step count (not part of make bench)",
      "see the section"),
+    ("RESULTS_core_refactor.md", "Code shape before and after the core refactor (not part of make bench)",
+     "python3 bench/code_metrics.py [SRC]"),
     ("RESULTS_demo.md", "The make demo run (not part of make bench)",
      "make demo && python bench/report.py --demo runs/demo"),
 ]
