@@ -37,7 +37,7 @@ def test_format1_fixtures_load_and_sample_the_same_images(name, process, tmp_pat
 
 def test_format2_fixture_loads_and_samples_the_same_images(tmp_path):
     """A class-conditional checkpoint written by the code before format 3
-    (tests/fixtures/make_fixture2.py): it loads with its conditioning and sampling record and
+    (tests/fixtures/make_fixture.py format2_class): it loads with its conditioning and sampling record and
     samples the same images for the same labels and seeds."""
     ckpt = tmp_path / "checkpoint"
     shutil.copytree(FIXTURES / "format2_class" / "checkpoint", ckpt)

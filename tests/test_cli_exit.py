@@ -57,21 +57,21 @@ def test_ctrl_c_is_130(monkeypatch, capsys):
 
 
 def test_sigterm_is_143_and_finally_blocks_run(monkeypatch, capsys):
-    cleaned = []
+    cleaned, reached = [], []
 
     def slow(args):
         try:
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(5)  # the handler raises Terminated here
+            reached.append(True)  # never: the command stops at the signal
             return 0
         finally:
             cleaned.append(True)
 
     before = signal.getsignal(signal.SIGTERM)
     monkeypatch.setattr(samplers, "run", slow)
-    t0 = time.perf_counter()
     assert main(["samplers"]) == EXIT_TERMINATED
-    assert time.perf_counter() - t0 < 4 and cleaned == [True]
+    assert reached == [] and cleaned == [True]
     assert "terminated" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGTERM) is before          # the handler is removed afterwards
 

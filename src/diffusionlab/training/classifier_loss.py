@@ -57,7 +57,9 @@ class NoisyClassifierLoss:
         return {}
 
     def load_state_dict(self, d: dict) -> None:
-        pass
+        """The loss keeps no state: only the empty state it writes is accepted."""
+        if d:
+            raise ValueError(f"NoisyClassifierLoss keeps no state, got {sorted(d)}")
 
 
 # ------------------------------------------------------------------ what the trainer asks
