@@ -11,10 +11,10 @@ import diffusionlab as dl
 from diffusionlab.apps.cli import main
 from diffusionlab.models.continuous import ContinuousDiffusion
 from diffusionlab.models.processes import PROCESSES
-from diffusionlab.core.denoiser import (DiscreteDenoiser, EDMDenoiser, EDMPrecond, NCSNDenoiser, SDEDenoiser,
-                                   geometric_ladder, ncsn_levels_for)
+from diffusionlab.core.denoiser import (DiscreteDenoiser, EDMDenoiser, EDMPrecond, FlowDenoiser, NCSNDenoiser,
+                                        SDEDenoiser, geometric_ladder, ncsn_levels_for)
 from diffusionlab.models.loading import load_denoiser, load_diffusion
-from diffusionlab.core.losses import EDMLoss, NCSNLoss, SDELoss
+from diffusionlab.core.losses import EDMLoss, FlowLoss, NCSNLoss, SDELoss
 from diffusionlab.nn.unet import Unet
 from diffusionlab.core.sde import SubVPSDE, VESDE, VPSDE
 from diffusionlab.training import Trainer, tiny_config
@@ -63,6 +63,25 @@ class EDMNet(torch.nn.Module):
         c_skip = self.sd ** 2 / (s ** 2 + self.sd ** 2)
         c_out = s * self.sd / (s ** 2 + self.sd ** 2).sqrt()
         return (self.oracle(x, sigma) - c_skip * x) / c_out + self.shift
+
+
+class FlowNet(torch.nn.Module):
+    """The exact flow-matching velocity E[eps - x0 | x_t] of Gaussian data at flow time
+    t = c_noise / 999, from x_t = (1 - t) x0 + t eps alone (Gaussian conditioning; no sigma-space
+    formula)."""
+
+    def __init__(self, oracle=ORACLE, shift=0.0):
+        super().__init__()
+        self.oracle, self.shift = oracle, shift
+
+    def forward(self, x_t, c_noise):
+        t = _col(c_noise.to(F64) / 999, x_t)
+        mu, var = self.oracle.mu, self.oracle.var
+        total = (1 - t) ** 2 * var + t ** 2                      # Var[x_t]
+        resid = x_t - (1 - t) * mu
+        x0 = mu + (1 - t) * var / total * resid                  # E[x0 | x_t]
+        eps = t / total * resid                                  # E[eps | x_t]
+        return eps - x0 + self.shift
 
 
 class NCSNNet(torch.nn.Module):
@@ -182,6 +201,8 @@ LOSS_CASES = [
     ("ve-score", lambda: SDELoss(VESDE(), "score"), lambda sh: SDENet(VESDE(), "score", shift=sh)),
     ("edm", lambda: EDMLoss(0.5), lambda sh: EDMNet(0.5, shift=sh)),
     ("ncsn", lambda: NCSNLoss(geometric_ladder(50.0, 0.01, 30)), lambda sh: NCSNNet(0.01, 50.0, shift=sh)),
+    ("flow", lambda: FlowLoss(), lambda sh: FlowNet(shift=sh)),
+    ("flow-shift3", lambda: FlowLoss(shift=3.0), lambda sh: FlowNet(shift=sh)),
 ]
 
 
@@ -227,7 +248,7 @@ def test_sde_and_ncsn_losses_draw_their_noise_levels():
 PROCS = sorted(PROCESSES)  # the registry walk: every process trains, saves, resumes, loads and samples
 DIGITS = ["--preset", "tiny", "--data", "digits", "--image-size", "8", "--threads", "1", "--no-progress"]
 DENOISERS = {"ddpm": DiscreteDenoiser, "vp": SDEDenoiser, "subvp": SDEDenoiser, "ve": SDEDenoiser, "edm": EDMDenoiser,
-             "ncsn": NCSNDenoiser}
+             "ncsn": NCSNDenoiser, "flow": FlowDenoiser}
 
 
 @pytest.mark.parametrize("process", PROCS)

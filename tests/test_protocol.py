@@ -9,7 +9,7 @@ from diffusionlab.core.protocol import Network
 
 import diffusionlab as dl
 from diffusionlab.core.cond import Batch, Cond, as_cond
-from diffusionlab.core.denoiser import (DenoiserInfo, DiscreteDenoiser, EDMDenoiser, NCSNDenoiser, SDEDenoiser,
+from diffusionlab.core.denoiser import (DenoiserInfo, DiscreteDenoiser, EDMDenoiser, FlowDenoiser, NCSNDenoiser, SDEDenoiser,
                                    info_of)
 from diffusionlab.core.guidance import Autoguided, Clipped
 from diffusionlab.core.schedules import DiscreteSchedule
@@ -37,6 +37,7 @@ DENOISERS = {
     "ve": lambda net: SDEDenoiser(net, SDES["ve"](), declared=DECLARED),
     "edm": lambda net: EDMDenoiser(net, declared=DECLARED),
     "ncsn": lambda net: NCSNDenoiser(net, levels=20, declared=DECLARED),
+    "flow": lambda net: FlowDenoiser(net, shift=3.0, declared=DECLARED),
 }
 
 
@@ -49,7 +50,8 @@ def test_every_denoiser_declares_its_info(process):
     assert info.cond.fields == ("labels",) and info.cond.num_classes == 3
     assert 0 < info.sigma_min < info.sigma_max and info.device == torch.device("cpu")
     s = 3.0
-    expect = {"ddpm": math.sqrt(1 + s * s), "vp": math.sqrt(1 + s * s)}.get(process, den.prior_std(s))
+    expect = {"ddpm": math.sqrt(1 + s * s), "vp": math.sqrt(1 + s * s), "flow": math.sqrt(1 + s * s)}.get(
+        process, den.prior_std(s))
     assert info.prior_std(s) == pytest.approx(expect) == pytest.approx(den.prior_std(s))
     assert (info.table_sigmas is not None) == (process == "ddpm")
     assert (info.ladder is not None) == (process == "ncsn")

@@ -1,14 +1,14 @@
 """Every registered sampler applies to every process: with the exact network of each process
-(VP / sub-VP / VE SDE, EDM, NCSN; the analytic nets of test_processes.py), each sampler run
+(VP / sub-VP / VE SDE, EDM, NCSN, flow; the analytic nets of test_processes.py), each sampler run
 through dl.sample on the process's own default grid reproduces Gaussian data."""
 import pytest
 import torch
 
 import diffusionlab as dl
-from diffusionlab.core.denoiser import EDMDenoiser, NCSNDenoiser, SDEDenoiser
+from diffusionlab.core.denoiser import EDMDenoiser, FlowDenoiser, NCSNDenoiser, SDEDenoiser
 from diffusionlab.core.samplers import SAMPLERS
 from diffusionlab.core.sde import SubVPSDE, VESDE, VPSDE
-from test_processes import ORACLE, EDMNet, NCSNNet, SDENet
+from test_processes import ORACLE, EDMNet, FlowNet, NCSNNet, SDENet
 
 F64 = torch.float64
 
@@ -19,13 +19,15 @@ def make(process):
         return SDEDenoiser(SDENet(sde, "eps"), sde, "eps")
     if process == "edm":
         return EDMDenoiser(EDMNet())
+    if process == "flow":
+        return FlowDenoiser(FlowNet(), shift=3.0)
     return NCSNDenoiser(NCSNNet(0.01, 50.0), 0.01, 50.0, levels=100)
 
 
 KNOBS = {"annealed_langevin": dict(n_steps_each=10), "pc": dict(snr=0.05)}
 
 
-@pytest.mark.parametrize("process", ["vp", "subvp", "ve", "edm", "ncsn"])
+@pytest.mark.parametrize("process", ["vp", "subvp", "ve", "edm", "ncsn", "flow"])
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
 def test_every_sampler_samples_every_process(name, process):
     den = make(process)

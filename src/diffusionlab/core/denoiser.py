@@ -4,7 +4,8 @@
     x0_hat = c_skip(sigma) x + c_out(sigma) F(c_in(sigma) x, c_noise(sigma), cond)     (Karras et al. 2022, Eq. 7)
 
 A preconditioner maps float64 sigma [B] to (c_skip, c_out, c_in, c_noise); each model family
-is one small class (``DiscretePrecond``, ``SDEPrecond``, ``EDMPrecond``, ``NCSNPrecond``) and
+is one small class (``DiscretePrecond``, ``SDEPrecond``, ``EDMPrecond``, ``NCSNPrecond``,
+``FlowPrecond``) and
 ``PreconditionedDenoiser.forward`` is the only place they are applied. The training loss
 (losses.py) uses the same objects.
 
@@ -180,6 +181,40 @@ class NCSNPrecond:
         one = torch.ones_like(sigma)
         label = 999 * (sigma / self.sigma_min).log() / math.log(self.sigma_max / self.sigma_min)
         return one, sigma, one, label
+
+
+def flow_time(sigma: torch.Tensor) -> torch.Tensor:
+    """Flow time t = sigma / (1 + sigma) of sigma (1 at sigma = inf): x_t = (1 - t) x0 + t eps
+    is x / (1 + sigma) for x = x0 + sigma eps."""
+    finite = torch.isfinite(sigma)
+    s = torch.where(finite, sigma, torch.zeros_like(sigma))
+    return torch.where(finite, s / (1 + s), torch.ones_like(s))
+
+
+def flow_sigma(t: torch.Tensor) -> torch.Tensor:
+    """sigma = t / (1 - t) of flow time t (inf at t = 1)."""
+    t = torch.as_tensor(t, dtype=torch.float64)
+    return torch.where(t < 1, t / (1 - t).clamp_min(1e-300), torch.full_like(t, math.inf))
+
+
+class FlowPrecond:
+    """Flow matching / rectified flow (Lipman et al. 2023; Liu et al. 2023; SD3, Esser et al.
+    2024): the network sees x_t = (1 - t) x0 + t eps = x / (1 + sigma) with t = sigma / (1 + sigma)
+    and predicts the velocity v = eps - x0, so x0 = x_t - t v:
+
+        c_in = 1 / (1 + sigma),  c_skip = 1 / (1 + sigma),  c_out = -t,  c_noise = 999 t
+
+    (the same 0..999 label range as the other processes). At sigma = inf (t = 1) x holds
+    x_1 = eps itself, as for zero terminal SNR: c_in = c_skip = 1, c_out = -1. Resolution shift
+    (SD3 / Flux, t' = s t / (1 + (s - 1) t)) is sigma' = s sigma: it changes which sigmas training
+    draws and the sampling grid, not this map."""
+
+    def __call__(self, sigma: torch.Tensor):
+        t = flow_time(sigma)
+        scale = 1 - t                      # 1 / (1 + sigma); 0 at inf, where x holds x_1 itself
+        finite = torch.isfinite(sigma)
+        c_in = torch.where(finite, scale, torch.ones_like(t))
+        return c_in, -t, c_in, 999 * t
 
 
 def geometric_ladder(sigma_max: float, sigma_min: float, levels: int) -> torch.Tensor:
@@ -360,6 +395,31 @@ class EDMDenoiser(PreconditionedDenoiser):
                  sigma_max: float = 80.0, autocast_dtype: torch.dtype | None = None, declared: dict | None = None):
         super().__init__(net, EDMPrecond(sigma_data), autocast_dtype, declared)
         self.sigma_data, self.sigma_min, self.sigma_max = float(sigma_data), float(sigma_min), float(sigma_max)
+
+
+class FlowDenoiser(PreconditionedDenoiser):
+    """A velocity network trained by flow matching (``FlowPrecond``) as a sigma-space denoiser.
+    sigma runs from ``shift`` t_min / (1 - t_min) (t_min = 1e-3, diffusers' 1 / 1000) to inf
+    (t = 1, pure noise); the prior is unit noise at t = 1 (sqrt(1 + sigma^2) at a finite start).
+    Its grid is the 'flow' one (uniform in unshifted t, then sigma' = shift sigma: SD3's and
+    diffusers' ``FlowMatchEulerDiscreteScheduler``'s)."""
+
+    process = "flow"
+    default_schedule = "flow"
+    default_sampler = "euler"
+    t_min = 1e-3
+
+    def __init__(self, net: nn.Module, shift: float = 1.0, autocast_dtype: torch.dtype | None = None,
+                 declared: dict | None = None):
+        super().__init__(net, FlowPrecond(), autocast_dtype, declared)
+        if not (shift > 0 and math.isfinite(shift)):
+            raise ValueError(f"shift must be a positive number, got {shift}")
+        self.shift = float(shift)
+        self.sigma_min = self.shift * self.t_min / (1 - self.t_min)
+        self.sigma_max = math.inf
+
+    def _process_info(self) -> dict:
+        return {"prior": "vp", "shift": self.shift, "finite_max": self.shift * (1 - self.t_min) / self.t_min}
 
 
 class NCSNDenoiser(PreconditionedDenoiser):

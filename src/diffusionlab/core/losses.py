@@ -12,7 +12,8 @@ Draws (``DenoisingLoss.draw``):
     ``DiscreteTimesteps``   t ~ U{0..T-1} on a discrete schedule, or improved DDPM's importance
                             sampling of t (Nichol & Dhariwal 2021, Eq. 17; weights 1 / (T p_t))
     ``SDETimes``            t ~ U(eps_t, 1) of an SDE, sigma = sigma(t) (Song et al. 2021)
-    ``LogNormalSigma``      ln sigma ~ N(P_mean, P_std^2) (EDM)
+    ``LogNormalSigma``      ln sigma ~ N(P_mean, P_std^2) (EDM; flow matching's logit-normal t,
+                            since ln sigma = logit t, plus ln shift)
     ``LadderSigma``         sigma uniform over NCSN's geometric ladder (Song & Ermon 2019)
 
 Weightings (x0-space lambda):
@@ -25,13 +26,14 @@ Weightings (x0-space lambda):
     ``SDEWeighting``        lambda(t) = std(t)^2 (score_sde's default) or g(t)^2 (likelihood
                             weighting, Song et al. 2021b) on the score error: lambda / (sigma std)^2
     ``InverseSigmaSquared`` NCSN: sigma^2 on the score error, 1 / sigma^2 in x0 space
+    ``VelocityMSE``         flow matching: the plain velocity MSE, 1 / t^2 in x0 space
 
 On top (``VLBTerm``, discrete schedules only): improved DDPM's L_vlb = T x (one VLB term in bits
 per dimension), alone ('vlb', the mean gets gradients too) or as ``L_simple + lambda L_vlb``
 ('hybrid': stop-gradient on the mean, so it trains only the learned variance channel).
 
 The constructors of the seed API build these: ``DiscreteLoss(schedule, objective, ...)``,
-``SDELoss(sde, ...)``, ``EDMLoss(...)``, ``NCSNLoss(ladder)``; they all return a
+``SDELoss(sde, ...)``, ``EDMLoss(...)``, ``NCSNLoss(ladder)``, ``FlowLoss(...)``; they all return a
 ``DenoisingLoss``.
 
 Offset noise (Guttenberg 2023) adds a per-channel constant to eps during training. It lets a
@@ -40,6 +42,7 @@ it sits outside the process the samplers and likelihoods assume. Off by default.
 """
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Protocol
@@ -50,7 +53,7 @@ import torch.nn.functional as F
 
 from . import rng
 from .cond import Batch
-from .denoiser import (DiscretePrecond, EDMPrecond, NCSNPrecond, SDEPrecond, append_dims, call_net,
+from .denoiser import (DiscretePrecond, EDMPrecond, FlowPrecond, NCSNPrecond, SDEPrecond, append_dims, call_net,
                        canonical_objective, noise_label)
 from .schedules import DiscreteSchedule
 
@@ -287,6 +290,17 @@ class SDEWeighting(Weighting):
         return lam / (sigma ** 2 * std ** 2)
 
 
+class VelocityMSE(Weighting):
+    """Flow matching's plain velocity MSE: lambda = 1 / t^2 = ((1 + sigma) / sigma)^2 in x0 space,
+    output weight exactly 1 (c_out = -t)."""
+
+    def x0_weight(self, sigma):
+        return ((1 + sigma) / sigma) ** 2
+
+    def output_weight(self, sigma, c_out):
+        return torch.ones_like(sigma)
+
+
 class InverseSigmaSquared(Weighting):
     def x0_weight(self, sigma):
         return 1 / sigma ** 2
@@ -447,3 +461,14 @@ def NCSNLoss(ladder: torch.Tensor, loss_type: str = "l2") -> DenoisingLoss:
     ladder = torch.as_tensor(ladder, dtype=torch.float64)
     return DenoisingLoss(NCSNPrecond(float(ladder.min()), float(ladder.max())), LadderSigma(ladder),
                          InverseSigmaSquared(), loss_type)
+
+
+def FlowLoss(p_mean: float = 0.0, p_std: float = 1.0, shift: float = 1.0, loss_type: str = "l2") -> DenoisingLoss:
+    """Conditional flow matching (Lipman et al. 2023) with SD3's logit-normal t (Esser et al.
+    2024): ||v_theta(x_t, t) - (eps - x0)||^2 with logit t ~ N(p_mean, p_std^2). Since
+    sigma = t / (1 - t), logit t = ln sigma: the draw is EDM's log-normal sigma; the resolution
+    shift s moves it to ln sigma ~ N(p_mean + ln s, p_std^2) (sigma' = s sigma). The plain
+    velocity MSE is ``VelocityMSE`` through ``FlowPrecond`` (x0-space weight 1 / t^2)."""
+    if not shift > 0:
+        raise UserError(f"shift must be positive, got {shift}", param="shift")
+    return DenoisingLoss(FlowPrecond(), LogNormalSigma(p_mean + math.log(shift), p_std), VelocityMSE(), loss_type)

@@ -32,7 +32,7 @@ class DenoiserInfo:
     """What a denoiser declares besides its call (module docstring). The defaults are a bare
     function's: sigma 0.002 .. 80, prior N(0, sigma^2 I) (VE), Karras grid."""
 
-    process: str = ""                    # ddpm | vp | subvp | ve | edm | ncsn | "" (a bare function)
+    process: str = ""                    # ddpm | vp | subvp | ve | edm | ncsn | flow | "" (a bare function)
     sigma_min: float = FALLBACK_SIGMA_MIN
     sigma_max: float = FALLBACK_SIGMA_MAX  # inf for zero terminal SNR
     prior: Union[str, Callable[[float], float]] = "ve"  # "ve": std sigma; "vp": sqrt(1 + sigma^2); or std(sigma)
@@ -40,6 +40,8 @@ class DenoiserInfo:
     ladder: torch.Tensor | None = None   # NCSN's decreasing noise ladder
     sde: Any = None                      # a continuous SDE (sde.py) where the model has one
     default_schedule: str = "karras"
+    shift: float = 1.0                   # flow matching's resolution shift s (sigma' = s sigma): the 'flow' grid's
+    finite_max: float | None = None      # where sigma_max is inf: the largest finite sigma a grid may start at
     default_sampler: str | None = None   # None: the caller's default (ddim)
     default_steps: int | None = None
     default_guidance: float | None = None
@@ -62,9 +64,12 @@ class DenoiserInfo:
         return self.cond.null(batch, device, hw)
 
     def finite_sigma_max(self) -> float:
-        """sigma_max, or for zero terminal SNR the largest finite sigma of the table."""
-        if math.isfinite(self.sigma_max) or self.table_sigmas is None:
+        """sigma_max, or where it is inf (zero terminal SNR, flow matching) the largest finite
+        sigma: ``finite_max`` when declared, else the table's largest finite one."""
+        if math.isfinite(self.sigma_max):
             return float(self.sigma_max)
+        if self.finite_max is not None or self.table_sigmas is None:
+            return float(self.finite_max if self.finite_max is not None else self.sigma_max)
         t = self.table_sigmas
         return float(t[torch.isfinite(t)].max())
 

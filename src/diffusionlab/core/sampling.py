@@ -27,6 +27,13 @@ class CountingDenoiser(DenoiserWrapper):
 
 FALLBACK_SAMPLER, FALLBACK_STEPS = "ddim", 50  # a model that records nothing (a bare function): DDIM, 50 steps
 
+# model kind (``model_kind``) -> sampler -> the grid ``schedule='auto'`` runs; a sampler missing
+# here runs the model's own ``default_schedule``. Chosen by measurement: bench/defaults_search.py
+# (README, "Sampling defaults").
+DEFAULT_GRIDS: dict[str, dict[str, str]] = {
+    "bare": {}, "vp_discrete": {}, "vp_ztsnr": {}, "edm": {}, "sde_vp": {}, "sde_ve": {}, "ncsn": {}, "flow": {},
+}
+
 
 @dataclass(frozen=True)
 class SamplingChoice:
@@ -63,16 +70,37 @@ def ladder_grid(ladder: torch.Tensor, steps: int) -> torch.Tensor:
     return torch.cat([ladder.to(torch.float64)[idx], torch.zeros(1, dtype=torch.float64)])
 
 
+def model_kind(info: DenoiserInfo) -> str:
+    """The kind of model a default grid is chosen for (``DEFAULT_GRIDS``): its process, with
+    discrete models split by zero terminal SNR and the SDEs by family."""
+    if info.process == "ddpm":
+        return "vp_ztsnr" if not math.isfinite(info.sigma_max) else "vp_discrete"
+    if info.process in ("vp", "subvp"):
+        return "sde_vp"
+    if info.process == "ve":
+        return "sde_ve"
+    return info.process if info.process in DEFAULT_GRIDS else "bare"
+
+
+def default_grid(info: DenoiserInfo, sampler: str | None, steps: int) -> str:
+    """The grid ``schedule='auto'`` runs: the measured choice for this model kind and sampler
+    (``DEFAULT_GRIDS``), else the model's own ``default_schedule``."""
+    return DEFAULT_GRIDS.get(model_kind(info), {}).get(sampler or "", info.default_schedule)
+
+
 def resolve_sigmas(denoiser, steps: int, sigmas=None, sigma_min=None, sigma_max=None,
-                   schedule: str = "auto") -> torch.Tensor:
+                   schedule: str = "auto", sampler: str | None = None, shift: float | None = None) -> torch.Tensor:
     """The sigma grid a sampler will run: explicit ``sigmas`` win; otherwise ``schedule`` with
-    the denoiser's own range (a discrete model carries its sigma table) or 0.002 / 80."""
+    the denoiser's own range (a discrete model carries its sigma table) or 0.002 / 80;
+    'auto' is the measured default for the model kind and ``sampler`` (``default_grid``).
+    ``shift``: the 'flow' grid's shift (default: the model's own, 1 unless it is a shifted
+    flow model)."""
     if sigmas is not None:
         return get_sigmas(sigmas, steps)
     info = info_of(denoiser)
     table = info.table_sigmas
     if schedule == "auto":
-        schedule = info.default_schedule
+        schedule = default_grid(info, sampler, steps)
     if schedule == "ladder":
         if info.ladder is None:
             raise ValueError("schedule 'ladder' needs an NCSN model (a denoiser with a noise ladder)")
@@ -83,6 +111,9 @@ def resolve_sigmas(denoiser, steps: int, sigmas=None, sigma_min=None, sigma_max=
                              "sigma_min / sigma_max apply to 'karras' and 'exponential'")
         return get_sigmas(schedule, steps, table_sigmas=table.cpu())
     smin = sigma_min if sigma_min is not None else info.sigma_min
+    if schedule == "flow":  # the one grid that may start at sigma = inf
+        smax = sigma_max if sigma_max is not None else info.sigma_max
+        return get_sigmas(schedule, steps, smin, smax, shift=shift if shift is not None else info.shift)
     smax = sigma_max if sigma_max is not None else info.finite_sigma_max()
     return get_sigmas(schedule, steps, smin, smax)
 
@@ -98,7 +129,7 @@ def sample(denoiser, shape, sampler: str | None = None, steps: int | None = None
            sigma_min: float | None = None, sigma_max: float | None = None, schedule: str = "auto",
            cond=None, generator=None, callback=None, noise: torch.Tensor | None = None,
            device=None, return_info: bool = False, seed: int | None = None, init: torch.Tensor | None = None,
-           partial: bool = False, **knobs):
+           partial: bool = False, shift: float | None = None, **knobs):
     """Sample from ``denoiser`` (x = x0 + sigma n interface). Returns x0 in model space
     ([-1, 1] for images), or ``(x0, info)`` with ``return_info=True`` (info: nfe, sigmas).
 
@@ -112,14 +143,16 @@ def sample(denoiser, shape, sampler: str | None = None, steps: int | None = None
     ``sigmas`` as they are, without the final step to 0 (a piece of a grid: RePaint's steps);
     the result is x at the last sigma, not x0.
     ``sampler`` / ``steps`` None: the model's own (``sampling_defaults``: what its checkpoint
-    records, else its process's default, else DDIM 50).
+    records, else its process's default, else DDIM 50). ``schedule`` 'auto': the measured grid
+    for the model kind and sampler (``default_grid``); ``shift``: the 'flow' grid's shift.
     """
     choice = sampling_defaults(denoiser, sampler, steps)
     if seed is not None:
         if generator is not None:
             raise ValueError("give seed or generator, not both")
         generator = per_sample_generators(seed, range(tuple(shape)[0]))
-    grid = _partial_grid(sigmas) if partial else resolve_sigmas(denoiser, choice.steps, sigmas, sigma_min, sigma_max, schedule)
+    grid = _partial_grid(sigmas) if partial else resolve_sigmas(denoiser, choice.steps, sigmas, sigma_min, sigma_max,
+                                                                schedule, choice.sampler, shift)
     device = torch.device(device) if device is not None else (info_of(denoiser).device or torch.device("cpu"))
     x = _start(denoiser, shape, float(grid[0]), init, noise, generator, device)
     counted = CountingDenoiser(denoiser)

@@ -192,6 +192,20 @@ def exponential_sigmas(steps: int, sigma_min: float, sigma_max: float) -> torch.
     return torch.cat([s, torch.zeros(1, dtype=_F64)])
 
 
+def flow_sigmas(steps: int, sigma_min: float, sigma_max: float, shift: float = 1.0) -> torch.Tensor:
+    """The flow-matching grid (SD3; diffusers' ``FlowMatchEulerDiscreteScheduler``): flow time
+    t = u uniform from u(sigma_max) to u(sigma_min), u(sigma) = sigma / (shift + sigma) (the
+    unshifted t; 1 at sigma_max = inf), mapped to sigma = shift u / (1 - u) (the shift
+    t' = s t / (1 + (s - 1) t) is sigma' = s sigma), followed by 0. The first sigma is inf when
+    sigma_max is."""
+    if not shift > 0:
+        raise UserError(f"shift must be positive, got {shift}")
+    u = lambda s: 1.0 if math.isinf(s) else s / (shift + s)  # noqa: E731
+    t = torch.linspace(u(sigma_max), u(sigma_min), steps, dtype=_F64)
+    sig = torch.where(t < 1, shift * t / (1 - t).clamp_min(1e-300), torch.full_like(t, math.inf))
+    return torch.cat([sig, torch.zeros(1, dtype=_F64)])
+
+
 # steps -> (first sigma, last positive sigma) of the 'tuned' grid: log-SNR uniform between them,
 # then 0. Tuned by bench/tune_grid.py on 12 random 2-D / 16-D Gaussian mixtures in [-1, 1]
 # (seeds 1000-1011; never the benchmark's mixtures) for UniPC-3 / DPM-Solver++(3M): the exact
@@ -219,15 +233,16 @@ def tuned_sigmas(steps: int, sigma_min: float, sigma_max: float) -> torch.Tensor
     return exponential_sigmas(steps, last, first)
 
 
-SIGMA_SCHEDULES = ("trailing", "leading", "linspace", "karras", "exponential", "logsnr", "tuned")
+SIGMA_SCHEDULES = ("trailing", "leading", "linspace", "karras", "exponential", "logsnr", "tuned", "flow")
 
 
 def get_sigmas(schedule: str, steps: int, sigma_min: float | None = None,
                sigma_max: float | None = None, table_sigmas: torch.Tensor | None = None,
-               rho: float = 7.0) -> torch.Tensor:
+               rho: float = 7.0, shift: float = 1.0) -> torch.Tensor:
     """A decreasing float64 sigma grid with ``steps`` intervals, ending in 0.
 
-    ``schedule``: 'karras' (rho), 'exponential', or a discrete timestep spacing
+    ``schedule``: 'karras' (rho), 'exponential', 'tuned', 'flow' (uniform in flow time with
+    ``shift``; the only one that may start at sigma_max = inf), or a discrete timestep spacing
     ('trailing', 'leading', 'linspace') that picks sigmas from ``table_sigmas``
     (the sigma table of a discrete model; required for those). A list or tensor of
     sigmas is returned as-is (0 appended if missing).
@@ -245,9 +260,11 @@ def get_sigmas(schedule: str, steps: int, sigma_min: float | None = None,
         return sigmas_from_timesteps(table_sigmas, discrete_timesteps(len(table_sigmas), steps, schedule))
     if sigma_min is None or sigma_max is None:
         raise UserError(f"schedule {schedule!r} needs sigma_min and sigma_max")
+    if schedule == "flow":
+        return flow_sigmas(steps, sigma_min, sigma_max, shift)
     if not math.isfinite(sigma_max):
         raise UserError(f"schedule {schedule!r} needs a finite sigma_max; use 'trailing' for "
-                         "zero-terminal-SNR models")
+                         "zero-terminal-SNR models, 'flow' for flow models")
     if schedule == "karras":
         return karras_sigmas(steps, sigma_min, sigma_max, rho)
     if schedule == "tuned":

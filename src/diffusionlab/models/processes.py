@@ -18,15 +18,15 @@ from typing import Callable
 
 from ..core import losses
 from ..core.dataclass_io import from_dict
-from ..core.denoiser import (DiscreteDenoiser, EDMDenoiser, NCSNDenoiser, PreconditionedDenoiser, SDEDenoiser,
-                             ncsn_levels_for)
+from ..core.denoiser import (DiscreteDenoiser, EDMDenoiser, FlowDenoiser, NCSNDenoiser, PreconditionedDenoiser,
+                             SDEDenoiser, ncsn_levels_for)
 from ..core.schedules import DiscreteSchedule
 from ..core.sde import SDES
 from ..errors import UserError
 
 @dataclass
 class DiffusionConfig:
-    process: str = "ddpm"            # ddpm | vp | subvp | ve | edm | ncsn
+    process: str = "ddpm"            # ddpm | vp | subvp | ve | edm | ncsn | flow
     timesteps: int = 1000            # ddpm
     objective: str = "v"             # ddpm: eps | x0 | v; vp, subvp, ve: also score
     beta_schedule: str = "cosine"    # ddpm: see schedules.BETA_SCHEDULES
@@ -44,8 +44,9 @@ class DiffusionConfig:
     sigma_min: float | None = None   # ve, ncsn: 0.01; edm: 0.002
     sigma_max: float | None = None   # ve, ncsn: 50; edm: 80
     likelihood_weighting: bool = False  # vp, subvp, ve: lambda(t) = g(t)^2 instead of std(t)^2
-    p_mean: float | None = None      # edm: ln sigma ~ N(p_mean, p_std^2) in training; -1.2
-    p_std: float | None = None       # edm: 1.2
+    p_mean: float | None = None      # edm, flow: ln sigma ~ N(p_mean, p_std^2) in training; edm -1.2, flow 0
+    p_std: float | None = None       # edm: 1.2; flow: 1 (SD3's logit-normal t: logit t = ln sigma)
+    shift: float | None = None       # flow: resolution shift t' = s t / (1 + (s - 1) t), i.e. sigma' = s sigma; 1
     ncsn_levels: int | None = None   # ncsn ladder length; None: Song & Ermon 2020 Technique 2 for the image
     schedule_kwargs: dict | None = None  # ddpm: extra arguments of the beta schedule (e.g. sigmoid's start/end)
     ddim_eta: float = 0.0            # ddpm: the eta of GaussianDiffusion.sample's DDIM default
@@ -123,6 +124,14 @@ def _edm_loss(d, den):
     return losses.EDMLoss(d.sigma_data, d.p_mean, d.p_std, d.loss_type)
 
 
+def _flow_denoiser(net, d, autocast_dtype=None, declared=None):
+    return FlowDenoiser(net, d.shift, autocast_dtype, declared)
+
+
+def _flow_loss(d, den):
+    return losses.FlowLoss(d.p_mean, d.p_std, d.shift, d.loss_type)
+
+
 def _ncsn_denoiser(net, d, autocast_dtype=None, declared=None):
     return NCSNDenoiser(net, d.sigma_min, d.sigma_max, d.ncsn_levels, autocast_dtype, declared)
 
@@ -152,6 +161,9 @@ PROCESSES: dict[str, ProcessSpec] = {s.name: s for s in (
     ProcessSpec("ncsn", "noise-conditional score network (Song & Ermon 2019/2020)",
                 ("sigma_min", "sigma_max", "ncsn_levels"), _ncsn_denoiser, _ncsn_loss, NCSNDenoiser,
                 dict(sigma_min=0.01, sigma_max=50.0)),
+    ProcessSpec("flow", "flow matching / rectified flow, velocity target, logit-normal t (Lipman et al. 2023; "
+                "Esser et al. 2024)", ("p_mean", "p_std", "shift"), _flow_denoiser, _flow_loss, FlowDenoiser,
+                dict(p_mean=0.0, p_std=1.0, shift=1.0)),
 )}
 
 # field -> the processes that read it (COMMON_FIELDS: all), derived from the registry

@@ -34,7 +34,7 @@ def img2img(den, images: torch.Tensor, strength: float, steps: int | None = None
         raise UserError(f"is in [0, 1] (0 returns the input, 1 ignores it), got {strength:g}", param="strength")
     choice = sampling_defaults(den, sampler, steps)
     sampler, steps = choice.sampler, choice.steps
-    grid = resolve_sigmas(den, steps, **{k: knobs.pop(k) for k in ("schedule",) if k in knobs})
+    grid = resolve_sigmas(den, steps, sampler=sampler, **{k: knobs.pop(k) for k in ("schedule", "shift") if k in knobs})
     n_steps = len(grid) - 1
     k = img2img_steps(strength, n_steps)
     images = images.float()

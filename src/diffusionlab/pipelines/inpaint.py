@@ -112,7 +112,7 @@ def inpaint(den, images: torch.Tensor, mask: torch.Tensor, steps: int | None = N
                         param="mask")
     choice = sampling_defaults(den, sampler, steps)
     sampler, steps = choice.sampler, choice.steps
-    grid = resolve_sigmas(den, steps, **{k: knobs.pop(k) for k in ("schedule",) if k in knobs})
+    grid = resolve_sigmas(den, steps, sampler=sampler, **{k: knobs.pop(k) for k in ("schedule", "shift") if k in knobs})
     out = []
     for start, stop, x0, c, gens in batches(images, cond, batch_size, seed):
         m = (mask if mask.shape[0] == 1 else mask[start:stop]).float()
