@@ -225,3 +225,63 @@ def test_unipc_bh2_order2_matches_diffusers(model, grid, steps):
 @pytest.mark.parametrize("name,cls_name", [("euler", "EulerDiscreteScheduler"), ("heun", "HeunDiscreteScheduler")])
 def test_euler_and_heun_match_diffusers(model, name, cls_name, grid, steps):
     compare(model, name, cls_name, steps, grid, _grid_kw(grid, cls_name))
+
+
+# ---------------------------------------------------------------------------------- flow matching
+def _flow_scheduler(shift: float, steps: int):
+    scheduler = diffusers.FlowMatchEulerDiscreteScheduler(num_train_timesteps=T, shift=shift)
+    scheduler.set_timesteps(steps)
+    return scheduler
+
+
+@pytest.mark.parametrize("steps", [4, 10, 28])
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+def test_euler_on_a_flow_model_matches_flow_match_euler(shift, steps):
+    """diffusers' FlowMatchEulerDiscreteScheduler loop (x = noise; v = model(x, t); x = step(v))
+    around the exact velocity of Gaussian data (test_processes.FlowNet, told the flow time the
+    scheduler believes, ``scheduler.sigmas[i]``) equals our 'euler' on a FlowDenoiser over the
+    same grid mapped to sigma-space (t = 1 -> sigma = inf). step() casts the state to float32,
+    hence atol 1e-5 (measured: at most 2e-7 / 4e-7 / 1e-6 at 4 / 10 / 28 steps, |x| up to 3)."""
+    from diffusionlab.core.denoiser import FlowDenoiser, flow_sigma
+    from test_processes import FlowNet
+    net = FlowNet()
+    scheduler = _flow_scheduler(shift, steps)
+    z = torch.randn(512, 4, generator=torch.Generator().manual_seed(0), dtype=F64)
+    x = z.clone()  # flow pipelines start at the unit noise itself (no init_noise_sigma)
+    calls = 0
+    for i, t in enumerate(scheduler.timesteps):
+        flow_t = float(scheduler.sigmas[i])
+        v = net(x.to(F64), torch.full((len(z),), (T - 1) * flow_t, dtype=F64))
+        calls += 1
+        x = scheduler.step(v, t, x).prev_sample
+    grid = flow_sigma(scheduler.sigmas.to(F64))
+    assert math.isinf(grid[0]) and grid[-1] == 0
+    ours, info = dl.sample(FlowDenoiser(net, shift=shift), z.shape, "euler", sigmas=grid, noise=z, return_info=True)
+    assert info["nfe"] == calls == steps
+    assert torch.allclose(ours, x.to(F64), atol=1e-5, rtol=0), float((ours - x).abs().max())
+
+
+@pytest.mark.parametrize("steps", [4, 10, 28])
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+def test_our_flow_grid_is_flow_match_eulers_up_to_its_double_shift(shift, steps):
+    """Our default 'flow' grid vs FlowMatchEuler's sigmas. diffusers' sigma_min is the already
+    shifted 1/1000 (``__init__``), and set_timesteps spaces from it and shifts again, so its
+    last positive point is shifted twice: sigma = shift^2 * 0.001/0.999 (flow time 0.00893 at shift
+    3) where ours is shift * 0.001/0.999 (flow time 0.00299, the model's sigma_min). All the other
+    points move with it, by (unshifted) i / (n - 1) of that gap. So: at shift 1 the grids are
+    equal (float32 apart); at shift 3 the first point is equal, the last positive sigma is exactly
+    3x ours, every point is within 0.006 in flow time (measured: 0.0014 / 0.0035 / 0.0050 at 4 /
+    10 / 28 steps, the last positive point excluded), and our grid with sigma_min = shift x the
+    model's reproduces diffusers' exactly."""
+    from diffusionlab.core.denoiser import FlowDenoiser, flow_sigma, flow_time
+    from test_processes import FlowNet
+    den = FlowDenoiser(FlowNet(), shift=shift)
+    theirs_t = _flow_scheduler(shift, steps).sigmas.to(F64)
+    ours = dl.resolve_sigmas(den, steps, schedule="flow")
+    ours_t = flow_time(ours)
+    assert len(ours) == len(theirs_t) == steps + 1 and ours_t[0] == theirs_t[0] == 1 and ours[-1] == theirs_t[-1] == 0
+    assert torch.allclose(ours_t, theirs_t, atol=1e-7) == (shift == 1.0)
+    assert flow_sigma(theirs_t[-2]).item() == pytest.approx(shift * ours[-2].item(), rel=1e-6)
+    assert float((ours_t - theirs_t).abs()[:-2].max()) < 0.006
+    doubled = dl.resolve_sigmas(den, steps, schedule="flow", sigma_min=shift * den.sigma_min)
+    assert torch.allclose(flow_time(doubled), theirs_t, atol=1e-7, rtol=0)
