@@ -1,7 +1,7 @@
 """Ours at defaults vs diffusers' schedulers at defaults (and with their common options), on
 HELD-OUT analytic Gaussian mixtures: the three of bench/mixtures.py (ring8, scales, aniso64)
 plus 'tri3' (3 Gaussians in 8-D, defined here). diffusionlab's default grids are chosen on random
-mixtures with seeds 1000+ (bench/defaults_search.py), never on these.
+mixtures with seeds 2000-2015 (bench/defaults_search.py), never on these.
 
 Model: the exact denoiser of each mixture as a discrete eps model on the 1000-step linear VP
 schedule (betas 1e-4..0.02), as in bench/samplers.py, whose functions this script reuses

@@ -145,3 +145,23 @@ def test_flow_likelihood_and_wrappers_run_unchanged():
     assert torch.allclose(logp.to(F64), exact, atol=2e-3), (logp - exact).abs().max()
     x = dl.sample(Clipped(den), (8, 4), seed=0)
     assert x.shape == (8, 4) and torch.isfinite(x).all() and x.abs().max() <= 1
+
+
+def test_cli_trains_a_shifted_flow_model_and_samples_with_a_shift(tmp_path):
+    import json
+
+    from diffusionlab.apps.cli import main
+    run = tmp_path / "run"
+    argv = ["train", "--preset", "tiny", "--data", "digits", "--image-size", "8", "--threads", "1", "--no-progress",
+            "--process", "flow", "--shift", "2", "--p-std", "0.8", "--steps", "2", "--out", str(run)]
+    assert main(argv) == 0
+    cfg = json.loads((run / "checkpoints" / "step-00000002" / "config.json").read_text())
+    assert (cfg["diffusion"]["shift"], cfg["diffusion"]["p_std"]) == (2.0, 0.8)
+    den = dl.load_denoiser(run)
+    assert isinstance(den, FlowDenoiser) and den.info.shift == 2.0
+    out = tmp_path / "s.png"
+    assert main(["sample", "--ckpt", str(run), "--n", "2", "--steps", "3", "--shift", "4", "--out", str(out)]) == 0
+    assert out.is_file()
+    assert main(["sample", "--ckpt", str(run), "--n", "2", "--shift", "-1", "--out", str(out)]) == 2
+    assert main(["train", "--preset", "tiny", "--data", "digits", "--process", "edm", "--shift", "2",
+                 "--out", str(tmp_path / "bad")]) == 2

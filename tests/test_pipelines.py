@@ -73,7 +73,7 @@ def test_img2img_starts_at_sigma_n_minus_k_and_refuses_a_bad_strength():
 
     recording.info = den.info
     img2img(recording, x, 0.25, steps=10, sampler="euler")
-    grid = resolve_sigmas(den, 10)
+    grid = resolve_sigmas(den, 10, sampler="euler")                  # the grid is the sampler's default
     assert seen == pytest.approx([float(s) for s in grid[8:10]])      # t_start = N - k = 8
     with pytest.raises(UserError, match=r"is in \[0, 1\]") as e:
         img2img(GaussImages(), _inputs(2), 1.5)

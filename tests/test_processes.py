@@ -156,22 +156,29 @@ class _Half(torch.nn.Module):
 
 
 def test_process_attributes():
+    from diffusionlab.core.sampling import DEFAULT_GRIDS, DEFAULT_SAMPLING
     vp = SDEDenoiser(torch.nn.Identity(), VPSDE())
     assert (vp.process, vp.info.default_schedule, vp.info.default_sampler) == ("vp", "karras", None)
-    # a VP model declares no sampler of its own: it is sampled with the fallback, DDIM with 50 steps
+    # a VP model declares no sampler of its own: it is sampled with its kind's measured default
     half = SDEDenoiser(_Half(), VPSDE())
     own, meta = dl.sample(half, (2, 4), seed=0, return_info=True)
-    assert torch.equal(own, dl.sample(half, (2, 4), sampler="ddim", steps=50, seed=0)) and meta["nfe"] == 50
-    assert not torch.equal(own, dl.sample(half, (2, 4), sampler="euler_ancestral", steps=50, seed=0))
+    name, steps = DEFAULT_SAMPLING["sde_vp"]
+    grid = DEFAULT_GRIDS["sde_vp"].get(name, "karras")
+    assert torch.equal(own, dl.sample(half, (2, 4), sampler=name, steps=steps, schedule=grid, seed=0))
+    assert meta["nfe"] == dl.SAMPLERS[name].count_nfe(steps)
+    assert not torch.equal(own, dl.sample(half, (2, 4), sampler="euler_ancestral", steps=steps, seed=0))
     assert vp.prior_std(10.0) == pytest.approx(math.sqrt(101))
     assert SDEDenoiser(torch.nn.Identity(), VESDE()).prior_std(10.0) == 10.0
     assert SDEDenoiser(torch.nn.Identity(), SubVPSDE()).process == "subvp"
     edm = EDMDenoiser(torch.nn.Identity())
-    assert (edm.process, edm.sigma_min, edm.sigma_max, edm.default_schedule, edm.default_sampler,
-            edm.default_steps, edm.prior_std(80.0)) == ("edm", 0.002, 80.0, "karras", "heun", 18, 80.0)
+    assert (edm.process, edm.sigma_min, edm.sigma_max, edm.default_schedule, edm.info.default_sampler,
+            edm.info.default_steps, edm.prior_std(80.0)) == ("edm", 0.002, 80.0, "karras", None, None, 80.0)
     half = EDMDenoiser(_Half())
-    own, meta = dl.sample(half, (2, 4), seed=0, return_info=True)        # its own: Heun, 18 steps (35 NFE)
-    assert torch.equal(own, dl.sample(half, (2, 4), sampler="heun", steps=18, seed=0)) and meta["nfe"] == 35
+    own, meta = dl.sample(half, (2, 4), seed=0, return_info=True)        # the measured default of its kind
+    name, steps = DEFAULT_SAMPLING["edm"]
+    assert torch.equal(own, dl.sample(half, (2, 4), sampler=name, steps=steps, seed=0))
+    # the paper's sampler is one call away: Heun, 18 steps (35 NFE) on the rho-7 grid
+    assert dl.sample(half, (2, 4), sampler="heun", steps=18, schedule="karras", seed=0, return_info=True)[1]["nfe"] == 35
     ncsn = NCSNDenoiser(torch.nn.Identity(), levels=100)
     assert (ncsn.process, ncsn.default_schedule, ncsn.default_sampler, ncsn.default_steps) == \
         ("ncsn", "ladder", "annealed_langevin", 100)

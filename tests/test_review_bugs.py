@@ -129,9 +129,12 @@ def test_dit_label_table_and_time_mlp_init_like_dit():
 
 
 def test_sampling_defaults_order():
-    """Bug 2's one rule: the caller, else what the model declares, else DDIM 50, guidance 1."""
+    """Bug 2's one rule: the caller, else what the model declares, else the measured default of
+    its model kind (issue 23: DEFAULT_SAMPLING), guidance 1."""
+    from diffusionlab.core.sampling import DEFAULT_SAMPLING
     bare = lambda x, s, c=None: x  # noqa: E731
-    assert (sampling_defaults(bare).sampler, sampling_defaults(bare).steps, sampling_defaults(bare).guidance) == ("ddim", 50, 1.0)
+    c = sampling_defaults(bare)
+    assert (c.sampler, c.steps, c.guidance) == (*DEFAULT_SAMPLING["bare"], 1.0)
     info = DenoiserInfo(default_sampler="heun", default_steps=18, default_guidance=3.0)
     c = sampling_defaults(info)
     assert (c.sampler, c.steps, c.guidance) == ("heun", 18, 3.0)
@@ -176,7 +179,9 @@ def test_recorded_sampling_defaults_win_for_every_process(process, tmp_path):
                  "--no-progress", "--process", process, "--steps", "1", "--out", str(run)]) == 0
     path = run / "checkpoints" / "step-00000001" / "config.json"
     cfg = json.loads(path.read_text())
-    own = {"edm": ("heun", 18), "ncsn": ("annealed_langevin", None), "ddpm": ("ddim", 50)}[process]
+    from diffusionlab.core.sampling import DEFAULT_SAMPLING
+    own = {"edm": DEFAULT_SAMPLING["edm"], "ncsn": ("annealed_langevin", None),
+           "ddpm": DEFAULT_SAMPLING["vp_discrete"]}[process]
     assert cfg["sampling"]["sampler"] == own[0] and cfg["sampling"]["guidance"] == 1.0
     cfg["sampling"].update(sampler="euler", steps=7)
     path.write_text(json.dumps(cfg))

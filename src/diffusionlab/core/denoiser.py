@@ -383,12 +383,11 @@ class SDEDenoiser(PreconditionedDenoiser):
 
 
 class EDMDenoiser(PreconditionedDenoiser):
-    """Karras et al. 2022 ("EDM"): Table 1 preconditioning; sampled by default with Heun's
-    method on the rho = 7 grid, 18 steps (35 NFE), from N(0, sigma_max^2 I)."""
+    """Karras et al. 2022 ("EDM"): Table 1 preconditioning; prior N(0, sigma_max^2 I). The paper's
+    sampler (Heun, 18 steps, 35 NFE, rho = 7) is ``sampler='heun', steps=18, schedule='karras'``;
+    the default is the measured one (``core.sampling.DEFAULT_SAMPLING``)."""
 
     process = "edm"
-    default_sampler = "heun"
-    default_steps = 18
     rho = 7.0
 
     def __init__(self, net: nn.Module, sigma_data: float = 0.5, sigma_min: float = 0.002,
@@ -401,12 +400,12 @@ class FlowDenoiser(PreconditionedDenoiser):
     """A velocity network trained by flow matching (``FlowPrecond``) as a sigma-space denoiser.
     sigma runs from ``shift`` t_min / (1 - t_min) (t_min = 1e-3, diffusers' 1 / 1000) to inf
     (t = 1, pure noise); the prior is unit noise at t = 1 (sqrt(1 + sigma^2) at a finite start).
-    Its grid is the 'flow' one (uniform in unshifted t, then sigma' = shift sigma: SD3's and
-    diffusers' ``FlowMatchEulerDiscreteScheduler``'s)."""
+    Its own grid is the 'flow' one (uniform in unshifted t, then sigma' = shift sigma: SD3's and
+    diffusers' ``FlowMatchEulerDiscreteScheduler``'s; ``sampler='euler', schedule='flow'`` is that
+    family's sampler); the default sampler and grid are the measured ones (``core.sampling``)."""
 
     process = "flow"
     default_schedule = "flow"
-    default_sampler = "euler"
     t_min = 1e-3
 
     def __init__(self, net: nn.Module, shift: float = 1.0, autocast_dtype: torch.dtype | None = None,

@@ -25,14 +25,74 @@ class CountingDenoiser(DenoiserWrapper):
         return inner(x, sigma, cond)
 
 
-FALLBACK_SAMPLER, FALLBACK_STEPS = "ddim", 50  # a model that records nothing (a bare function): DDIM, 50 steps
+FALLBACK_SAMPLER, FALLBACK_STEPS = "ddim", 50  # a model kind missing from DEFAULT_SAMPLING
+
+# model kind (``model_kind``) -> (sampler, steps) of a model that records none: measured
+# (bench/defaults_search.py on mixtures, bench/trained_defaults.py on the trained demo models;
+# README "Sampling defaults"). NCSN keeps its own annealed Langevin over the ladder.
+_MEASURED = ("unipc", 20)
+DEFAULT_SAMPLING: dict[str, tuple[str, int]] = {
+    "bare": _MEASURED, "vp_discrete": _MEASURED, "vp_ztsnr": _MEASURED, "edm": _MEASURED, "sde_vp": _MEASURED,
+    "sde_ve": _MEASURED, "flow": _MEASURED,
+}
 
 # model kind (``model_kind``) -> sampler -> the grid ``schedule='auto'`` runs; a sampler missing
-# here runs the model's own ``default_schedule``. Chosen by measurement: bench/defaults_search.py
-# (README, "Sampling defaults").
+# here (pc, annealed_langevin, ode) runs the model's own ``default_schedule``. Chosen by
+# measurement (bench/defaults_search.py: 16 random mixtures, 5 / 10 / 20 NFE; the top two
+# confirmed on the trained demo models, bench/trained_defaults.py; README "Sampling defaults").
+# 'tuned' is log-SNR uniform between step-dependent ends (schedules.TUNED_GRIDS), 'flow' uniform
+# in flow time t = sigma / (1 + sigma).
 DEFAULT_GRIDS: dict[str, dict[str, str]] = {
-    "bare": {}, "vp_discrete": {}, "vp_ztsnr": {}, "edm": {}, "sde_vp": {}, "sde_ve": {}, "ncsn": {}, "flow": {},
+    "bare": {
+        "ddim": "flow", "ddpm": "flow", "deis": "tuned", "dpm_2": "tuned", "dpm_2_ancestral": "tuned",
+        "dpm_solver": "tuned", "dpm_solver_fast": "tuned", "dpmpp_2m": "tuned", "dpmpp_2m_sde": "tuned",
+        "dpmpp_2s_ancestral": "tuned", "dpmpp_3m": "tuned", "dpmpp_3m_sde": "tuned", "euler": "flow",
+        "euler_ancestral": "flow", "heun": "tuned", "lms": "flow", "pndm": "tuned", "unipc": "tuned",
+    },
+    "vp_discrete": {
+        "ddim": "flow", "ddpm": "flow", "deis": "flow", "dpm_2": "tuned", "dpm_2_ancestral": "trailing",
+        "dpm_solver": "tuned", "dpm_solver_fast": "tuned", "dpmpp_2m": "tuned", "dpmpp_2m_sde": "tuned",
+        "dpmpp_2s_ancestral": "flow", "dpmpp_3m": "tuned", "dpmpp_3m_sde": "tuned", "euler": "flow",
+        "euler_ancestral": "flow", "heun": "tuned", "lms": "flow", "pndm": "tuned", "unipc": "tuned",
+    },
+    "vp_ztsnr": {
+        "ddim": "flow", "ddpm": "flow", "deis": "flow", "dpm_2": "tuned", "dpm_2_ancestral": "trailing",
+        "dpm_solver": "tuned", "dpm_solver_fast": "flow", "dpmpp_2m": "tuned", "dpmpp_2m_sde": "tuned",
+        "dpmpp_2s_ancestral": "flow", "dpmpp_3m": "tuned", "dpmpp_3m_sde": "tuned", "euler": "flow",
+        "euler_ancestral": "flow", "heun": "tuned", "lms": "flow", "pndm": "tuned", "unipc": "tuned",
+    },
+    "edm": {
+        "ddim": "flow", "ddpm": "flow", "deis": "tuned", "dpm_2": "tuned", "dpm_2_ancestral": "tuned",
+        "dpm_solver": "tuned", "dpm_solver_fast": "tuned", "dpmpp_2m": "tuned", "dpmpp_2m_sde": "tuned",
+        "dpmpp_2s_ancestral": "tuned", "dpmpp_3m": "tuned", "dpmpp_3m_sde": "tuned", "euler": "flow",
+        "euler_ancestral": "flow", "heun": "tuned", "lms": "flow", "pndm": "tuned", "unipc": "tuned",
+    },
+    "sde_vp": {
+        "ddim": "flow", "ddpm": "flow", "deis": "tuned", "dpm_2": "tuned", "dpm_2_ancestral": "tuned",
+        "dpm_solver": "tuned", "dpm_solver_fast": "tuned", "dpmpp_2m": "tuned", "dpmpp_2m_sde": "tuned",
+        "dpmpp_2s_ancestral": "tuned", "dpmpp_3m": "tuned", "dpmpp_3m_sde": "tuned", "euler": "flow",
+        "euler_ancestral": "flow", "heun": "tuned", "lms": "flow", "pndm": "tuned", "unipc": "tuned",
+    },
+    "sde_ve": {
+        "ddim": "flow", "ddpm": "flow", "deis": "tuned", "dpm_2": "tuned", "dpm_2_ancestral": "tuned",
+        "dpm_solver": "tuned", "dpm_solver_fast": "exponential", "dpmpp_2m": "tuned", "dpmpp_2m_sde": "tuned",
+        "dpmpp_2s_ancestral": "flow", "dpmpp_3m": "tuned", "dpmpp_3m_sde": "tuned", "euler": "flow",
+        "euler_ancestral": "flow", "heun": "tuned", "lms": "flow", "pndm": "tuned", "unipc": "tuned",
+    },
+    "ncsn": {
+        "ddim": "flow", "ddpm": "flow", "deis": "tuned", "dpm_2": "tuned", "dpm_2_ancestral": "tuned",
+        "dpm_solver": "tuned", "dpm_solver_fast": "exponential", "dpmpp_2m": "tuned", "dpmpp_2m_sde": "tuned",
+        "dpmpp_2s_ancestral": "flow", "dpmpp_3m": "tuned", "dpmpp_3m_sde": "tuned", "euler": "flow",
+        "euler_ancestral": "flow", "heun": "tuned", "lms": "flow", "pndm": "tuned", "unipc": "tuned",
+    },
+    "flow": {
+        "ddim": "flow", "ddpm": "flow", "deis": "tuned", "dpm_2": "tuned", "dpm_2_ancestral": "tuned",
+        "dpm_solver": "tuned", "dpm_solver_fast": "tuned", "dpmpp_2m": "tuned", "dpmpp_2m_sde": "tuned",
+        "dpmpp_2s_ancestral": "tuned", "dpmpp_3m": "tuned", "dpmpp_3m_sde": "tuned", "euler": "flow",
+        "euler_ancestral": "flow", "heun": "tuned", "lms": "flow", "pndm": "tuned", "unipc": "tuned",
+    },
 }
+
 
 
 @dataclass(frozen=True)
@@ -51,11 +111,12 @@ def sampling_defaults(denoiser_or_info, sampler: str | None = None, steps: int |
     "auto" counts as not asked), else what the model declares (``info.default_*``: the values its
     checkpoint records, else its process's own), else DDIM with 50 steps and guidance 1."""
     info = denoiser_or_info if isinstance(denoiser_or_info, DenoiserInfo) else info_of(denoiser_or_info)
+    own_sampler, own_steps = DEFAULT_SAMPLING.get(model_kind(info), (FALLBACK_SAMPLER, FALLBACK_STEPS))
     if sampler in (None, "auto"):
-        sampler = info.default_sampler if info.default_sampler in SAMPLERS else FALLBACK_SAMPLER
+        sampler = info.default_sampler if info.default_sampler in SAMPLERS else own_sampler
     elif sampler not in SAMPLERS:
         raise UserError(f"unknown sampler {sampler!r}; choose from {', '.join(sorted(SAMPLERS))}")
-    steps = int(steps if steps is not None else (info.default_steps or FALLBACK_STEPS))
+    steps = int(steps if steps is not None else (info.default_steps or own_steps))
     if steps < 1:
         raise UserError(f"steps must be at least 1, got {steps}")
     guidance = float(guidance if guidance is not None else

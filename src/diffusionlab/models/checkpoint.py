@@ -305,15 +305,15 @@ def migrate_config(cfg: dict) -> dict:
     return cfg
 
 
+FORMAT2_OWN_SAMPLER = ("edm", "ncsn")  # the processes whose own sampler won over the record in format 2
+
+
 def _migrate_2_to_3(cfg: dict, written: int) -> dict:
     """Format 2 recorded ``sampling`` for conditional runs only, and a process with a sampler of
     its own (EDM heun, NCSN annealed Langevin) never applied the recorded sampler and steps (it
     applied its own first): they are dropped there, so the model samples as it did."""
-    from .processes import PROCESSES
-
     sampling = dict(cfg.get("sampling") or {})
-    spec = PROCESSES.get(cfg["diffusion"].get("process", "ddpm"))
-    if spec is not None and spec.default_sampler is not None:
+    if cfg["diffusion"].get("process", "ddpm") in FORMAT2_OWN_SAMPLER:
         sampling.pop("sampler", None)
         sampling.pop("steps", None)
     return {**cfg, "format_version": 3, "migrated_from": cfg.get("migrated_from", written), "sampling": sampling}

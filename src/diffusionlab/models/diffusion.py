@@ -76,14 +76,12 @@ class DiffusionModel(nn.Module):
     def seed_api_defaults(self, net: nn.Module) -> dict:
         """The seed API's own sampling defaults, declared on its denoisers: DDPM ancestral over all
         T steps, DDIM on fewer (a learned-variance model: DDPM on the respaced chain); the other
-        processes their own sampler where they have one, else DDIM, with ``sampling_steps``."""
+        processes their own (``core.sampling.sampling_defaults``), with ``sampling_steps`` if set."""
         d = self.process_config
-        if self.spec.default_sampler is not None:
-            return {}
         discrete = self.spec.kind == "discrete_diffusion"
-        steps = d.sampling_steps or (d.timesteps if discrete else 50)
         if not discrete:
-            return {"default_steps": steps}
+            return {"default_steps": d.sampling_steps} if d.sampling_steps else {}
+        steps = d.sampling_steps or d.timesteps
         full = steps == d.timesteps or (isinstance(net, Network) and net.learned_variance)
         return {"default_sampler": "ddpm" if full else "ddim", "default_steps": steps}
 

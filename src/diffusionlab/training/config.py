@@ -78,7 +78,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     n_grid: int = 64
     sample_sampler: str | None = None  # grids, evaluations and the checkpoint's recorded default; None: the
-    sample_steps: int | None = None    # process's own (EDM heun 18, NCSN its ladder), else ddim 50
+    sample_steps: int | None = None    # process's own (NCSN its ladder), else the measured default of its kind
     eval_every: int = 0              # steps between sample-quality evaluations (0: off); excluded from time budgets
     eval_n: int = 500                # samples per evaluation (the same per-sample seeds every time)
     eval_steps: int = 20             # sampler steps of an evaluation (with sample_sampler)

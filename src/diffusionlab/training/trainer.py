@@ -223,9 +223,11 @@ class Trainer:
     def sampling_choice(self, steps: int | None = None):
         """The sampler, steps and guidance of grids, evaluations and the checkpoint's record
         (``core.sampling.sampling_defaults`` on the config's values); steps at most a discrete
-        model's T."""
+        model's T. The seed API's own ``sample()`` defaults (DDPM over all T) are not a run's
+        record: a run records the process's own sampler, else the measured default of its kind."""
         den, cfg = self.ema_denoiser(), self.cfg
-        choice = sampling_defaults(den, cfg.sample_sampler, steps or cfg.sample_steps, cfg.guidance)
+        own = dataclasses.replace(den.info, default_sampler=den.default_sampler, default_steps=den.default_steps)
+        choice = sampling_defaults(own, cfg.sample_sampler, steps or cfg.sample_steps, cfg.guidance)
         table = den.info.table_sigmas
         return dataclasses.replace(choice, steps=min(choice.steps, len(table))) if table is not None else choice
 

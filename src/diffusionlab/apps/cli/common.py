@@ -110,6 +110,10 @@ def sampler_knobs(a, sampler: str) -> dict:
             if sampler != owner:
                 raise UserError(f"--{name} applies to --sampler {owner}, not {sampler}")
             knobs[name] = getattr(a, name)
+    if getattr(a, "shift", None) is not None:
+        if not a.shift > 0:
+            raise UserError(f"--shift is a positive factor, got {a.shift:g}")
+        knobs["shift"] = a.shift
     return knobs
 
 

@@ -75,8 +75,11 @@ def add_sampler_knobs(p, variance_help: str = "DDPM variance (auto: learned for 
                                               "else small)") -> None:
     """--schedule, --opt, --eta, --variance: the sampler's own settings."""
     p.add_argument("--schedule", default="auto",
-                   help="the sigma grid: auto (the model's) | trailing | leading | linspace | karras | exponential "
-                        "| logsnr | tuned | ladder (ncsn)")
+                   help="the sigma grid: auto (measured per model kind and sampler; README 'Sampling defaults') | "
+                        "trailing | leading | linspace | karras | exponential | logsnr | tuned | flow | ladder (ncsn)")
+    p.add_argument("--shift", type=float, default=None, metavar="S",
+                   help="the 'flow' grid's resolution shift, sigma' = S sigma (default: the model's; 1 unless a flow "
+                        "model was trained with --shift)")
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                    help="sampler knob, repeatable, e.g. --opt order=2 --opt variant=bh1 --opt s_churn=40 "
                         "(see `diffusionlab samplers -v`)")

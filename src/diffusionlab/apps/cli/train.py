@@ -86,8 +86,10 @@ FLAGS = (
     F("--sigma-max", "diffusion.sigma_max", float, "ve, ncsn (50), edm (80)"),
     F("--likelihood-weighting", "diffusion.likelihood_weighting", SWITCH,
       "vp, subvp, ve: weight the score loss by g(t)^2"),
-    F("--p-mean", "diffusion.p_mean", float, "edm: mean of ln sigma in training (-1.2)"),
-    F("--p-std", "diffusion.p_std", float, "edm: std of ln sigma in training (1.2)"),
+    F("--p-mean", "diffusion.p_mean", float, "edm: mean of ln sigma in training (-1.2); flow: of logit t (0)"),
+    F("--p-std", "diffusion.p_std", float, "edm: std of ln sigma in training (1.2); flow: of logit t (1)"),
+    F("--shift", "diffusion.shift", float, "flow: resolution shift s, t' = s t / (1 + (s - 1) t), i.e. sigma' = "
+                                           "s sigma, in training and the recorded sampling grid (1; SD3 uses 3)"),
     F("--ncsn-levels", "diffusion.ncsn_levels", int, "ncsn: ladder length (default from the image size)"),
     F("--steps", "max_steps", int, "optimizer steps"),
     F("--time-budget", "time_budget", float, "seconds of training (validation/sampling excluded)"),
