@@ -207,7 +207,7 @@ def report(data, plot_path: str | None = None, out_path: str | None = None) -> s
              "solution of this model, not a draw from the data: the discrete model's network is clamped at the "
              "table's lowest sigma (0.01), so below it the flow is a final denoising shrink; its distance to a true "
              "set is given per mixture beside the floor (b).", "",
-             "Held-out mixtures: the default grids of diffusionlab are chosen on random mixtures (seeds 1000+), "
+             "Held-out mixtures: the default grids of diffusionlab are chosen on random mixtures (seeds 2000-2015), "
              "never on these. Model: the exact denoiser as a discrete eps model on the 1000-step linear VP schedule "
              "(betas 1e-4..0.02); diffusers gets the exact eps at the sigma its scheduler believes it is at. "
              "Both start from the same z (diffusers: x = z * init_noise_sigma), so a diffusers default that "

@@ -45,6 +45,15 @@ STAGES = [
      "see the section"),
     ("RESULTS_core_refactor.md", "Code shape before and after the core refactor (not part of make bench)",
      "python3 bench/code_metrics.py [SRC]"),
+    ("RESULTS_defaults_search.md", "Default grids per model kind and sampler, chosen on mixtures (issue 23)",
+     ".venv/bin/python bench/defaults_search.py --mixtures 16 --n 3000 --stochastic"),
+    ("RESULTS_defaults_vs_diffusers.md", "Ours at defaults vs diffusers on held-out mixtures (issue 23)",
+     ".venv-bench/bin/python bench/defaults_vs_diffusers.py --n 20000 --nfe 5,10,20"),
+    ("RESULTS_defaults_trained.md", "Default grids confirmed on the trained demo models (issue 23)",
+     ".venv/bin/python bench/trained_defaults.py grids --ckpt runs/demo --ckpt runs/flow_text --nfe 10 --n 300"),
+    ("RESULTS_flow_vs_vp.md", "Flow matching vs the demo's VP-v recipe at the same steps (issue 23)",
+     ".venv/bin/python bench/flow_vs_vp.py --only text && .venv/bin/python bench/trained_defaults.py nfe "
+     "--ckpt runs/demo --ckpt runs/flow_text --samplers unipc --nfe 4,8,16,32 --n 300"),
     ("RESULTS_demo.md", "The make demo run (not part of make bench)",
      "make demo && python bench/report.py --demo runs/demo"),
 ]

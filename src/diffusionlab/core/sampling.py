@@ -41,7 +41,9 @@ DEFAULT_SAMPLING: dict[str, tuple[str, int]] = {
 # measurement (bench/defaults_search.py: 16 random mixtures, 5 / 10 / 20 NFE; the top two
 # confirmed on the trained demo models, bench/trained_defaults.py; README "Sampling defaults").
 # 'tuned' is log-SNR uniform between step-dependent ends (schedules.TUNED_GRIDS), 'flow' uniform
-# in flow time t = sigma / (1 + sigma).
+# in flow time t = sigma / (1 + sigma). One trained-model override of the mixture choice (the
+# runner-up wins by over 10% in FD and is no worse in accuracy / confident fraction): flow x heun
+# -> 'flow' (FD 1.28x vs 2.32x the floor, accuracy 0.98 vs 0.86 at 10 NFE).
 DEFAULT_GRIDS: dict[str, dict[str, str]] = {
     "bare": {
         "ddim": "flow", "ddpm": "flow", "deis": "tuned", "dpm_2": "tuned", "dpm_2_ancestral": "tuned",
@@ -89,7 +91,7 @@ DEFAULT_GRIDS: dict[str, dict[str, str]] = {
         "ddim": "flow", "ddpm": "flow", "deis": "tuned", "dpm_2": "tuned", "dpm_2_ancestral": "tuned",
         "dpm_solver": "tuned", "dpm_solver_fast": "tuned", "dpmpp_2m": "tuned", "dpmpp_2m_sde": "tuned",
         "dpmpp_2s_ancestral": "tuned", "dpmpp_3m": "tuned", "dpmpp_3m_sde": "tuned", "euler": "flow",
-        "euler_ancestral": "flow", "heun": "tuned", "lms": "flow", "pndm": "tuned", "unipc": "tuned",
+        "euler_ancestral": "flow", "heun": "flow", "lms": "flow", "pndm": "tuned", "unipc": "tuned",
     },
 }
 
