@@ -193,7 +193,7 @@ def report(data, plot_path: str | None = None, out_path: str | None = None) -> s
              f"- command: `{meta['command']}`",
              f"- date: {meta['date']}; git {meta['git']}; wall {meta['wall_s'] / 60:.1f} min, {meta['threads']} thread(s)",
              f"- torch {meta['torch']}, diffusers {meta['diffusers']}, diffusionlab {meta['diffusionlab']}",
-             f"- CPU kind (`../shared/tools/cpu-kind`): {meta['cpu_kind']}",
+             f"- CPU kind: {meta['cpu_kind']}",
              f"- n = {meta['n']} samples per run; NFE budgets {', '.join(map(str, meta['targets']))} (actual model calls, "
              "both libraries; each config runs the largest steps within the budget)",
              f"- diffusionlab DEFAULT_GRIDS at run time (non-empty entries): `{meta['default_grids'] or 'all empty'}`",

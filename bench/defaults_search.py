@@ -25,7 +25,6 @@ import argparse
 import datetime
 import json
 import math
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -117,11 +116,10 @@ def reference(mixture, z):
 
 
 def cpu_kind() -> str:
-    try:
-        return subprocess.run([str(Path(__file__).resolve().parents[2] / "shared/tools/cpu-kind")],
-                              capture_output=True, text=True, timeout=30).stdout.strip()
-    except OSError:
-        return "unknown"
+    """The CPU model and kind (AVX2 / AVX-512 / AMX), as run.json records it."""
+    from diffusionlab.core.devices import cpu_info
+    c = cpu_info()
+    return f"{c['model']} ({c['kind']}, fast bf16: {c['fast_bf16']})"
 
 
 def main(argv=None) -> int:

@@ -38,7 +38,6 @@ import json
 import math
 import os
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -108,26 +107,10 @@ def make_default_scheduler(cls_name: str, kwargs: dict):
     return getattr(diffusers, cls_name)(**{k: v for k, v in base.items() if k in accepted}, **kwargs)
 
 
-def believed(scheduler, i: int, t) -> float:
-    """samplers.believed_sigma, plus KDPM2's second call of a step, which sits at the
-    interpolated sigma (``sigmas_interpol``), not at ``sigmas[i]``."""
-    if hasattr(scheduler, "sigmas_interpol") and not scheduler.state_in_first_order:
-        return float(scheduler.sigmas_interpol[scheduler.step_index])
-    return sb.believed_sigma(scheduler, i, t)
-
-
 def run_diffusers(mixture, cls_name: str, kwargs: dict, steps: int, z: torch.Tensor, gen) -> tuple:
-    """diffusers' own loop (as its pipelines write it) around the exact eps model; (x0, calls)."""
-    scheduler = make_default_scheduler(cls_name, kwargs)
-    scheduler.set_timesteps(steps)
-    takes_gen = "generator" in inspect.signature(scheduler.step).parameters
-    x = z * float(scheduler.init_noise_sigma)
-    nfe = 0
-    for i, t in enumerate(scheduler.timesteps):
-        x_in = scheduler.scale_model_input(x, t)
-        eps = mx.eps_from_denoiser(mixture, x_in, believed(scheduler, i, t))
-        nfe += 1
-        x = scheduler.step(eps, t, x, **({"generator": gen} if takes_gen else {})).prev_sample
+    """samplers.run_diffusers (diffusers' own loop) with the scheduler at its own defaults; (x0, calls)."""
+    x, nfe = sb.run_diffusers(mixture, cls_name, kwargs, steps, z, gen,
+                              scheduler=make_default_scheduler(cls_name, kwargs))
     return x.to(mx.F64), nfe
 
 
@@ -276,11 +259,10 @@ def measure_mixture(mixture, targets: list[int], n: int, specs: list[dict]) -> t
 
 
 def cpu_kind() -> str:
-    tool = Path(__file__).resolve().parent.parent.parent / "shared" / "tools" / "cpu-kind"
-    try:
-        return subprocess.run([str(tool)], capture_output=True, text=True, check=True, timeout=60).stdout.strip()
-    except (OSError, subprocess.SubprocessError) as e:
-        return f"unknown ({type(e).__name__}); /proc/cpuinfo: {common.cpu_model()}"
+    """The CPU model and kind (AVX2 / AVX-512 / AMX), as run.json records it."""
+    from diffusionlab.core.devices import cpu_info
+    c = cpu_info()
+    return f"{c['model']} ({c['kind']}, fast bf16: {c['fast_bf16']})"
 
 
 def run_all(args) -> dict:

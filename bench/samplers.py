@@ -171,7 +171,10 @@ def make_scheduler(cls_name: str, kwargs: dict):
 
 
 def believed_sigma(scheduler, i: int, t) -> float:
-    """The noise level the scheduler's own update assumes at its i-th model call."""
+    """The noise level the scheduler's own update assumes at its i-th model call (KDPM2's second
+    call of a step sits at the interpolated sigma, ``sigmas_interpol``)."""
+    if hasattr(scheduler, "sigmas_interpol") and not scheduler.state_in_first_order:
+        return float(scheduler.sigmas_interpol[scheduler.step_index])
     if hasattr(scheduler, "sigmas"):
         if scheduler.step_index is not None and scheduler.step_index != i:
             raise RuntimeError(f"step_index {scheduler.step_index} != loop index {i}")
@@ -180,9 +183,10 @@ def believed_sigma(scheduler, i: int, t) -> float:
     return math.sqrt((1 - abar) / abar)
 
 
-def run_diffusers(mixture, cls_name: str, kwargs: dict, steps: int, z: torch.Tensor, gen) -> tuple:
-    """diffusers' own sampling loop (as its pipelines write it) around the analytic eps model."""
-    scheduler = make_scheduler(cls_name, kwargs)
+def run_diffusers(mixture, cls_name: str, kwargs: dict, steps: int, z: torch.Tensor, gen, scheduler=None) -> tuple:
+    """diffusers' own sampling loop (as its pipelines write it) around the analytic eps model;
+    ``scheduler``: a ready one instead of ``make_scheduler(cls_name, kwargs)``."""
+    scheduler = scheduler if scheduler is not None else make_scheduler(cls_name, kwargs)
     scheduler.set_timesteps(steps)
     takes_gen = "generator" in inspect.signature(scheduler.step).parameters
     x = z * float(scheduler.init_noise_sigma)

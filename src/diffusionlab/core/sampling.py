@@ -44,56 +44,24 @@ DEFAULT_SAMPLING: dict[str, tuple[str, int]] = {
 # in flow time t = sigma / (1 + sigma). One trained-model override of the mixture choice (the
 # runner-up wins by over 10% in FD and is no worse in accuracy / confident fraction): flow x heun
 # -> 'flow' (FD 1.28x vs 2.32x the floor, accuracy 0.98 vs 0.86 at 10 NFE).
-DEFAULT_GRIDS: dict[str, dict[str, str]] = {
-    "bare": {
-        "ddim": "flow", "ddpm": "flow", "deis": "tuned", "dpm_2": "tuned", "dpm_2_ancestral": "tuned",
-        "dpm_solver": "tuned", "dpm_solver_fast": "tuned", "dpmpp_2m": "tuned", "dpmpp_2m_sde": "tuned",
-        "dpmpp_2s_ancestral": "tuned", "dpmpp_3m": "tuned", "dpmpp_3m_sde": "tuned", "euler": "flow",
-        "euler_ancestral": "flow", "heun": "tuned", "lms": "flow", "pndm": "tuned", "unipc": "tuned",
-    },
-    "vp_discrete": {
-        "ddim": "flow", "ddpm": "flow", "deis": "flow", "dpm_2": "tuned", "dpm_2_ancestral": "trailing",
-        "dpm_solver": "tuned", "dpm_solver_fast": "tuned", "dpmpp_2m": "tuned", "dpmpp_2m_sde": "tuned",
-        "dpmpp_2s_ancestral": "flow", "dpmpp_3m": "tuned", "dpmpp_3m_sde": "tuned", "euler": "flow",
-        "euler_ancestral": "flow", "heun": "tuned", "lms": "flow", "pndm": "tuned", "unipc": "tuned",
-    },
-    "vp_ztsnr": {
-        "ddim": "flow", "ddpm": "flow", "deis": "flow", "dpm_2": "tuned", "dpm_2_ancestral": "trailing",
-        "dpm_solver": "tuned", "dpm_solver_fast": "flow", "dpmpp_2m": "tuned", "dpmpp_2m_sde": "tuned",
-        "dpmpp_2s_ancestral": "flow", "dpmpp_3m": "tuned", "dpmpp_3m_sde": "tuned", "euler": "flow",
-        "euler_ancestral": "flow", "heun": "tuned", "lms": "flow", "pndm": "tuned", "unipc": "tuned",
-    },
-    "edm": {
-        "ddim": "flow", "ddpm": "flow", "deis": "tuned", "dpm_2": "tuned", "dpm_2_ancestral": "tuned",
-        "dpm_solver": "tuned", "dpm_solver_fast": "tuned", "dpmpp_2m": "tuned", "dpmpp_2m_sde": "tuned",
-        "dpmpp_2s_ancestral": "tuned", "dpmpp_3m": "tuned", "dpmpp_3m_sde": "tuned", "euler": "flow",
-        "euler_ancestral": "flow", "heun": "tuned", "lms": "flow", "pndm": "tuned", "unipc": "tuned",
-    },
-    "sde_vp": {
-        "ddim": "flow", "ddpm": "flow", "deis": "tuned", "dpm_2": "tuned", "dpm_2_ancestral": "tuned",
-        "dpm_solver": "tuned", "dpm_solver_fast": "tuned", "dpmpp_2m": "tuned", "dpmpp_2m_sde": "tuned",
-        "dpmpp_2s_ancestral": "tuned", "dpmpp_3m": "tuned", "dpmpp_3m_sde": "tuned", "euler": "flow",
-        "euler_ancestral": "flow", "heun": "tuned", "lms": "flow", "pndm": "tuned", "unipc": "tuned",
-    },
-    "sde_ve": {
-        "ddim": "flow", "ddpm": "flow", "deis": "tuned", "dpm_2": "tuned", "dpm_2_ancestral": "tuned",
-        "dpm_solver": "tuned", "dpm_solver_fast": "exponential", "dpmpp_2m": "tuned", "dpmpp_2m_sde": "tuned",
-        "dpmpp_2s_ancestral": "flow", "dpmpp_3m": "tuned", "dpmpp_3m_sde": "tuned", "euler": "flow",
-        "euler_ancestral": "flow", "heun": "tuned", "lms": "flow", "pndm": "tuned", "unipc": "tuned",
-    },
-    "ncsn": {
-        "ddim": "flow", "ddpm": "flow", "deis": "tuned", "dpm_2": "tuned", "dpm_2_ancestral": "tuned",
-        "dpm_solver": "tuned", "dpm_solver_fast": "exponential", "dpmpp_2m": "tuned", "dpmpp_2m_sde": "tuned",
-        "dpmpp_2s_ancestral": "flow", "dpmpp_3m": "tuned", "dpmpp_3m_sde": "tuned", "euler": "flow",
-        "euler_ancestral": "flow", "heun": "tuned", "lms": "flow", "pndm": "tuned", "unipc": "tuned",
-    },
-    "flow": {
-        "ddim": "flow", "ddpm": "flow", "deis": "tuned", "dpm_2": "tuned", "dpm_2_ancestral": "tuned",
-        "dpm_solver": "tuned", "dpm_solver_fast": "tuned", "dpmpp_2m": "tuned", "dpmpp_2m_sde": "tuned",
-        "dpmpp_2s_ancestral": "tuned", "dpmpp_3m": "tuned", "dpmpp_3m_sde": "tuned", "euler": "flow",
-        "euler_ancestral": "flow", "heun": "flow", "lms": "flow", "pndm": "tuned", "unipc": "tuned",
-    },
+_GRID = {  # sampler -> grid: the measured choice for most kinds
+    "ddim": "flow", "ddpm": "flow", "deis": "tuned", "dpm_2": "tuned", "dpm_2_ancestral": "tuned",
+    "dpm_solver": "tuned", "dpm_solver_fast": "tuned", "dpmpp_2m": "tuned", "dpmpp_2m_sde": "tuned",
+    "dpmpp_2s_ancestral": "tuned", "dpmpp_3m": "tuned", "dpmpp_3m_sde": "tuned", "euler": "flow",
+    "euler_ancestral": "flow", "heun": "tuned", "lms": "flow", "pndm": "tuned", "unipc": "tuned",
 }
+_EXCEPTIONS = {  # model kind -> the samplers whose measured best differs from _GRID
+    "bare": {},
+    "vp_discrete": {"deis": "flow", "dpm_2_ancestral": "trailing", "dpmpp_2s_ancestral": "flow"},
+    "vp_ztsnr": {"deis": "flow", "dpm_2_ancestral": "trailing", "dpm_solver_fast": "flow",
+                 "dpmpp_2s_ancestral": "flow"},
+    "edm": {},
+    "sde_vp": {},
+    "sde_ve": {"dpm_solver_fast": "exponential", "dpmpp_2s_ancestral": "flow"},
+    "ncsn": {"dpm_solver_fast": "exponential", "dpmpp_2s_ancestral": "flow"},
+    "flow": {"heun": "flow"},
+}
+DEFAULT_GRIDS: dict[str, dict[str, str]] = {kind: {**_GRID, **ex} for kind, ex in _EXCEPTIONS.items()}
 
 
 
