@@ -321,14 +321,7 @@ def main(argv=None) -> None:
         with open(args.cache, "w") as f:
             json.dump(data, f, indent=1)
         log(f"wrote {args.cache}")
-    text = report(data, plot_path=args.plot, out_path=args.out)
-    for path in (args.out, args.plot):
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write(text)
-    plot(data, args.plot)
-    print(text)
-    log(f"wrote {args.out} and {args.plot}")
+    sb.write_outputs(report(data, plot_path=args.plot, out_path=args.out), data, args.out, args.plot, plot)
 
 
 if __name__ == "__main__":

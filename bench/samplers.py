@@ -370,14 +370,18 @@ def main(argv=None) -> None:
         with open(args.cache, "w") as f:
             json.dump(data, f, indent=1)
         log(f"wrote {args.cache}")
-    text = report(data)
-    for path in (args.out, args.plot):
+    write_outputs(report(data), data, args.out, args.plot, plot)
+
+
+def write_outputs(text: str, data: dict, out: str, plot_path: str, plot_fn) -> None:
+    """The markdown report to ``out`` and ``plot_fn(data, plot_path)``, folders made; the text echoed."""
+    for path in (out, plot_path):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(args.out, "w") as f:
+    with open(out, "w") as f:
         f.write(text)
-    plot(data, args.plot)
+    plot_fn(data, plot_path)
     print(text)
-    log(f"wrote {args.out} and {args.plot}")
+    log(f"wrote {out} and {plot_path}")
 
 
 if __name__ == "__main__":
