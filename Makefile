@@ -6,12 +6,12 @@ PIP     := $(BIN)/pip install -c constraints.txt
 STAMP   := $(VENV)/.installed
 BUDGET  ?= 600
 
-.PHONY: venv demo test test-slow bench bench-venv bench-throughput bench-samplers bench-metrics bench-quality bench-likelihood bench-report clean
+.PHONY: venv demo test test-slow test-e2e bench bench-venv bench-throughput bench-samplers bench-metrics bench-quality bench-likelihood bench-report clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(PIP) -q --upgrade pip
-	$(PIP) -q -e '.[text,test]'
+	$(PIP) -q -e '.[text,test,app]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -21,6 +21,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q --durations=15
+
+# the page's whole browser tour (screenshots under runs/e2e/) and its load test
+test-e2e: $(STAMP)
+	$(BIN)/python -m pytest -q -m e2e -s
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow

@@ -24,3 +24,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def serve_runs(tmp_path_factory):
+    """Tiny text and class checkpoints for the page's tests (trained once per session)."""
+    from serve_helpers import train_runs
+
+    return train_runs(tmp_path_factory.mktemp("serve") / "runs")

@@ -47,6 +47,48 @@ def _image(path: Path, channels: int) -> torch.Tensor:
     return t[None] if channels == 1 else t.permute(2, 0, 1)
 
 
+IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
+
+
+def image_from_bytes(data: bytes, max_bytes: int = 2 * 1024 * 1024, max_side: int = 1024):
+    """An uploaded image as a PIL image, checked before it is decoded: at most ``max_bytes``, one
+    of ``IMAGE_FORMATS``, at most ``max_side`` pixels a side (read from the header, so a huge
+    image is refused before its pixels are decoded). ``UserError(param="image")`` otherwise."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    if len(data) > max_bytes:
+        raise UserError(f"an image of {len(data):,} bytes; at most {max_bytes:,} are accepted", param="image")
+    try:
+        im = Image.open(io.BytesIO(data))
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise UserError(f"not an image ({type(e).__name__}); send a PNG, JPEG, GIF, BMP or WebP", param="image") from None
+    if im.format not in IMAGE_FORMATS:
+        raise UserError(f"{im.format} images are not accepted; send one of {', '.join(IMAGE_FORMATS)}", param="image")
+    w, h = im.size
+    if max(w, h) > max_side:
+        raise UserError(f"an image of {w}x{h} pixels; at most {max_side} a side are accepted", param="image")
+    try:
+        im.load()
+    except Exception as e:  # PIL raises many types for truncated files
+        raise UserError(f"a damaged image ({type(e).__name__}: {e})", param="image") from None
+    return im
+
+
+def square_resized(img, size: int, channels: int) -> torch.Tensor:
+    """A PIL image centre-cropped to a square and resized (Lanczos) to ``size``: [C, size, size]
+    in [-1, 1], greyscale for one channel."""
+    from PIL import Image
+
+    w, h = img.size
+    s = min(w, h)
+    img = img.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)).resize((size, size), Image.LANCZOS)
+    arr = np.asarray(img.convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 127.5 - 1
+    t = torch.from_numpy(arr)
+    return t[None] if channels == 1 else t.permute(2, 0, 1)
+
+
 def load_inputs(spec, shape: tuple, size: tuple | None = None, hint: str = "") -> torch.Tensor:
     """See the module docstring. ``size`` (H, W) overrides the expected side (super-resolution
     inputs are smaller than the model's output); ``hint`` ends the message of a wrong size."""

@@ -38,20 +38,13 @@ def run(a) -> int:
 
 def image_tensor(spec: str, size: int):
     """One image [3, size, size] in [-1, 1] (or MNIST's first held-out digit), centre-cropped."""
-    import numpy as np
-    import torch
-    from PIL import Image
-
     if spec == "mnist":
         from ...data import load_mnist
 
         return load_mnist("heldout", size)[0]
-    img = _cat() if spec == "cat" else _open(spec)
-    w, h = img.size
-    s = min(w, h)
-    img = img.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)).resize((size, size), Image.LANCZOS)
-    arr = np.asarray(img.convert("RGB"), dtype=np.float32) / 127.5 - 1
-    return torch.from_numpy(arr).permute(2, 0, 1)
+    from ...pipelines.inputs import square_resized
+
+    return square_resized(_cat() if spec == "cat" else _open(spec), size, 3)
 
 
 def _cat():
