@@ -62,6 +62,9 @@ def image_from_bytes(data: bytes, max_bytes: int = 2 * 1024 * 1024, max_side: in
         raise UserError(f"an image of {len(data):,} bytes; at most {max_bytes:,} are accepted", param="image")
     try:
         im = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError:
+        raise UserError(f"an image of hundreds of megapixels; at most {max_side} pixels a side are accepted",
+                        param="image") from None
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise UserError(f"not an image ({type(e).__name__}); send a PNG, JPEG, GIF, BMP or WebP", param="image") from None
     if im.format not in IMAGE_FORMATS:

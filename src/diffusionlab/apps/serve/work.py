@@ -115,10 +115,15 @@ def _conditioned(base, req: dict):
             raise UserError(f"a prompt of {len(asked[k])} characters; at most {MAX_PROMPT} are accepted", param=k)
     guidance = req.get("guidance")
     interval = req.get("guidance_interval")
-    return conditioned(base, class_=asked["class"], prompt=asked["prompt"], negative_class=asked["negative_class"],
-                       negative_prompt=asked["negative_prompt"] or None, guidance=guidance,
-                       rescale=req.get("guidance_rescale") or 0.0,
-                       interval=tuple(interval) if interval is not None else None)
+    try:
+        return conditioned(base, class_=asked["class"], prompt=asked["prompt"], negative_class=asked["negative_class"],
+                           negative_prompt=asked["negative_prompt"] or None, guidance=guidance,
+                           rescale=req.get("guidance_rescale") or 0.0,
+                           interval=tuple(interval) if interval is not None else None)
+    except UserError:
+        raise
+    except ValueError as e:  # the guidance wrapper's own checks (scale, rescale, interval)
+        raise UserError(str(e), param="guidance") from None
 
 
 def _negative(base, req: dict):
@@ -508,25 +513,32 @@ def forward_view(req: dict) -> dict:
 
 
 def tokens_view(catalog, cid: str, prompt: str) -> dict:
-    """The prompt as the checkpoint's text encoder sees it: its word pieces (MiniLM) or bytes
-    (the small encoder), and what truncation drops."""
-    from ...text.encoders import get_encoder
-
+    """The prompt as the checkpoint's text encoder sees it (``prompt_tokens``)."""
     den = catalog.load(cid)
     spec = info_of(den).cond
     if spec.kind != "text":
         raise UserError("this checkpoint takes no prompt (it is not a text model)", param="checkpoint")
     if len(prompt) > MAX_PROMPT:
         raise UserError(f"a prompt of {len(prompt)} characters; at most {MAX_PROMPT} are accepted", param="prompt")
-    enc = get_encoder(spec.encoder)
-    if spec.encoder == "minilm":
+    return prompt_tokens(spec.encoder, prompt)
+
+
+def prompt_tokens(encoder: str, prompt: str) -> dict:
+    """``prompt`` as text encoder ``encoder`` sees it: MiniLM's word pieces ([CLS] ... [SEP]) or
+    the small encoder's bytes, split at its token limit into kept and dropped."""
+    from ...text.encoders import get_encoder
+
+    enc = get_encoder(encoder)
+    if encoder == "minilm":
         tok = enc.model.tokenizer
-        pieces = tok.convert_ids_to_tokens(tok(prompt)["input_ids"])
+        pieces = tok.convert_ids_to_tokens(tok(prompt)["input_ids"])      # [CLS] ... [SEP]
     else:
-        pieces = ["<bytes>"] + [bytes([b]).decode("latin-1") for b in prompt.encode("utf-8")]
-    kept = pieces[: enc.max_tokens]
-    return {"encoder": spec.encoder, "max_tokens": enc.max_tokens, "tokens": kept, "dropped": pieces[enc.max_tokens:],
-            "count": len(pieces), "truncated": len(pieces) > enc.max_tokens, "null": prompt.strip() == "",
+        pieces = ["<s>"] + [bytes([b]).decode("latin-1") for b in prompt.strip().lower().encode("utf-8")] + ["</s>"]
+    n = enc.max_tokens
+    truncated = len(pieces) > n
+    kept = pieces[: n - 1] + pieces[-1:] if truncated else pieces           # the end marker survives truncation
+    return {"encoder": encoder, "max_tokens": n, "tokens": kept, "dropped": pieces[n - 1:-1] if truncated else [],
+            "count": len(pieces), "truncated": truncated, "null": prompt.strip() == "",
             "note": "the empty prompt is the null condition (the learned null context)" if not prompt.strip() else ""}
 
 
