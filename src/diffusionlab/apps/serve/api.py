@@ -179,7 +179,13 @@ def create_app(runs, token: Optional[str] = None, depth: int = 16, workers: int 
 
     @app.get("/")
     def index():
-        return Response((STATIC / "index.html").read_bytes(), media_type="text/html; charset=utf-8",
+        html = (STATIC / "index.html").read_text()
+        if token is not None:  # the page's own assets carry the token too (every route checks it)
+            import re
+            from urllib.parse import quote
+
+            html = re.sub(r'((?:src|href)="static/[^"?]+)"', lambda m: f'{m.group(1)}?token={quote(token)}"', html)
+        return Response(html.encode(), media_type="text/html; charset=utf-8",
                         headers={"Content-Security-Policy": CSP, "Cache-Control": "no-store"})
 
     @app.get("/static/{name}")
@@ -213,8 +219,7 @@ def create_app(runs, token: Optional[str] = None, depth: int = 16, workers: int 
 
     @app.get("/api/model")
     def model(checkpoint: str):
-        with lock:
-            return work.architecture_view(catalog, checkpoint)
+        return work.architecture_view(catalog, checkpoint)   # on a copy of the network: no wait for a generation
 
     @app.post("/api/tokens")
     async def tokens(request: Request):
@@ -287,8 +292,13 @@ def create_app(runs, token: Optional[str] = None, depth: int = 16, workers: int 
     async def events(job_id: str, request: Request):
         job = find(job_id)
 
+        try:  # a reconnecting EventSource resumes after the last event it saw
+            resume = max(0, int(request.headers.get("last-event-id") or 0))
+        except ValueError:
+            resume = 0
+
         async def stream():
-            seen, last_pos, idle = 0, None, 0.0
+            seen, last_pos, idle = min(resume, len(job.events)), None, 0.0
             try:
                 while True:
                     while seen < len(job.events):

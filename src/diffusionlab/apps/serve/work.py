@@ -434,9 +434,11 @@ def _gif(frames: list, final: torch.Tensor) -> bytes:
 
 
 def guidance_view(job, step: int) -> dict:
-    """At kept step ``step`` of a finished job: the unconditional (or negative) and conditional
+    """At kept point ``step`` of a finished job: the unconditional (or negative) and conditional
     predictions of the checkpoint's own network, their difference and the guided result, as
-    noise (eps = (x - D) / sigma) and as x0, with the formula (docs/NOTATION.md)."""
+    noise (eps = (x - D) / sigma) and as x0, with the formula (docs/NOTATION.md). A generation
+    keeps x before each step (point k: x at the grid's sigma_k); img2img and inpainting keep x
+    after each step (point k: x at the sigma that step reached)."""
     from ...core.samplers import to_eps
 
     keep = job.result
@@ -549,7 +551,9 @@ def architecture_view(catalog, cid: str) -> dict:
     self- or cross-attention (read off the modules with forward hooks, not a fixed picture)."""
     from ...core.sampling import sampling_defaults
 
-    den = catalog.load(cid)
+    import copy
+
+    den = copy.deepcopy(catalog.load(cid))   # hooks go on a copy: a running generation is not touched
     info = info_of(den)
     net = den.net
     blocks = _blocks(net, den, info)
