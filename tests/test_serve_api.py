@@ -145,8 +145,9 @@ def test_img2img_and_inpainting_stream_and_keep_what_they_should(client):
     out = from_data_url(ev[-1][1]["image"])
     np.testing.assert_array_equal(out[:, :16], digit[:, :16])              # kept outside the mask
     assert np.abs(out[:, 16:].astype(int) - digit[:, 16:]).max() > 0
-    _, ev = run(client, "/api/inpaint", checkpoint="class", image={"digit": 4}, mask={"rect": [4, 4, 20, 12]}, seed=3,
-                sampler="ddim", steps=3)
+    head, ev = run(client, "/api/inpaint", checkpoint="class", image={"digit": 4}, mask={"rect": [4, 4, 20, 12]},
+                   seed=3, sampler="ddim", steps=3)
+    assert "--mask 4,4,20,12" in head["command"]
     out = from_data_url(ev[-1][1]["image"])
     np.testing.assert_array_equal(out[12:], digit[12:])
     _, ev = run(client, "/api/img2img", checkpoint="class", image={"digit": 4}, strength=0.0, seed=3)
@@ -209,11 +210,11 @@ BAD = [  # (route, body, status, words in the message)
     ("/api/generate", {"checkpoint": "text", "colour": "red"}, 422, "unknown key"),
     ("/api/generate", {"checkpoint": "text", "seed": -1}, 422, "seed"),
     ("/api/generate", {"checkpoint": "text", "seed": "abc"}, 422, "seed"),
-    ("/api/generate", {"checkpoint": "text", "guidance": float("nan")}, 422, "guidance"),
+    ("/api/generate", {"checkpoint": "text", "guidance": float("nan")}, 422, "finite"),
     ("/api/generate", {"checkpoint": "text", "guidance_rescale": 2}, 422, "rescale"),
     ("/api/generate", {"checkpoint": "text", "guidance_interval": [5, 1]}, 400, "interval"),
     ("/api/generate", {"checkpoint": "text", "sampler": "nope"}, 422, "unknown sampler"),
-    ("/api/generate", {"checkpoint": "text", "class": 3}, 400, "text-conditional"),
+    ("/api/generate", {"checkpoint": "text", "class": 3}, 400, "class: this checkpoint is text-conditional"),
     ("/api/generate", {"checkpoint": "class", "class": 10}, 400, "outside"),
     ("/api/generate", {"checkpoint": "class", "autoguidance": 2.0}, 400, "guide snapshot"),
     ("/api/generate", {"prompt": "x"}, 422, "checkpoint"),

@@ -505,7 +505,7 @@ def _tour(d, url: str, out: Path, tmp_path: Path) -> None:
     assert "[5, 6, 26, 21]" in info, info
     set_value(d, "steps", 4)
     act(d, "edit-button", lambda drv: "diffusionlab inpaint" in find(drv, "edit-command").text, "inpaint (rectangle)")
-    assert "--mask mask.png" in find(d, "edit-command").text
+    assert "--mask 5,6,26,21" in find(d, "edit-command").text        # the CLI's rectangle
     choose(d, "mask-mode", "upload")
     mask = tmp_path / "mask.png"
     from PIL import Image, ImageDraw
@@ -560,3 +560,66 @@ def _tour(d, url: str, out: Path, tmp_path: Path) -> None:
         wait(d, lambda drv: tip.is_displayed(), what="tooltip again")
 
     _shot(d, out, "model", "model", then=hover)
+
+
+@pytest.mark.e2e
+def test_readme_screenshots_on_real_models(browser):
+    """The README's pictures: the tour's views on real checkpoints, when ``DL_SCREENSHOT_RUNS``
+    names a runs folder with a text model ``demo`` and a class model ``class`` (what `make demo`
+    and the README's class command write); skipped otherwise. Shots go to ``$DL_E2E_OUT``."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    from serve_helpers import server
+
+    runs = os.environ.get("DL_SCREENSHOT_RUNS")
+    if not runs:
+        pytest.skip("DL_SCREENSHOT_RUNS is not set (a runs folder holding demo/ and class/)")
+    out = Path(os.environ.get("DL_E2E_OUT") or REPO / "runs" / "e2e") / "readme"
+    out.mkdir(parents=True, exist_ok=True)
+    d = browser
+    with server(Path(runs)) as (url, _proc):
+        open_page(d, url)
+        choose(d, "checkpoint-select", "demo")
+        set_value(d, "prompt", "a handwritten seven")
+        set_value(d, "seed", 3)
+        check(d, "same-seed", True)
+        set_value(d, "batch", 16)
+        generate(d)
+        _shot(d, out, "generate", "generate")
+        set_value(d, "scrub-slider", 6)
+        act(d, "guidance-button", lambda drv: find(drv, "guidance-out").is_displayed(), "guidance view")
+        choose(d, "compare-what", "prompt")
+        set_value(d, "compare-value", "the number three, written by hand")
+        act(d, "compare-button", lambda drv: find(drv, "compare-out").is_displayed(), "comparison")
+        _shot(d, out, "guidance", "generate")
+        choose(d, "checkpoint-select", "class")
+        choose(d, "class", "4")
+        set_value(d, "batch", 16)
+        generate(d)
+        _shot(d, out, "class", "generate")
+        click(d, "tab-forward")
+        wait(d, lambda drv: "abar" in find(drv, "forward-stats").text, what="forward view")
+        click(d, "forward-digit-3")
+        set_value(d, "forward-t", 400)
+        wait(d, lambda drv: find(drv, "forward-stats").text.startswith("t = 400 "), what="t slid")
+        choose(d, "forward-schedule", "cosine")
+        wait(d, lambda drv: "(cosine)" in find(drv, "forward-stats").text, what="schedule changed")
+        _shot(d, out, "forward", "forward")
+        choose(d, "checkpoint-select", "demo")
+        click(d, "tab-edit")
+        choose(d, "edit-mode", "inpaint")
+        choose(d, "edit-digit", "3")
+        choose(d, "mask-mode", "rect")
+        canvas = find(d, "mask-canvas")
+        d.execute_script("arguments[0].scrollIntoView({block: 'center'})", canvas)
+        ActionChains(d).move_to_element_with_offset(canvas, -100, 0).click_and_hold().move_by_offset(200, 120) \
+            .release().perform()
+        set_value(d, "prompt", "a handwritten eight")
+        set_value(d, "batch", 4)
+        act(d, "edit-button", lambda drv: "diffusionlab inpaint" in find(drv, "edit-command").text, "inpaint")
+        _shot(d, out, "inpaint", "edit")
+        click(d, "tab-model")
+        set_value(d, "prompt", "a handwritten seven, drawn in thick ink")
+        wait(d, lambda drv: len(find_all(drv, "arch-block")) > 3 and texts(drv, "token"), what="model view")
+        block = next(b for b in find_all(d, "arch-block") if b.get_attribute("data-name").startswith("down"))
+        _shot(d, out, "model", "model", then=lambda: ActionChains(d).move_to_element(block).perform())

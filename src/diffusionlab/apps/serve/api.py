@@ -36,7 +36,7 @@ def _models():
     from ...core.samplers import SAMPLERS
 
     class Strict(BaseModel):
-        model_config = ConfigDict(extra="forbid", populate_by_name=True)
+        model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
     class Generate(Strict):
         checkpoint: str = Field(max_length=512)
@@ -150,9 +150,8 @@ def create_app(runs, token: Optional[str] = None, depth: int = 16, workers: int 
 
     @app.exception_handler(UserError)
     async def user_error(request, exc):
-        param = getattr(exc, "param", None)
-        msg = str(exc)
-        return err(404 if isinstance(exc, NotFound) else 400, f"{param}: {msg}" if param and not msg.startswith(param) else msg)
+        param = {"class_": "class"}.get(exc.param, exc.param)   # the library's parameter as the API's key
+        return err(404 if isinstance(exc, NotFound) else 400, f"{param}: {exc.message}" if param else exc.message)
 
     @app.exception_handler(QueueFull)
     async def full(request, exc):
@@ -243,6 +242,8 @@ def create_app(runs, token: Optional[str] = None, depth: int = 16, workers: int 
         data = req.model_dump(by_alias=True)
         if kind == "inpaint" and isinstance(data.get("mask"), str):
             data["mask_spec"] = data["mask"]
+        elif kind == "inpaint" and isinstance(data.get("mask"), dict) and isinstance(data["mask"].get("rect"), list):
+            data["mask_spec"] = ",".join(str(v) for v in data["mask"]["rect"])   # the CLI's --mask x0,y0,x1,y1
         p = await asyncio.to_thread(work.plan, catalog, data, label, kind)
 
         def run(job):

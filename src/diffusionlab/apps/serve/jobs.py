@@ -165,7 +165,8 @@ class JobQueue:
         except Exception as e:  # noqa: BLE001 - reported to the page; the worker keeps serving
             from ...errors import UserError
 
-            msg = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
+            param = {"class_": "class"}.get(getattr(e, "param", None), getattr(e, "param", None))
+            msg = (f"{param}: {e.message}" if param else e.message) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
             job.emit("error", {"error": msg, "user_error": isinstance(e, UserError)})
             if not isinstance(e, UserError):
                 import traceback

@@ -855,10 +855,11 @@
   function showTooltip(box, b) {
     const tip = $('arch-tooltip');
     const flags = [b.attention ? 'self-attention' : '', b.cross_attention ? 'cross-attention on the prompt' : ''].filter(Boolean);
-    tip.replaceChildren(el('strong', { text: b.name }), el('div', { text: b.type }),
+    const lines = [el('strong', { text: b.name }), el('div', { text: b.type }),
       el('div', { text: 'in ' + shape(b.in_shape) + ' \u2192 out ' + shape(b.out_shape) }),
-      el('div', { text: b.params.toLocaleString() + ' parameters' }),
-      flags.length ? el('div', { text: flags.join(', ') }) : null);
+      el('div', { text: b.params.toLocaleString() + ' parameters' })];
+    if (flags.length) lines.push(el('div', { text: flags.join(', ') }));
+    tip.replaceChildren(...lines);
     tip.hidden = false;
     const view = $('arch-view');
     const left = Math.min(box.offsetLeft, view.clientWidth - tip.offsetWidth - 4);
