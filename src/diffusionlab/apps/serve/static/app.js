@@ -627,8 +627,11 @@
     const pts = (ys2, vals) => c.t.map((tt, i) => (vals[i] === null ? null : x(tt) + ',' + ys2(vals[i]))).filter(Boolean).join(' ');
     s.append(svg('polyline', { points: x(0) + ',' + ya(1) + ' ' + pts(ya, c.abar), class: 'line-abar' }));
     s.append(svg('polyline', { points: pts(ys, c.log10_snr), class: 'line-snr' }));
-    s.append(svg('text', { x: l + 10, y: h - b - 24, class: 'legend abar' }, 'abar (left axis)'));
-    s.append(svg('text', { x: l + 10, y: h - b - 10, class: 'legend snr' }, 'log10 SNR (right axis)'));
+    const logSigma = c.sigma.map((v) => (v === null || !(v > 0) ? null : Math.log10(v)));
+    s.append(svg('polyline', { points: pts(ys, logSigma), class: 'line-fsigma' }));
+    s.append(svg('text', { x: l + 10, y: h - b - 38, class: 'legend abar' }, 'abar (left axis)'));
+    s.append(svg('text', { x: l + 10, y: h - b - 24, class: 'legend snr' }, 'log10 SNR (right axis)'));
+    s.append(svg('text', { x: l + 10, y: h - b - 10, class: 'legend fsigma' }, 'log10 sigma = -log10 SNR / 2 (right axis)'));
     const g = svg('g', { 'data-testid': 'forward-marker', 'data-t': String(d.t) });
     g.append(svg('line', { x1: x(d.t), y1: t, x2: x(d.t), y2: h - b, class: 'cursor' }));
     g.append(svg('circle', { cx: x(d.t), cy: ya(d.abar), r: 4, class: 'marker abar' }));
