@@ -21,6 +21,8 @@ from diffusionlab.core.schedules import DiscreteSchedule
 from diffusionlab.training import Trainer, tiny_config
 from diffusionlab.core.cond import CondSpec
 from diffusionlab.core.protocol import Network
+from diffusionlab.apps.serve.jobs import Job
+from diffusionlab.apps.serve.work import _Guard
 
 DIGITS = ["--preset", "tiny", "--data", "digits", "--image-size", "8", "--threads", "1", "--no-progress"]
 
@@ -60,12 +62,16 @@ WRAPPERS = {
     ClassifierFree: lambda d: ClassifierFree(d, 2.0, negative=Cond(labels=torch.tensor([1]))),
     ClassifierGuided: lambda d: ClassifierGuided(d, lambda x, s: 3 * x.flatten(1)[:, :3], 1, 2.0),
     ReconstructionGuided: lambda d: ReconstructionGuided(d, torch.full((1, 1, 4, 4), 0.5), torch.ones(1, 1, 4, 4), 1.0),
+    _Guard: lambda d: _Guard(d, Job(lambda job: None)),     # the page's stop-and-count guard
 }
+PASS_THROUGH = (CountingDenoiser, _Guard)  # wrappers that only count or stop, never change x0
 
 
 def test_every_wrapper_is_covered():
-    import diffusionlab.core.cfg  # noqa: F401 (registers the subclasses)
+    import diffusionlab.apps.serve.work  # noqa: F401 (registers the subclasses)
+    import diffusionlab.core.cfg  # noqa: F401
     import diffusionlab.core.guidance  # noqa: F401
+    import diffusionlab.pipelines.inpaint  # noqa: F401
 
     assert set(DenoiserWrapper.__subclasses__()) <= set(WRAPPERS)
 
@@ -80,7 +86,7 @@ def test_wrappers_wrap_the_learned_variance_path(kind):
     x0, frac = wrapped.denoise_with_variance(x, sigma)
     assert torch.allclose(x0, wrapped(x, sigma))                # the same x0 as the wrapper's call
     assert torch.allclose(frac, den.denoise_with_variance(x, sigma)[1])  # the model's own variance
-    if kind is not CountingDenoiser:
+    if kind not in PASS_THROUGH:
         assert not torch.allclose(x0, den(x, sigma))            # and the wrapper did act on it
 
 

@@ -383,3 +383,19 @@ def _png_b64(w: int, h: int, rgb: bool = False, mode: str | None = None) -> str:
     buf = io.BytesIO()
     img.save(buf, format="PNG", optimize=True)
     return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_the_guard_stops_a_cancelled_or_runaway_run_at_its_next_evaluation():
+    from diffusionlab.apps.serve.jobs import Cancelled
+    from diffusionlab.errors import UserError
+
+    job = Job(lambda j: None)
+    guard = work._Guard(lambda x, sigma, cond=None: 0 * x, job)
+    x, s = torch.zeros(1, 1, 2, 2), torch.ones(1)
+    for _ in range(work.MAX_NFE):
+        guard(x, s)
+    with pytest.raises(UserError, match="500 network evaluations"):   # an adaptive sampler past the limit
+        guard(x, s)
+    job.cancel()
+    with pytest.raises(Cancelled):
+        work._Guard(lambda x, sigma, cond=None: x, job)(x, s)
