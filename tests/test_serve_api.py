@@ -399,3 +399,16 @@ def test_the_guard_stops_a_cancelled_or_runaway_run_at_its_next_evaluation():
     job.cancel()
     with pytest.raises(Cancelled):
         work._Guard(lambda x, sigma, cond=None: x, job)(x, s)
+
+
+def test_the_architecture_view_reads_a_dit_too():
+    from diffusionlab.models.processes import PROCESSES, DiffusionConfig, fill
+    from diffusionlab.nn import build_network
+
+    net = build_network("dit", dict(channels=1, patch_size=4, hidden=32, depth=2, heads=2, num_classes=10))
+    den = PROCESSES["ddpm"].denoiser(net, fill(DiffusionConfig(process="ddpm"), (1, 32, 32)), None,
+                                     {"image_shape": (1, 32, 32)})
+    blocks = {b["name"]: b for b in work._blocks(net, den, den.info)}
+    assert blocks["patchify"]["out_shape"] == [1, 32, 8, 8]
+    assert blocks["blocks.0"]["attention"] and blocks["blocks.1"]["in_shape"] == [1, 64, 32]
+    assert sum(b["params"] for b in blocks.values()) == sum(p.numel() for p in net.parameters())

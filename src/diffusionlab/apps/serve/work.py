@@ -612,8 +612,10 @@ def _blocks(net, den, info) -> list[dict]:
         types = [t for t in g["types"] if t != "Identity"]
         if not types and not g["params"]:
             continue
+        subnames = [n.rsplit(".", 1)[-1] for n, _ in modules[g["name"]].named_modules()]
+        self_attn = any(t in ("Attention", "LinearAttention") for t in types) or "qkv" in subnames  # DiT: inline qkv
         out.append({"name": g["name"], "type": _summary(types), "in_shape": g["in_shape"], "out_shape": g["out_shape"],
-                    "params": g["params"], "attention": any(t in ("Attention", "LinearAttention") for t in types),
+                    "params": g["params"], "attention": self_attn,
                     "cross_attention": any(t == "CrossAttention" for t in types)})
     return out
 
