@@ -118,6 +118,9 @@ def read_checkpoint(path, use_ema: bool = True, weights: str | None = None, devi
     if cfg.get("kind") == "classifier":  # training.classifier writes these: no process to sample
         raise CheckpointError(f"{ck['path']} holds a noise-aware classifier, not a diffusion model",
                               hint="guide a diffusion model with it (classifier guidance: training.classifier.load_classifier)")
+    if cfg.get("kind") == "autoencoder":  # training.autoencoder writes these: the first stage of a latent model
+        raise CheckpointError(f"{ck['path']} holds an autoencoder, not a diffusion model",
+                              hint="train a latent diffusion model on it, or load it with models.latent.load_autoencoder")
     weights = _pick_weights(ck, use_ema, weights)
     try:
         net = build_network(cfg["network"]["arch"], cfg["network"]["config"])

@@ -2,22 +2,25 @@
 ``from_config``, and is named in ``NETWORKS`` (the one registry the CLI, the trainer and the
 checkpoint loader use), so a new backbone (``--arch dit``) is one module plus one entry.
 
-``CLASSIFIERS`` names the networks that are not denoisers: the noise-aware classifier of
-classifier guidance, which the trainer builds from the same kind of config (``TrainConfig.arch``,
-``TrainConfig.model``) when ``TrainConfig.classifier`` selects that task. It is kept out of
-``NETWORKS`` so that nothing offers it as a diffusion backbone (``train --arch``)."""
+``CLASSIFIERS`` and ``AUTOENCODERS`` name the networks that are not denoisers: the noise-aware
+classifier of classifier guidance and latent diffusion's KL autoencoder, which the trainer builds
+from the same kind of config (``TrainConfig.arch``, ``TrainConfig.model``) when
+``TrainConfig.classifier`` / ``TrainConfig.autoencoder`` selects that task. They are kept out of
+``NETWORKS`` so that nothing offers them as a diffusion backbone (``train --arch``)."""
+from .autoencoder import Autoencoder, AutoencoderConfig
 from .classifier import NoisyClassifier, NoisyClassifierConfig
 from .dit import DiT, DiTConfig, dit_demo_model
 from .unet import Unet, UnetConfig
 
 NETWORKS: dict = {"unet": Unet, "dit": DiT}   # arch -> class with .Config (a dataclass) and .from_config
 CLASSIFIERS: dict = {"classifier": NoisyClassifier}  # the same protocol; trained by training.classifier
+AUTOENCODERS: dict = {"autoencoder": Autoencoder}    # latent diffusion's first stage; training.autoencoder
 
 
 def network_class(arch: str):
-    cls = NETWORKS.get(arch) or CLASSIFIERS.get(arch)
+    cls = NETWORKS.get(arch) or CLASSIFIERS.get(arch) or AUTOENCODERS.get(arch)
     if cls is None:
-        raise ValueError(f"unknown network {arch!r}; choose from {', '.join([*NETWORKS, *CLASSIFIERS])}")
+        raise ValueError(f"unknown network {arch!r}; choose from {', '.join([*NETWORKS, *CLASSIFIERS, *AUTOENCODERS])}")
     return cls
 
 
@@ -33,4 +36,4 @@ def build_network(arch: str, config):
 
 
 __all__ = ["Unet", "UnetConfig", "DiT", "DiTConfig", "dit_demo_model", "NoisyClassifier", "NoisyClassifierConfig",
-           "NETWORKS", "CLASSIFIERS", "build_network", "network_config", "network_class"]
+           "Autoencoder", "AutoencoderConfig", "AUTOENCODERS", "NETWORKS", "CLASSIFIERS", "build_network", "network_config", "network_class"]

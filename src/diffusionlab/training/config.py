@@ -34,6 +34,25 @@ class ClassifierObjective:
 
 
 @dataclass
+class AutoencoderObjective:
+    """What makes a run train latent diffusion's KL autoencoder (``TrainConfig.autoencoder``;
+    ``training.autoencoder``): the per-element reconstruction loss (l1 or l2) plus beta times the
+    KL of q(z | x) to N(0, I), summed over the latent and divided by the image's element count.
+
+    beta = 1e-6 per image element is the weight of LDM's KL-f autoencoders (kl_weight 1e-6 on
+    sums): the KL only keeps the posterior from collapsing to points of arbitrary scale; the
+    latents' per-channel shift and scale measured on the training data normalise them for the
+    diffusion model (``models.latent.LatentCodec``). L1 as LDM's reconstruction term."""
+
+    beta: float = 1e-6
+    loss: str = "l1"                 # l1 | l2
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "AutoencoderObjective":
+        return from_dict(cls, d)
+
+
+@dataclass
 class TrainConfig:
     data: str = "mnist"              # mnist | digits | path/to/images
     image_size: int = 32
@@ -44,6 +63,8 @@ class TrainConfig:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     classifier: ClassifierObjective | None = None  # set: train a noise-aware classifier (arch "classifier",
     #                                  nn.CLASSIFIERS; training.classifier) on the labels instead of a diffusion model
+    autoencoder: AutoencoderObjective | None = None  # set: train a KL autoencoder (arch "autoencoder",
+    #                                  nn.AUTOENCODERS; training.autoencoder), the first stage of latent diffusion
     batch_size: int = 64
     grad_accum: int = 1
     lr: float = 2e-3
@@ -94,6 +115,7 @@ class TrainConfig:
         d["model"] = network_config(d.get("arch", "unet"), d.get("model", {}))
         d["diffusion"] = DiffusionConfig.from_dict(d.get("diffusion", {}))
         d["classifier"] = ClassifierObjective.from_dict(d["classifier"]) if d.get("classifier") else None
+        d["autoencoder"] = AutoencoderObjective.from_dict(d["autoencoder"]) if d.get("autoencoder") else None
         return from_dict(cls, d)
 
 

@@ -1,5 +1,6 @@
-"""One readable training loop for every model of the library: the diffusion models, and the
-noise-aware classifier of classifier guidance (``TrainConfig.classifier``; training.classifier).
+"""One readable training loop for every model of the library: the diffusion models, the
+noise-aware classifier of classifier guidance (``TrainConfig.classifier``; training.classifier)
+and latent diffusion's KL autoencoder (``TrainConfig.autoencoder``; training.autoencoder).
 
 The loop: draw a batch (a fixed-seed permutation per epoch), compute the loss (the diffusion
 model's, or any ``core.losses.TrainingLoss``: a classifier's is ``NoisyClassifierLoss``) under
@@ -35,6 +36,7 @@ from ..errors import UserError
 from ..models.checkpoint import CheckpointError, find_checkpoint, load_checkpoint, save_checkpoint, write_json_atomic
 from ..models.diffusion import GaussianDiffusion
 from ..models.loading import checkpoint_config
+from .autoencoder_loss import AutoencoderLoss, autoencoder_run, checkpoint_record as autoencoder_record
 from .classifier_loss import NoisyClassifierLoss, checkpoint_record as classifier_record, classifier_run
 from .conditioning import condition_source
 from .config import TrainConfig
@@ -80,11 +82,15 @@ class Trainer:
                                               strict_resume)
         self.overwrite = overwrite and not resume
         self.clock = clock or time.perf_counter  # injectable: tests run the time budget on a fake clock
-        self.is_classifier = classifier_run(config)  # checked before anything is loaded
-        if self.is_classifier:  # no validation loss, grids or sample-quality evaluation: diffusion models only
+        # what the run trains, checked before anything is loaded: a diffusion model, a noise-aware
+        # classifier or an autoencoder (the latter two: no grids or sample-quality evaluation)
+        self.task = "classifier" if classifier_run(config) else "autoencoder" if autoencoder_run(config) else "diffusion"
+        self.is_classifier = self.task == "classifier"
+        if self.task != "diffusion":
             if diffusion is not None:
-                raise UserError("a classifier run builds its network from the config: pass no diffusion model")
-            config = dataclasses.replace(config, val_every=0, sample_every=0, eval_every=0)
+                raise UserError(f"a {self.task} run builds its network from the config: pass no diffusion model")
+            config = dataclasses.replace(config, sample_every=0, eval_every=0,
+                                         val_every=0 if self.is_classifier else config.val_every)
         self.cfg = cfg = config
         self.out = Path(cfg.out_dir)
         self.threads = set_threads(cfg.num_threads)
@@ -97,10 +103,11 @@ class Trainer:
         if not 0.0 <= cfg.p_uncond <= 1.0:
             raise UserError(f"p_uncond is a probability, got {cfg.p_uncond}")
         # a class-conditional network, or a classifier: the data's labels
-        kind = "class" if self.is_classifier or cfg.cond == "none" and cfg.model.num_classes else cfg.cond
+        num_classes = getattr(cfg.model, "num_classes", None)  # an autoencoder's config has none
+        kind = "class" if self.is_classifier or cfg.cond == "none" and num_classes else cfg.cond
         self.conditioning = condition_source(kind, train_set, val_set.subset(range(min(cfg.n_val, len(val_set)))),
                                              cfg.data, self.device, text_encoder=cfg.text_encoder,
-                                             num_classes=None if self.is_classifier else cfg.model.num_classes,
+                                             num_classes=None if self.is_classifier else num_classes,
                                              task=cfg.task, lowres=cfg.lowres,
                                              image_size=cfg.image_size)
         if diffusion is None:  # the network's condition settings fit the data (class table, text width)
@@ -124,9 +131,11 @@ class Trainer:
         """The network (a diffusion model's, or a classifier), its device and memory format, the
         optimizer, the EMA and the loss."""
         cfg = self.cfg
-        if self.is_classifier:  # not a diffusion model: the network and its loss
+        if self.task != "diffusion":  # not a diffusion model: the network and its loss
             self.diffusion, net = None, initial_network(cfg)
-            loss = loss if loss is not None else NoisyClassifierLoss.from_config(cfg.classifier)
+            if loss is None:
+                loss = NoisyClassifierLoss.from_config(cfg.classifier) if self.is_classifier else \
+                    AutoencoderLoss.from_config(cfg.autoencoder)
         else:
             self.diffusion = diffusion if diffusion is not None else build_diffusion(cfg)
             net = self.diffusion.model
@@ -288,7 +297,9 @@ class Trainer:
         rng = {"torch": torch.get_rng_state()}  # training draws are keyed by (seed, step, index): no state
         if torch.cuda.is_available() and self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        config = classifier_record(self.cfg, self.model_config()) if self.is_classifier else self.diffusion_record()
+        config = classifier_record(self.cfg, self.model_config()) if self.is_classifier else \
+            autoencoder_record(self.cfg, self.model_config(), self.ema.model, self.train_data) \
+            if self.task == "autoencoder" else self.diffusion_record()
         state = {"planned_steps": self.planned, "elapsed_train_seconds": self.elapsed, "ema_step": self.ema.step}
         if self.guide_step is not None:  # in config.json: loaders read it there, and so does resume
             config["guide_step"] = self.guide_step

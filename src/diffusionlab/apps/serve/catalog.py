@@ -88,9 +88,9 @@ class Catalog:
             raise NotFound(f"checkpoint {cid!r} is unreadable: {e}", param="checkpoint") from None
 
     def describe(self, cid) -> dict | None:
-        """What the page lists for ``cid``; None for a classifier run (nothing to sample)."""
+        """What the page lists for ``cid``; None for a classifier or autoencoder run (nothing to sample)."""
         cfg = self.config(cid)
-        if cfg.get("kind") == "classifier":
+        if cfg.get("kind") in ("classifier", "autoencoder"):
             return None
         run = self.resolve(cid)
         cond = cfg.get("conditioning") or {}
