@@ -49,6 +49,8 @@ class DenoiserInfo:
     cond: CondSpec = CondSpec()          # what the model is conditioned on (its network's declaration)
     learned_variance: bool = False       # has denoise_with_variance
     device: torch.device | None = None
+    latent: Any = None                   # a latent model's LatentCodec (models.latent): image_shape is then the
+    #                                      latent's; the CLI, the pipelines' callers and the page decode with it
 
     def prior_std(self, sigma: float) -> float:
         """Std of x at noise level sigma when x0 is negligible: the prior's scale."""

@@ -92,3 +92,10 @@ def load_autoencoder(path, weights: str = "ema") -> LatentCodec:
                            autoencoder_hash(ck["path"]))
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{ck['path']}: unusable autoencoder: {e}") from e
+
+
+def to_pixels(info, x: torch.Tensor) -> torch.Tensor:
+    """Samples of a model as pixels: decoded (and clamped to [-1, 1]) when ``info.latent`` holds a
+    latent model's codec; x itself for a pixel model."""
+    codec = getattr(info, "latent", None)
+    return x if codec is None else codec.decode(x.detach().float().cpu()).clamp(-1, 1)

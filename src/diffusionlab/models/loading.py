@@ -78,6 +78,7 @@ class CheckpointRecord:
     guidance: float | None
     provenance: Provenance
     train: dict
+    latent: dict | None = None            # a latent model's autoencoder record (path, sha256, shapes)
 
     @property
     def spec(self):
@@ -138,7 +139,7 @@ def read_checkpoint(path, use_ema: bool = True, weights: str | None = None, devi
     prov = Provenance(str(ck["path"]), step, weights, int(cfg.get("migrated_from") or cfg["format_version"]))
     return CheckpointRecord(net.to(device or "cpu").eval(), cfg["network"]["arch"], process, image_shape,
                             _cond_record(net, cfg), sampling.get("sampler"), sampling.get("steps"),
-                            sampling.get("guidance"), prov, dict(cfg.get("train") or {}))
+                            sampling.get("guidance"), prov, dict(cfg.get("train") or {}), cfg.get("latent"))
 
 
 def load_diffusion(path, use_ema: bool = True, device=None, weights: str | None = None) -> DiffusionModel:
@@ -150,15 +151,51 @@ def load_diffusion(path, use_ema: bool = True, device=None, weights: str | None 
     return cls.from_config(rec.network, rec.image_shape[1:], rec.process).eval()
 
 
-def load_denoiser(path, use_ema: bool = True, device=None, autocast_dtype=None, weights: str | None = None):
+def latent_codec(rec: CheckpointRecord, autoencoder=None):
+    """The ``LatentCodec`` of a latent model's record (None for a pixel model): the autoencoder at
+    its recorded path (relative to the run folder) or at ``autoencoder`` (a moved copy), whose
+    content hash must equal the recorded one. A missing or changed autoencoder is a
+    ``CheckpointError`` naming the path and hashes, with the ``--autoencoder PATH`` hint."""
+    from pathlib import Path
+
+    from .latent import autoencoder_hash, load_autoencoder
+
+    lat = rec.latent
+    if lat is None:
+        if autoencoder is not None:
+            raise UserError("this is a pixel-space model: an autoencoder applies to latent models only",
+                            param="autoencoder")
+        return None
+    step = Path(rec.provenance.path)
+    run = step.parent.parent if step.parent.name == "checkpoints" else step.parent
+    recorded = Path(lat["autoencoder"])
+    path = Path(autoencoder) if autoencoder is not None else (recorded if recorded.is_absolute() else run / recorded)
+    hint = "point at a copy of it with --autoencoder PATH (accepted when its content hash matches)"
+    if not path.exists():
+        raise CheckpointError(f"this latent model's autoencoder is missing: {path} (recorded as {lat['autoencoder']}, "
+                              f"sha256 {lat['sha256'][:16]})", hint=hint)
+    found = autoencoder_hash(path)
+    if found != lat["sha256"]:
+        raise CheckpointError(f"the autoencoder at {path} is not the one this model was trained on: sha256 "
+                              f"{found[:16]} there, {lat['sha256'][:16]} recorded", hint=hint)
+    return load_autoencoder(path)
+
+
+def load_denoiser(path, use_ema: bool = True, device=None, autocast_dtype=None, weights: str | None = None,
+                  autoencoder=None):
     """Any checkpoint (run dir, checkpoints dir or step dir) as a sigma-space denoiser of its
     process (``DiscreteDenoiser``, ``SDEDenoiser``, ``EDMDenoiser`` or ``NCSNDenoiser``) whose
     ``info`` declares everything the checkpoint records (image shape, conditioning, sampling
     defaults). No training loss is built. A text model whose recorded encoder fingerprint differs
-    from the installed encoder's warns (``text.check_fingerprint``)."""
+    from the installed encoder's warns (``text.check_fingerprint``). A latent model's
+    ``info.latent`` is its autoencoder (``latent_codec``; ``autoencoder``: a moved copy)."""
     rec = read_checkpoint(path, use_ema, weights, device)
     if rec.cond.kind == "text":
         from ..text.encoders import check_fingerprint
 
         check_fingerprint(rec.cond.encoder_fingerprint, rec.cond.encoder)
-    return rec.spec.denoiser(rec.network, rec.process, autocast_dtype, rec.declared()).eval()
+    declared = rec.declared()
+    codec = latent_codec(rec, autoencoder)
+    if codec is not None:
+        declared["latent"] = codec
+    return rec.spec.denoiser(rec.network, rec.process, autocast_dtype, declared).eval()

@@ -65,6 +65,9 @@ class TrainConfig:
     #                                  nn.CLASSIFIERS; training.classifier) on the labels instead of a diffusion model
     autoencoder: AutoencoderObjective | None = None  # set: train a KL autoencoder (arch "autoencoder",
     #                                  nn.AUTOENCODERS; training.autoencoder), the first stage of latent diffusion
+    latent: str | None = None        # a KL autoencoder checkpoint: train on its latents (latent diffusion;
+    #                                  training.latent_data); the network's channels and size come from it
+    embed_autoencoder: bool = False  # latent: copy the autoencoder into the run (run/autoencoder) and record that copy
     batch_size: int = 64
     grad_accum: int = 1
     lr: float = 2e-3

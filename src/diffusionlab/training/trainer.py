@@ -29,11 +29,12 @@ import torch
 
 from ..core.cond import Batch
 from ..core.devices import cpu_info, pick_device, pick_precision, set_threads
-from ..core.rng import per_sample_generators, stream_seed
+from ..core.rng import per_sample_generators, randn, stream_seed
 from ..core.sampling import sampling_defaults
 from ..data.folder import random_hflip
 from ..errors import UserError
-from ..models.checkpoint import CheckpointError, find_checkpoint, load_checkpoint, save_checkpoint, write_json_atomic
+from ..models.checkpoint import (CheckpointError, find_checkpoint, load_checkpoint, read_config, save_checkpoint,
+                                 write_json_atomic)
 from ..models.diffusion import GaussianDiffusion
 from ..models.loading import checkpoint_config
 from .autoencoder_loss import AutoencoderLoss, autoencoder_run, checkpoint_record as autoencoder_record
@@ -98,8 +99,16 @@ class Trainer:
         self.amp_dtype = pick_precision(cfg.precision, self.device)
         from ..data.datasets import load_image_sets
 
-        train_set, val_set = load_image_sets(cfg.data, cfg.image_size, cfg.model.channels, cfg.val_fraction, cfg.seed)
+        self.resume_sha256 = (read_config(self.resume_from).get("latent") or {}).get("sha256") \
+            if self.resume_from is not None else None
+        self.codec = self._latent_codec(cfg)  # latent diffusion: the autoencoder (None: pixel space)
+        cfg = self.cfg
+        pixel_channels = self.codec.pixel_shape[0] if self.codec is not None else cfg.model.channels
+        train_set, val_set = load_image_sets(cfg.data, cfg.image_size, pixel_channels, cfg.val_fraction, cfg.seed)
         self.train_data, self.val_data = train_set.images, val_set.images
+        self.train_pixels, self.val_pixels, self.train_std = self.train_data, self.val_data, None  # pixels (floors)
+        if self.codec is not None:
+            self._encode_data(val_set)
         if not 0.0 <= cfg.p_uncond <= 1.0:
             raise UserError(f"p_uncond is a probability, got {cfg.p_uncond}")
         # a class-conditional network, or a classifier: the data's labels
@@ -127,6 +136,53 @@ class Trainer:
         if self.resume_from is not None:
             self._restore(load_checkpoint(self.resume_from))
 
+    def _latent_codec(self, cfg: TrainConfig):
+        """The autoencoder of a latent run (``TrainConfig.latent``), checked against the run: a
+        diffusion model on pixels' latents, no flips (the latents are encoded once), no image
+        condition; the network takes the latent channels (set here)."""
+        if cfg.latent is None:
+            return None
+        if self.task != "diffusion":
+            raise UserError(f"a {self.task} run trains on pixels, not on an autoencoder's latents", param="latent")
+        if cfg.hflip:
+            raise UserError("latents are encoded once: random flips do not apply (hflip)", param="hflip")
+        if cfg.cond == "image":
+            raise UserError("image conditioning (super-resolution) works on pixels, not latents", param="cond")
+        from ..models.latent import load_autoencoder
+
+        codec = load_autoencoder(cfg.latent)
+        if codec.pixel_shape[1] != cfg.image_size:
+            raise UserError(f"the autoencoder was trained on {codec.pixel_shape[1]} px images, the data is "
+                            f"{cfg.image_size} px", param="latent")
+        recorded = getattr(self, "resume_sha256", None)
+        if recorded and recorded != codec.sha256:
+            raise CheckpointError(f"the autoencoder at {cfg.latent} changed since this run started (sha256 "
+                                  f"{recorded[:12]} then, {codec.sha256[:12]} now)")
+        self.cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, channels=codec.latent_shape[0]))
+        return codec
+
+    def _encode_data(self, val_set) -> None:
+        """Latent runs: the training and held-out images as scaled posteriors, encoded once and
+        cached (``training.latent_data``); the trainer draws z = mean + std n per sample."""
+        from .latent_data import encoded_sets
+
+        cfg = self.cfg
+        parts = {"data": cfg.data, "image_size": cfg.image_size, "channels": self.codec.pixel_shape[0],
+                 "val_fraction": cfg.val_fraction, "seed": cfg.seed}
+        sets = encoded_sets(self.codec, self.train_data, self.val_data, parts)
+        self.train_data, self.train_std, self.val_data = sets["train_mean"], sets["train_std"], sets["val_mean"]
+
+    @property
+    def model_shape(self) -> tuple:
+        """(C, H, W) of what the network models: the image, or a latent run's latent."""
+        if self.codec is not None:
+            return tuple(self.codec.latent_shape)
+        return (self.cfg.model.channels, self.cfg.image_size, self.cfg.image_size)
+
+    def to_pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """Samples as pixels: decoded by a latent run's autoencoder."""
+        return x if self.codec is None else self.codec.decode(x.float().cpu()).clamp(-1, 1)
+
     def _setup_model(self, diffusion, loss) -> None:
         """The network (a diffusion model's, or a classifier), its device and memory format, the
         optimizer, the EMA and the loss."""
@@ -137,13 +193,15 @@ class Trainer:
                 loss = NoisyClassifierLoss.from_config(cfg.classifier) if self.is_classifier else \
                     AutoencoderLoss.from_config(cfg.autoencoder)
         else:
-            self.diffusion = diffusion if diffusion is not None else build_diffusion(cfg)
+            self.diffusion = diffusion if diffusion is not None else build_diffusion(cfg, self.model_shape[-1])
             net = self.diffusion.model
         self.channels_last = self.device.type == "cpu"
         self.model = net.to(self.device)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.train_data = self.train_data.to(self.device)
+        if self.train_std is not None:
+            self.train_std = self.train_std.to(self.device)
         self.val_data = self.val_data[: cfg.n_val].to(self.device)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=cfg.adam_betas,
                                      weight_decay=cfg.weight_decay)
@@ -177,6 +235,8 @@ class Trainer:
         idx = perm[pos * b:(pos + 1) * b].to(self.device)
         gens = self.generators(micro, "data")
         x = self.train_data[idx]
+        if self.train_std is not None:  # a latent run: a fresh draw from each image's posterior
+            x = x + self.train_std[idx] * randn(tuple(x.shape), gens, x.device, x.dtype)
         if self.cfg.hflip:
             x = random_hflip(x, gens)
         x = x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
@@ -246,11 +306,11 @@ class Trainer:
 
         cfg, choice = self.cfg, self.sampling_choice()
         gens = per_sample_generators(cfg.seed, range(cfg.n_grid))
-        x = sample(self.ema_denoiser(), (cfg.n_grid, cfg.model.channels, cfg.image_size, cfg.image_size),
+        x = sample(self.ema_denoiser(), (cfg.n_grid, *self.model_shape),
                    sampler=choice.sampler, steps=choice.steps, generator=gens, device=self.device,
                    cond=self.sampling_cond(cfg.n_grid))
         path = self.out / "samples" / f"{name}.png"
-        save_grid(x.float().cpu(), path, nrow=int(math.ceil(math.sqrt(cfg.n_grid))), upscale=2)
+        save_grid(self.to_pixels(x.float().cpu()), path, nrow=int(math.ceil(math.sqrt(cfg.n_grid))), upscale=2)
         return path
 
     def sampling_cond(self, n: int):
@@ -269,22 +329,23 @@ class Trainer:
         cfg = self.cfg
         if self._extractor is None:
             try:
-                self._extractor = get_extractor("digits" if cfg.model.channels == 1 else "inception")
+                self._extractor = get_extractor("digits" if self.train_pixels.shape[1] == 1 else "inception")
             except FileNotFoundError as e:
                 print(f"warning: sample-quality evaluation skipped: {e}", file=sys.stderr)
                 self._extractor = False
         if self._extractor is False:
             return None
-        shape = (cfg.model.channels, cfg.image_size, cfg.image_size)
+        shape = self.model_shape
         choice = self.sampling_choice(cfg.eval_steps)
         from ..core.sampling import sample_many
 
         t0 = time.perf_counter()
         x = sample_many(self.ema_denoiser(), shape, cfg.eval_n, choice.sampler, choice.steps, seed=cfg.seed + 1,
                         batch_size=250, progress=False, cond=self.sampling_cond(cfg.eval_n))
-        ref = reference_features(self._extractor, cfg.data, "heldout", cfg.image_size, cfg.model.channels,
-                                 images=None if cfg.data in ("mnist", "digits") else self.val_data.cpu())
-        floor = self.train_data[:cfg.eval_n].cpu() if self._floor_needed else None
+        x = self.to_pixels(x)
+        ref = reference_features(self._extractor, cfg.data, "heldout", cfg.image_size, self.train_pixels.shape[1],
+                                 images=None if cfg.data in ("mnist", "digits") else self.val_pixels[:cfg.n_val].cpu())
+        floor = self.train_pixels[:cfg.eval_n].cpu() if self._floor_needed else None
         m = image_metrics(x, self._extractor, ref, floor=floor, metrics=tuple(cfg.eval_metrics.split(",")),
                           kid_subset_size=min(1000, cfg.eval_n))
         self._floor_needed = False
@@ -321,7 +382,33 @@ class Trainer:
             config["conditioning"] = record
         choice = self.sampling_choice()  # every run records its sampling defaults
         config["sampling"] = {"sampler": choice.sampler, "steps": choice.steps, "guidance": choice.guidance}
+        if self.codec is not None:
+            config["latent"] = self._latent_record()
         return config
+
+    def _latent_record(self) -> dict:
+        """Where a latent run's autoencoder is and what it is: its path (relative to the run when
+        it lies beside it or inside it; the copy in run/autoencoder with ``embed_autoencoder``),
+        its content hash, and the pixel and latent shapes."""
+        import os
+        import shutil
+
+        src = Path(self.codec.path)  # the checkpoint folder the autoencoder was loaded from
+        if self.cfg.embed_autoencoder:
+            dst = self.out / "autoencoder"
+            if not (dst / "config.json").is_file():
+                tmp = self.out / ".autoencoder.tmp"
+                shutil.rmtree(tmp, ignore_errors=True)
+                shutil.copytree(src, tmp)
+                os.replace(tmp, dst)
+            where, embedded = "autoencoder", True
+        else:
+            run, target = self.out.resolve(), src.resolve()
+            rel = os.path.relpath(target, run)
+            beside = target.is_relative_to(run.parent)
+            where, embedded = (rel if beside else str(target)), False
+        return {"autoencoder": where, "sha256": self.codec.sha256, "embedded": embedded,
+                "pixel_shape": list(self.codec.pixel_shape), "latent_shape": list(self.codec.latent_shape)}
 
     def model_config(self) -> dict:
         return getattr(self.model, "config", {})

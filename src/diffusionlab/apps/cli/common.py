@@ -37,7 +37,8 @@ def load(a) -> Loaded:
     from ...models.loading import load_denoiser
 
     dtype = pick_precision(a.precision, torch.device("cpu"))
-    base = load_denoiser(a.ckpt, use_ema=not getattr(a, "no_ema", False), autocast_dtype=dtype)
+    base = load_denoiser(a.ckpt, use_ema=not getattr(a, "no_ema", False), autocast_dtype=dtype,
+                         autoencoder=getattr(a, "autoencoder", None))
     choice = sampling_defaults(base, a.sampler, a.steps, a.guidance)
     den, conditioning = guided(a, base)
     den = _autoguided(a, den, dtype)
@@ -74,8 +75,9 @@ def _autoguided(a, den, dtype):
         raise UserError("--guide is only used with --autoguidance W (W != 1)")
     if a.autoguidance == 1.0:
         return den
+    ae = getattr(a, "autoencoder", None)
     guide = (load_denoiser(a.guide, autocast_dtype=dtype) if a.guide is not None
-             else load_denoiser(a.ckpt, autocast_dtype=dtype, weights="guide"))
+             else load_denoiser(a.ckpt, autocast_dtype=dtype, weights="guide", autoencoder=ae))
     return autoguidance(den, guide, a.autoguidance)
 
 

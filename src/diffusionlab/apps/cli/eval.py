@@ -15,6 +15,7 @@ def register(sub) -> None:
     p = sub.add_parser("eval", help="sample quality (FD/FID, KID, precision/recall, density/coverage) or "
                                     "bits/dim (--nll)")
     p.add_argument("--ckpt", help="run or checkpoint directory (samples are drawn from it)")
+    p.add_argument("--autoencoder", default=None, help="latent models: a moved copy of their autoencoder")
     p.add_argument("--images", help="or images: a .npy / .npz in [-1, 1] shaped [N, C, H, W], or a folder of "
                                     "image files")
     p.add_argument("--n", type=int, default=None, help="samples to draw (1000), or held-out images for --nll (200)")
@@ -80,9 +81,13 @@ def _samples(a):
     n = 1000 if a.n is None else a.n
     if a.images:
         return read_images(a.images, a.image_size), a.reference or "mnist"
+    from ...core.protocol import info_of
+    from ...models.latent import to_pixels
+
     m = load(a)
     x = sample_many(m.den, m.shape, n, m.choice.sampler, m.choice.steps, seed=a.seed,
                     batch_size=a.batch_size, cond=m.conditioning(n), schedule=a.schedule, **m.knobs)
+    x = to_pixels(info_of(m.den), x)  # a latent model's samples are measured as pixels
     reference = a.reference or read_config(find_checkpoint(a.ckpt)).get("train", {}).get("data", "mnist")
     return x, reference
 
@@ -189,8 +194,12 @@ def _nll(a) -> dict:
         raise UserError("--vlb-t must be >= 1")
     if a.nll == "ode" and a.probes < 1:
         raise UserError("--probes must be >= 1")
-    den = load_denoiser(a.ckpt, use_ema=True)  # fp32: likelihoods need the precision
-    x, data = _heldout(a, read_config(find_checkpoint(a.ckpt)), den.info.image_shape)
+    den = load_denoiser(a.ckpt, use_ema=True, autoencoder=a.autoencoder)  # fp32: likelihoods need the precision
+    codec = den.info.latent
+    x, data = _heldout(a, read_config(find_checkpoint(a.ckpt)), codec.pixel_shape if codec else den.info.image_shape)
+    if codec is not None:  # a latent model's likelihood is that of the held-out images' latents
+        x = codec.encode(x)
+        data = f"{data}, encoded by the autoencoder: bits/dim of the latents {tuple(codec.latent_shape)}, not pixels"
     m = _bits_per_dim(a, den, x)
     m["data"] = data
     what = (f"VLB over {m['T']} steps ({'all terms' if m['t_samples'] == m['T'] else str(m['t_samples']) + ' stratified t per image'})"

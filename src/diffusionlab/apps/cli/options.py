@@ -59,6 +59,8 @@ def param_flags(p: argparse.ArgumentParser, extra: dict | None = None) -> dict:
 
 def add_checkpoint(p, ema: bool = True, help: str = "run directory or checkpoint directory") -> None:
     p.add_argument("--ckpt", required=True, help=help)
+    p.add_argument("--autoencoder", default=None, help="latent models: a moved copy of the autoencoder they were "
+                                                       "trained on (accepted when its content hash matches)")
     if ema:
         p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
 

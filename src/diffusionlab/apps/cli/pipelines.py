@@ -91,11 +91,13 @@ def _run(a, fn, size=None, hint: str = "") -> int:
     """Load, read ``--input``, run ``fn(loaded, inputs)`` and write the outputs."""
     import torch
 
+    from ...core.protocol import info_of
     from ...pipelines.inputs import load_inputs
     from .common import load, save_outputs
 
     m = load(a)
-    x = load_inputs(a.input, m.shape, size(m.den) if size else None, hint)
+    codec = info_of(m.den).latent  # a latent model reads and writes pixels (pipelines.latent)
+    x = load_inputs(a.input, codec.pixel_shape if codec is not None else m.shape, size(m.den) if size else None, hint)
     with torch.no_grad():
         out = fn(m, x)
     save_outputs(out, a.out, a.npy)
@@ -108,17 +110,33 @@ def run_img2img(a) -> int:
 
     if not 0.0 <= a.strength <= 1.0:
         raise UserError(f"--strength is in [0, 1] (0 returns the input, 1 ignores it), got {a.strength:g}")
-    return _run(a, lambda m, x: img2img(m.den, x, a.strength, m.choice.steps, m.choice.sampler, m.conditioning(len(x)),
-                                        a.seed, a.batch_size))
+    def edit(m, x):
+        from ...core.protocol import info_of
+        from ...pipelines.latent import in_latent_space
+
+        def run(images):
+            return img2img(m.den, images, a.strength, m.choice.steps, m.choice.sampler, m.conditioning(len(images)),
+                           a.seed, a.batch_size)
+        codec = info_of(m.den).latent
+        return run(x) if codec is None else in_latent_space(codec, x, run)
+
+    return _run(a, edit)
 
 
 def run_inpaint(a) -> int:
     from ...pipelines.inpaint import inpaint, parse_mask
 
     def fill(m, x):
-        mask = parse_mask(a.mask, m.shape)
-        return inpaint(m.den, x, mask, m.choice.steps, m.choice.sampler, m.conditioning(len(x)), a.seed,
-                       a.jump_length, a.resample, a.batch_size, reconstruction=a.reconstruction)
+        from ...core.protocol import info_of
+        from ...pipelines.latent import inpaint_in_latent_space
+
+        def run(images, mask):
+            return inpaint(m.den, images, mask, m.choice.steps, m.choice.sampler, m.conditioning(len(images)), a.seed,
+                           a.jump_length, a.resample, a.batch_size, reconstruction=a.reconstruction)
+        codec = info_of(m.den).latent
+        if codec is None:
+            return run(x, parse_mask(a.mask, m.shape))
+        return inpaint_in_latent_space(codec, x, parse_mask(a.mask, codec.pixel_shape), run)
 
     return _run(a, fill)
 

@@ -31,16 +31,20 @@ def run(a) -> int:
 
     if a.n < 1:
         raise UserError("--n must be at least 1")
+    from ...core.protocol import info_of
+    from ...models.latent import to_pixels
+
     m = load(a)
+    info = info_of(m.den)
     out, frames = [], []
     for start in range(0, a.n, a.batch_size):
         idx = range(start, min(a.n, start + a.batch_size))
-        cb = _recorder(frames) if a.gif and start == 0 else None
+        cb = _recorder(frames, info) if a.gif and start == 0 else None
         out.append(sample(m.den, (len(idx), *m.shape), sampler=m.choice.sampler, steps=m.choice.steps,
                           schedule=a.schedule, cond=m.conditioning(len(idx)), sigma_min=a.sigma_min,
                           sigma_max=a.sigma_max, generator=per_sample_generators(a.seed, idx), callback=cb,
                           **m.knobs).float())
-    x = torch.cat(out)
+    x = to_pixels(info, torch.cat(out))   # a latent model's samples, decoded
     save_outputs(x, a.out, a.npy, limit=256)
     if a.gif:
         from ...evaluation.viz import save_gif
@@ -50,9 +54,15 @@ def run(a) -> int:
     return 0
 
 
-def _recorder(frames: list):
-    """A sampler callback that keeps each step's x, scaled to unit variance, for the GIF."""
+def _recorder(frames: list, info=None):
+    """A sampler callback that keeps each step's x, scaled to unit variance, for the GIF; a latent
+    model's frames are its decoded x0 predictions (noisy latents decode to nothing readable)."""
+    from ...models.latent import to_pixels
+
     def cb(d):
-        frames.append((d["x"] / math.sqrt(1 + d["sigma_next"] ** 2)).float())
+        if getattr(info, "latent", None) is not None:
+            frames.append(to_pixels(info, d["denoised"]))
+        else:
+            frames.append((d["x"] / math.sqrt(1 + d["sigma_next"] ** 2)).float())
 
     return cb

@@ -112,6 +112,10 @@ FLAGS = (
                                              "(a byte-level transformer trained with the network)", tuple(ENCODERS)),
     F("--p-uncond", "p_uncond", float, "class / text / image: conditioning dropout, the null condition's share (0.1)"),
     F("--guidance", "guidance", float, "class / text: the CFG scale recorded as the checkpoint's sampling default"),
+    F("--latent", "latent", str, "a KL autoencoder (train-autoencoder's run): train on its latents (latent "
+                                 "diffusion); the network's channels and size come from it"),
+    F("--embed-autoencoder", "embed_autoencoder", SWITCH, "--latent: copy the autoencoder into the run and record "
+                                                          "that copy"),
     F("--guide-at", "guide_at", float, "keep the EMA weights at this fraction of training (e.g. 0.3) as the "
                                        "autoguidance guide (sample --autoguidance W)"),
     F("--precision", "precision", str, None, ("auto", "fp32", "bf16", "fp16")),

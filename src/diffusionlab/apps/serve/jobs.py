@@ -176,9 +176,13 @@ class JobQueue:
             if not job.over:
                 job.emit("done", {})
 
-    def close(self) -> None:
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop: waiting jobs are cancelled, running ones stop at their next network evaluation,
+        and the workers are joined (``timeout`` seconds at most)."""
         with self.lock:
             self.closed = True
-            for job in self.pending:
+            for job in list(self.pending) + self.running:
                 job.cancel()
             self.lock.notify_all()
+        for t in self.threads:
+            t.join(timeout)

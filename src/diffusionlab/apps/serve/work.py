@@ -69,6 +69,19 @@ def vp(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return x if not math.isfinite(sigma) else x / math.sqrt(1 + sigma ** 2)
 
 
+def pixel_shape(p) -> tuple:
+    """(C, H, W) of the pictures a plan's model makes: its latent model's decoded size, else its own."""
+    codec = info_of(p.base).latent
+    return tuple(codec.pixel_shape) if codec is not None else tuple(p.shape)
+
+
+def shown(p, x: torch.Tensor) -> torch.Tensor:
+    """What the page shows of a model-space tensor: decoded by a latent model's autoencoder."""
+    from ...models.latent import to_pixels
+
+    return to_pixels(info_of(p.base), x)
+
+
 def _num(v: float):
     """A float for JSON: inf as the string 'inf'."""
     v = float(v)
@@ -182,14 +195,14 @@ def plan(catalog, req: dict, runs_label: str, kind: str = "generate") -> Plan:
         from ...pipelines.img2img import img2img_steps
 
         p.strength = float(req["strength"])
-        p.image = load_image(req.get("image"), p.shape)
+        p.image = load_image(req.get("image"), pixel_shape(p))
         scale_steps = img2img_steps(p.strength, choice.steps)
         p.nfe_planned = _nfe_limit(choice.sampler, max(scale_steps, 1)) if scale_steps else 0
     elif kind == "inpaint":
         from ...pipelines.inpaint import DEFAULT_JUMP, DEFAULT_RESAMPLE, repaint_segments
 
-        p.image = load_image(req.get("image"), p.shape)
-        p.mask = load_mask(req.get("mask"), p.shape)
+        p.image = load_image(req.get("image"), pixel_shape(p))
+        p.mask = load_mask(req.get("mask"), pixel_shape(p))
         runs = sum((b - a) * r for a, b, r in repaint_segments(choice.steps, DEFAULT_JUMP, DEFAULT_RESAMPLE))
         from ...core.samplers import SAMPLERS
 
@@ -377,14 +390,15 @@ def run_plan(p: Plan, job) -> None:
         x = d["x"].float()
         keep["traj"].append(x.half())
         keep["sigmas"].append(nxt)
-        frames.append(vp(x, nxt).clamp(-1, 1))
+        frames.append(shown(p, vp(x, nxt)).clamp(-1, 1))
         if count["first"] is None:
             count["first"] = time.monotonic() - t0
         job.emit("step", {"i": count["i"], "sigma": _num(sig), "sigma_next": _num(nxt), "nfe": d.get("nfe"),
-                          "x_t": data_url(png_bytes(vp(x, nxt))), "x0": data_url(png_bytes(d["denoised"].float()))})
+                          "x_t": data_url(png_bytes(shown(p, vp(x, nxt)))),
+                          "x0": data_url(png_bytes(shown(p, d["denoised"].float())))})
         count["i"] += 1
 
-    out = _sample(p, den, cond, callback)
+    out = shown(p, _sample(p, den, cond, callback)) if p.kind == "generate" else _sample(p, den, cond, callback)
     png = png_bytes(out, {"parameters": json.dumps(p.params), "diffusionlab-command": p.command, "Software": "diffusionlab"})
     keep.update(png=png, images=[png_bytes(out[i:i + 1], {"parameters": json.dumps({**p.params, "index": i}),
                                                           "diffusionlab-command": p.command}) for i in range(n)],
@@ -405,15 +419,22 @@ def _sample(p: Plan, den, cond, callback) -> torch.Tensor:
 
         return sample(den, (p.batch, *p.shape), sampler=p.sampler, steps=p.steps, cond=cond,
                       generator=per_sample_generators(p.seed, range(p.batch)), callback=callback).float().cpu()
-    images = p.image.expand(p.batch, *p.shape).clone()
+    from ...pipelines.latent import in_latent_space, inpaint_in_latent_space
+
+    images = p.image.expand(p.batch, *p.image.shape[1:]).clone()
+    codec = info_of(p.base).latent
     if p.kind == "img2img":
         from ...pipelines.img2img import img2img
 
-        return img2img(den, images, p.strength, steps=p.steps, sampler=p.sampler, cond=cond, seed=p.seed,
-                       callback=callback)
+        def edit(x):
+            return img2img(den, x, p.strength, steps=p.steps, sampler=p.sampler, cond=cond, seed=p.seed,
+                           callback=callback)
+        return edit(images) if codec is None else in_latent_space(codec, images, edit)
     from ...pipelines.inpaint import inpaint
 
-    return inpaint(den, images, p.mask, steps=p.steps, sampler=p.sampler, cond=cond, seed=p.seed, callback=callback)
+    def fill(x, mask):
+        return inpaint(den, x, mask, steps=p.steps, sampler=p.sampler, cond=cond, seed=p.seed, callback=callback)
+    return fill(images, p.mask) if codec is None else inpaint_in_latent_space(codec, images, p.mask, fill)
 
 
 def _gif(frames: list, final: torch.Tensor) -> bytes:
@@ -461,14 +482,21 @@ def guidance_view(job, step: int) -> dict:
         d_u = p.base(x, sig, neg).float()
         d_g = p.guided(x, sig, pos).float()
     s = p.guidance
-    e_c, e_u, e_g = (to_eps(x, d, float(sigma)) for d in (d_c, d_u, d_g))
+    if info.latent is not None:  # a latent model: its noise lives in latent space; show the decoded estimates
+        e_c, e_u, e_g = (shown(p, d) for d in (d_c, d_u, d_g))
+        x_shown, d_c, d_u, d_g = shown(p, vp(x, sigma)), e_c, e_u, e_g
+        show_eps = lambda e: data_url(png_bytes(e))  # noqa: E731
+    else:
+        e_c, e_u, e_g = (to_eps(x, d, float(sigma)) for d in (d_c, d_u, d_g))
+        x_shown = vp(x, sigma)
+        show_eps = lambda e: data_url(png_bytes((e / EPS_RANGE).clamp(-1, 1)))  # noqa: E731
     diff = e_c - e_u
     dmax = float(diff.abs().max()) or 1.0
-    show_eps = lambda e: data_url(png_bytes((e / EPS_RANGE).clamp(-1, 1)))  # noqa: E731
     negname = "the negative condition" if p.negative is not None else "the null condition (empty prompt / no class)"
     return {"step": step, "sigma": _num(sigma), "scale": s,
             "uncond": show_eps(e_u), "cond": show_eps(e_c), "difference": data_url(png_bytes(diff / dmax)),
-            "guided": show_eps(e_g), "x_t": data_url(png_bytes(vp(x, sigma).clamp(-1, 1))),
+            "guided": show_eps(e_g), "x_t": data_url(png_bytes(x_shown.clamp(-1, 1))),
+            "decoded": info.latent is not None,
             "x0_uncond": data_url(png_bytes(d_u)), "x0_cond": data_url(png_bytes(d_c)), "x0_guided": data_url(png_bytes(d_g)),
             "difference_max": dmax, "eps_range": EPS_RANGE, "negative": negname,
             "formula": "D_s(x; sigma, c) = D(x; sigma, c_neg) + s * (D(x; sigma, c) - D(x; sigma, c_neg));  "
