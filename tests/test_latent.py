@@ -149,3 +149,16 @@ def test_latent_models_go_through_the_pipelines_eval_and_the_page(latent_runs, t
         assert r.status_code == 202, r.text
         with c.stream("GET", r.json()["events"]) as s:
             assert [line for line in s.iter_lines() if line.startswith("event: ")][-1] == "event: done"
+
+
+def test_the_network_is_fitted_to_small_latent_grids(tmp_path, capsys):
+    ae = tmp_path / "ae8"
+    assert main(["train-autoencoder", "--out", str(ae), "--f", "8", "--latent-channels", "2", "--dim", "8",
+                 "--steps", "1", "--batch-size", "8", "--no-progress", "--data", "digits", "--image-size", "32"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--preset", "tiny", "--data", "digits", "--image-size", "32", "--latent", str(ae),
+                 "--patch-size", "2", "--dim-mults", "1,2,2", "--steps", "1", "--out", str(tmp_path / "m"),
+                 "--no-progress"]) == 0
+    assert "latent grid 4x4" in capsys.readouterr().err
+    den = load_denoiser(tmp_path / "m")
+    assert den.info.image_shape == (2, 4, 4) and den.net.patch_size * 2 ** (den.net.levels - 1) <= 4

@@ -25,6 +25,7 @@ import torch
 from ..core.files import write_json_atomic
 from ..core.rng import per_sample_generators, randn
 from ..core.sampling import sample_many, sampling_defaults
+from ..models.latent import to_pixels
 from ..training import Trainer, demo_text_config
 
 GUIDANCE_PICTURE = (0.0, 1.0, 2.0, 4.0, 7.5)
@@ -47,8 +48,9 @@ def _draw(den, shape, n, sampler, steps, seed=0, callback=None, **cond_kw):
     guided, cond = conditioned(den, **cond_kw)
     gens = per_sample_generators(seed, range(n))
     noise = randn((n, *shape), gens)
-    return sample(guided, (n, *shape), sampler=sampler, steps=steps, generator=gens, noise=noise,
-                  cond=cond(n), callback=callback).float().cpu(), noise
+    x = sample(guided, (n, *shape), sampler=sampler, steps=steps, generator=gens, noise=noise,
+               cond=cond(n), callback=callback).float().cpu()
+    return to_pixels(den.info, x), to_pixels(den.info, noise)   # a latent model's samples, decoded
 
 
 def write_visuals(run_dir: Path, den, cfg, sampler: str, steps: int, schedule=None) -> dict:
@@ -59,14 +61,14 @@ def write_visuals(run_dir: Path, den, cfg, sampler: str, steps: int, schedule=No
     from ..evaluation.viz import plot_losses, read_jsonl, save_gif, save_labelled_grid, save_noising_strip
     from ..text import HELDOUT_TEMPLATES, prompt_for
 
-    shape = (cfg.model.channels, cfg.image_size, cfg.image_size)
+    shape = tuple(den.info.image_shape)
     t0 = time.perf_counter()
     cols = min(8, len(HELDOUT_TEMPLATES))
     prompts = [prompt_for(k, "heldout", j) for k in range(10) for j in range(cols)]
     frames = []
 
-    def keep(d):  # x_t in VP coordinates so every frame is on the image scale
-        frames.append((d["x"] / math.sqrt(1 + d["sigma_next"] ** 2)).float().cpu())
+    def keep(d):  # x_t in VP coordinates so every frame is on the image scale (a latent model's: decoded)
+        frames.append(to_pixels(den.info, (d["x"] / math.sqrt(1 + d["sigma_next"] ** 2)).float().cpu()))
 
     x, noise = _draw(den, shape, len(prompts), sampler, steps, callback=keep, prompt=prompts)
     save_labelled_grid(x, run_dir / "prompts.png", nrow=cols, row_labels=[f"{k}" for k in range(10)], upscale=2)
@@ -84,6 +86,7 @@ def write_visuals(run_dir: Path, den, cfg, sampler: str, steps: int, schedule=No
     ts = [round(T * k / 7) for k in range(8)]
     digit = load_mnist("heldout", cfg.image_size)[0]
     save_noising_strip(digit, abar, ts, run_dir / "noising.png", generator=torch.Generator().manual_seed(0))
+    # (the forward process of a pixel digit; a latent model noises latents, which do not read as pictures)
     plot_losses(read_jsonl(run_dir / "metrics.jsonl"), run_dir / "loss.png")
     return {"noising_t": ts, "prompts_png": prompts, "guidance_prompt": one, "seconds": time.perf_counter() - t0}
 
@@ -205,4 +208,4 @@ def _batched_draw(den, shape, n, sampler, steps, progress, **cond_kw):
     from ..pipelines.conditioning import conditioned
 
     guided, cond = conditioned(den, **cond_kw)
-    return sample_many(guided, shape, n, sampler, steps, seed=0, progress=progress, cond=cond(n))
+    return to_pixels(den.info, sample_many(guided, shape, n, sampler, steps, seed=0, progress=progress, cond=cond(n)))

@@ -158,8 +158,35 @@ class Trainer:
         if recorded and recorded != codec.sha256:
             raise CheckpointError(f"the autoencoder at {cfg.latent} changed since this run started (sha256 "
                                   f"{recorded[:12]} then, {codec.sha256[:12]} now)")
-        self.cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, channels=codec.latent_shape[0]))
+        model = self._fit_latent_network(dataclasses.replace(cfg.model, channels=codec.latent_shape[0]),
+                                         codec.latent_shape[-1])
+        self.cfg = dataclasses.replace(cfg, model=model)
         return codec
+
+    def _fit_latent_network(self, model, side: int):
+        """The network's defaults fitted to the latent grid: a U-Net whose levels and patches do
+        not divide the latent side (f = 8 gives 4x4 latents, which the demo U-Net's 2x2 patches and
+        three levels cannot downsample) runs with patch 1, then with fewer levels, until they do;
+        a DiT's patch shrinks to a divisor. Said on stderr and recorded in the checkpoint."""
+        was = model
+        if self.cfg.arch == "unet":
+            while side % (2 ** (len(model.dim_mults) - 1) * model.patch_size):
+                model = dataclasses.replace(model, patch_size=1) if model.patch_size > 1 else \
+                    dataclasses.replace(model, dim_mults=tuple(model.dim_mults[:-1]),
+                                        **{k: getattr(model, k)[:-1] for k in ("full_attn", "linear_attn")
+                                           if isinstance(getattr(model, k), (tuple, list))})
+                if len(model.dim_mults) < 1:
+                    raise UserError(f"no U-Net fits a {side}x{side} latent grid", param="latent")
+        elif getattr(model, "patch_size", 1) and side % model.patch_size:
+            p = model.patch_size
+            while side % p:
+                p //= 2
+            model = dataclasses.replace(model, patch_size=max(1, p))
+        if model != was:
+            changed = {k: getattr(model, k) for k in ("patch_size", "dim_mults") if getattr(model, k, None) !=
+                       getattr(was, k, None)}
+            print(f"latent grid {side}x{side}: the network runs with {changed}", file=sys.stderr)
+        return model
 
     def _encode_data(self, val_set) -> None:
         """Latent runs: the training and held-out images as scaled posteriors, encoded once and
