@@ -41,6 +41,8 @@ STAGES = [
      ".venv/bin/python bench/pipelines.py --ckpt runs/demo --n 500 --classifier runs/classifier600"),
     ("RESULTS_superres.md", "Super-resolution 16 -> 32 (SR3) vs bicubic (not part of make bench)",
      ".venv/bin/python bench/superres.py --ckpt runs/sr --n 500"),
+    ("RESULTS_latent.md", "Latent diffusion: autoencoders and the small Stable Diffusion (not part of make bench)",
+     ".venv/bin/python bench/latent.py ae && .venv/bin/python bench/latent.py text --ae runs/ae_f2c4"),
     ("RESULTS_serve.md", "The live page: latency, load, refusals (not part of make bench)",
      ".venv/bin/python bench/serve_load.py --runs runs --text demo --class class"),
     ("RESULTS_demo_avx2.md", "The make demo run at the AVX2 machine's step count (not part of make bench)",

@@ -138,7 +138,11 @@ def test_latent_models_go_through_the_pipelines_eval_and_the_page(latent_runs, t
     assert drawn.shape == (5, 1, 8, 8) and drawn.abs().max() <= 1                 # measured as decoded pixels
     assert main(["eval", "--ckpt", str(root / "lat"), "--nll", "ode", "--n", "4", "--rtol", "1e-2", "--atol", "1e-2"]) == 0
     with TestClient(create_app(root)) as c:
-        assert [e["id"] for e in c.get("/api/checkpoints").json()] == ["lat"]      # the autoencoder is not listed
+        listed = c.get("/api/checkpoints").json()
+        assert [e["id"] for e in listed] == ["lat"]                                # the autoencoder is not listed
+        assert listed[0]["image_shape"] == [1, 8, 8] and listed[0]["latent"]["latent_shape"] == [4, 4, 4]
+        stages = [st["name"] for st in c.get("/api/model", params={"checkpoint": "lat"}).json()["stages"]]
+        assert stages[-2:] == ["decoder (autoencoder)", "image"]
         r = c.post("/api/generate", json={"checkpoint": "lat", "class": 3, "batch": 2, "steps": 3})
         assert r.status_code == 202
         with c.stream("GET", r.json()["events"]) as s:

@@ -102,12 +102,15 @@ class Catalog:
         return {
             "id": cid, "kind": kind, "process": cfg.get("diffusion", {}).get("process"),
             "objective": cfg.get("diffusion", {}).get("objective"), "backbone": net.get("arch"),
-            "steps_trained": cfg.get("step"), "image_shape": [int(ncfg.get("channels", 3)), *cfg.get("image_size", [])],
+            "steps_trained": cfg.get("step"), "image_shape": (cfg["latent"]["pixel_shape"] if cfg.get("latent")
+                            else [int(ncfg.get("channels", 3)), *cfg.get("image_size", [])]),
             "classes": cond.get("class_names") or (list(range(int(ncfg["num_classes"]))) if ncfg.get("num_classes") else None),
             "encoder": cond.get("encoder") or (ncfg.get("text_encoder") if kind == "text" else None),
             "sampler": sampling.get("sampler"), "steps": sampling.get("steps"), "guidance": sampling.get("guidance"),
             "has_guide": cfg.get("guide_step") is not None, "guide_step": cfg.get("guide_step"),
             "data": train.get("data"), "report": _report(run),
+            "latent": {k: (cfg.get("latent") or {}).get(k) for k in ("latent_shape", "pixel_shape", "embedded")}
+            if cfg.get("latent") else None,
         }
 
     def load(self, cid, weights: str = "ema"):

@@ -601,7 +601,13 @@ def architecture_view(catalog, cid: str) -> dict:
                    "detail": f"{sum(p.numel() for p in net.parameters()):,} parameters, {len(blocks)} blocks"})
     stages.append({"name": "sampler loop", "detail": f"{choice.sampler}, {choice.steps} steps (checkpoint default), "
                    f"process {info.process}"})
-    stages.append({"name": "image", "detail": "x0 in [-1, 1], " + "x".join(str(v) for v in info.image_shape)})
+    if info.latent is not None:
+        codec = info.latent
+        stages.append({"name": "decoder (autoencoder)", "detail": "latents " + "x".join(map(str, codec.latent_shape))
+                       + " -> pixels " + "x".join(map(str, codec.pixel_shape)) + ", per-channel scale from data"})
+        stages.append({"name": "image", "detail": "x0 in [-1, 1], " + "x".join(map(str, codec.pixel_shape))})
+    else:
+        stages.append({"name": "image", "detail": "x0 in [-1, 1], " + "x".join(str(v) for v in info.image_shape)})
     return {"checkpoint": cid, "stages": stages, "blocks": blocks,
             "total_params": sum(p.numel() for p in net.parameters())}
 
