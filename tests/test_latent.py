@@ -137,6 +137,7 @@ def test_latent_models_go_through_the_pipelines_eval_and_the_page(latent_runs, t
     drawn, _ = _samples(build_parser().parse_args(["eval", "--ckpt", str(root / "lat"), "--n", "5", "--steps", "2"]))
     assert drawn.shape == (5, 1, 8, 8) and drawn.abs().max() <= 1                 # measured as decoded pixels
     assert main(["eval", "--ckpt", str(root / "lat"), "--nll", "ode", "--n", "4", "--rtol", "1e-2", "--atol", "1e-2"]) == 0
+    assert main(["eval", "--ckpt", str(root / "lat"), "--nll", "vlb", "--n", "4"]) == 2        # pixels' decoder term
     with TestClient(create_app(root)) as c:
         listed = c.get("/api/checkpoints").json()
         assert [e["id"] for e in listed] == ["lat"]                                # the autoencoder is not listed

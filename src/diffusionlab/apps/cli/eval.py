@@ -198,6 +198,9 @@ def _nll(a) -> dict:
     codec = den.info.latent
     x, data = _heldout(a, read_config(find_checkpoint(a.ckpt)), codec.pixel_shape if codec else den.info.image_shape)
     if codec is not None:  # a latent model's likelihood is that of the held-out images' latents
+        if a.nll == "vlb":
+            raise UserError("the VLB's decoder term models 8-bit pixels; a latent model's likelihood is that of "
+                            "continuous latents: use --nll ode", param="nll")
         x = codec.encode(x)
         data = f"{data}, encoded by the autoencoder: bits/dim of the latents {tuple(codec.latent_shape)}, not pixels"
     m = _bits_per_dim(a, den, x)
