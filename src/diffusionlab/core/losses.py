@@ -73,6 +73,17 @@ class TrainingLoss(Protocol):
     def load_state_dict(self, d: dict) -> None: ...
 
 
+class StatelessLoss:
+    """The resume state of a loss that keeps none: writes ``{}`` and accepts only ``{}``."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, d: dict) -> None:
+        if d:
+            raise ValueError(f"{type(self).__name__} keeps no state, got {sorted(d)}")
+
+
 def unpack(batch_or_x0, cond=None):
     """(x0, cond) from a ``Batch`` or from images plus an optional condition."""
     if isinstance(batch_or_x0, Batch):

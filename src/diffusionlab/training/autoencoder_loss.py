@@ -13,13 +13,14 @@ from ..core.cond import Batch
 from ..errors import UserError
 from ..nn import AUTOENCODERS
 from ..nn.autoencoder import AutoencoderConfig, kl_to_standard_normal
-from .config import AutoencoderObjective, TrainConfig
+from ..core.losses import StatelessLoss
+from .config import AutoencoderObjective, TrainConfig, objective_run
 
 KIND = "autoencoder"                 # config.json "kind" of an autoencoder checkpoint
 STATS_IMAGES = 4096                  # training images the latent statistics are measured on
 
 
-class AutoencoderLoss:
+class AutoencoderLoss(StatelessLoss):
     """Reconstruction + beta KL per sample (a ``core.losses.TrainingLoss``): z = mean + std n with
     n from the sample's own generator (``core.rng``), reconstruction error averaged over the image's
     elements (l1 or l2), KL(q(z | x) || N(0, I)) summed over the latent and divided by the image's
@@ -49,29 +50,15 @@ class AutoencoderLoss:
             return rec
         return rec + self.beta * kl_to_standard_normal(mean.float(), logvar.float()) / x[0].numel()
 
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, d: dict) -> None:
-        if d:
-            raise ValueError(f"AutoencoderLoss keeps no state, got {sorted(d)}")
-
 
 # ------------------------------------------------------------------ what the trainer asks
 def autoencoder_run(cfg: TrainConfig) -> bool:
     """True for an autoencoder run (``cfg.autoencoder`` set); checks that the rest of the config
     fits one (``UserError`` naming the field otherwise)."""
-    if cfg.autoencoder is None:
-        if cfg.arch in AUTOENCODERS:
-            raise UserError(f"arch {cfg.arch!r} is an autoencoder, not a denoiser: set autoencoder "
-                            "(an AutoencoderObjective) to train it", param="arch")
+    if not objective_run(cfg, "autoencoder", AUTOENCODERS, "an autoencoder"):
         return False
-    if cfg.arch not in AUTOENCODERS:
-        raise UserError(f"an autoencoder run trains {', '.join(AUTOENCODERS)}, not {cfg.arch!r}", param="arch")
     if cfg.cond != "none":
         raise UserError(f"an autoencoder is unconditional; cond {cfg.cond!r} does not apply", param="cond")
-    if cfg.guide_at is not None:
-        raise UserError("the autoguidance snapshot (guide_at) belongs to diffusion models", param="guide_at")
     check_shape(cfg.model, cfg.image_size)
     AutoencoderLoss.from_config(cfg.autoencoder)  # checks beta and the loss
     return True

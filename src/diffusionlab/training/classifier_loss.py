@@ -13,14 +13,15 @@ from ..core import rng
 from ..core.cond import Batch
 from ..errors import UserError
 from ..nn import CLASSIFIERS
-from .config import ClassifierObjective, TrainConfig
+from ..core.losses import StatelessLoss
+from .config import ClassifierObjective, TrainConfig, objective_run
 
 KIND = "classifier"                                          # config.json "kind" of a classifier checkpoint
 WEIGHTS, META = "classifier.safetensors", "classifier.json"  # the format before classifiers were trainer runs
 ACCURACY_SIGMAS = (0.05, 0.5, 1.0, 2.0, 5.0)                # train_classifier's held-out accuracy
 
 
-class NoisyClassifierLoss:
+class NoisyClassifierLoss(StatelessLoss):
     """The noise-aware classifier's training loss (a ``core.losses.TrainingLoss``): per sample,
     the cross-entropy of its label (``batch.cond.labels``) at x = x0 + sigma n with
     ln sigma ~ U(ln sigma_min, ln sigma_max) and n ~ N(0, I). Sample i draws sigma, then n, from
@@ -53,33 +54,17 @@ class NoisyClassifierLoss:
             logits = net(x, sigma)
         return F.cross_entropy(logits.float(), labels.to(logits.device).long(), reduction="none")
 
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, d: dict) -> None:
-        """The loss keeps no state: only the empty state it writes is accepted."""
-        if d:
-            raise ValueError(f"NoisyClassifierLoss keeps no state, got {sorted(d)}")
-
 
 # ------------------------------------------------------------------ what the trainer asks
 def classifier_run(cfg: TrainConfig) -> bool:
     """True for a classifier run (``cfg.classifier`` set); checks that the rest of the config fits
     one (``UserError`` naming the field otherwise)."""
-    if cfg.classifier is None:
-        if cfg.arch in CLASSIFIERS:
-            raise UserError(f"arch {cfg.arch!r} is a classifier, not a denoiser: set classifier "
-                            "(a ClassifierObjective) to train it", param="arch")
+    if not objective_run(cfg, "classifier", CLASSIFIERS, "a classifier"):
         return False
-    if cfg.arch not in CLASSIFIERS:
-        raise UserError(f"a classifier run trains a classifier network ({', '.join(CLASSIFIERS)}), not {cfg.arch!r}",
-                        param="arch")
     if cfg.cond not in ("none", "class"):
         raise UserError(f"a classifier learns the data's labels; cond {cfg.cond!r} does not apply", param="cond")
     if cfg.p_uncond:
         raise UserError("a classifier learns every label: conditioning dropout (p_uncond) must be 0", param="p_uncond")
-    if cfg.guide_at is not None:
-        raise UserError("the autoguidance snapshot (guide_at) belongs to diffusion models", param="guide_at")
     NoisyClassifierLoss.from_config(cfg.classifier)  # checks the sigma range
     return True
 

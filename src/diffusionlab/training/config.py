@@ -122,6 +122,23 @@ class TrainConfig:
         return from_dict(cls, d)
 
 
+def objective_run(cfg: TrainConfig, field_name: str, registry: dict, noun: str) -> bool:
+    """Whether ``cfg`` trains a network of ``registry`` (a classifier, an autoencoder) because
+    its objective ``field_name`` is set, and that the arch agrees: a ``UserError`` naming the field
+    when only one of the two says so. Such runs take no autoguidance snapshot."""
+    from ..errors import UserError
+
+    if getattr(cfg, field_name) is None:
+        if cfg.arch in registry:
+            raise UserError(f"arch {cfg.arch!r} is {noun}, not a denoiser: set {field_name} to train it", param="arch")
+        return False
+    if cfg.arch not in registry:
+        raise UserError(f"{noun} run trains {', '.join(registry)}, not {cfg.arch!r}", param="arch")
+    if cfg.guide_at is not None:
+        raise UserError("the autoguidance snapshot (guide_at) belongs to diffusion models", param="guide_at")
+    return True
+
+
 def demo_config(**overrides) -> TrainConfig:
     """The `make demo` run: MNIST-5k at 32x32, a FLOP-efficient U-Net (2x2 patches, so it runs
     at 16x16), v-prediction on a cosine schedule, bf16 autocast on CPU, 10 minutes.
