@@ -44,13 +44,9 @@ def encoded_sets(codec, train: torch.Tensor, val: torch.Tensor, parts: dict) -> 
     from ..text.cache import cache_root
 
     path = cache_root() / "latents" / f"{cache_key(codec, parts)}.safetensors"
-    if path.is_file():
-        try:
-            got = load_file(str(path))
-            if got["train_mean"].shape[0] == len(train) and got["val_mean"].shape[0] == len(val):
-                return got
-        except Exception:  # a damaged cache file: encode again  # noqa: BLE001
-            pass
+    got = _cached(path, load_file)
+    if got is not None and got["train_mean"].shape[0] == len(train) and got["val_mean"].shape[0] == len(val):
+        return got
     train_mean, train_std = _encode(codec, train)
     val_mean, _ = _encode(codec, val)
     out = {"train_mean": train_mean.contiguous(), "train_std": train_std.contiguous(), "val_mean": val_mean.contiguous()}
@@ -58,3 +54,14 @@ def encoded_sets(codec, train: torch.Tensor, val: torch.Tensor, parts: dict) -> 
     with atomic_path(path, ".safetensors") as tmp:
         save_file(out, str(tmp))
     return out
+
+
+def _cached(path, load_file) -> dict | None:
+    """The cache file's tensors; None when it is absent or damaged (then it is encoded again)."""
+    if not path.is_file():
+        return None
+    try:
+        got = load_file(str(path))
+    except Exception:  # noqa: BLE001 - any unreadable cache file is rebuilt
+        return None
+    return got if {"train_mean", "train_std", "val_mean"} <= set(got) else None
