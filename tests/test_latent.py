@@ -167,3 +167,21 @@ def test_the_network_is_fitted_to_small_latent_grids(tmp_path, capsys):
     assert "latent grid 4x4" in capsys.readouterr().err
     den = load_denoiser(tmp_path / "m")
     assert den.info.image_shape == (2, 4, 4) and den.net.patch_size * 2 ** (den.net.levels - 1) <= 4
+
+
+def test_the_encoded_training_set_is_cached_and_a_damaged_cache_rebuilt(tmp_path, monkeypatch):
+    from diffusionlab.training.latent_data import cache_key, encoded_sets
+
+    monkeypatch.setenv("DIFFUSIONLAB_CACHE", str(tmp_path / "cache"))
+    codec = LatentCodec(_Identity(), [0.5], [2.0], (1, 8, 8), "identity", "1" * 64)
+    train, val = torch.rand(6, 1, 8, 8), torch.rand(3, 1, 8, 8)
+    parts = {"data": "x", "image_size": 8}
+    got = encoded_sets(codec, train, val, parts)
+    torch.testing.assert_close(got["train_mean"], (train - 0.5) / 2.0)        # scaled posterior means
+    assert float(got["train_std"].abs().max()) == 0.0
+    path = tmp_path / "cache" / "latents" / f"{cache_key(codec, parts)}.safetensors"
+    assert path.is_file()
+    path.write_bytes(b"damaged")
+    again = encoded_sets(codec, train, val, parts)
+    torch.testing.assert_close(again["val_mean"], (val - 0.5) / 2.0)
+    assert path.stat().st_size > 100                                         # rewritten
