@@ -108,11 +108,13 @@ def get_extractor(spec="digits", **kw) -> Extractor:
 
 
 def reference_features(extractor: Extractor, dataset: str = "mnist", split: str = "heldout", image_size: int = 28,
-                       channels: int = 1, images: torch.Tensor | None = None, cache_dir=None) -> np.ndarray:
+                       channels: int = 1, images: torch.Tensor | None = None, cache_dir=None,
+                       classes=None) -> np.ndarray:
     """Features of a reference set, cached as <cache>/refstats/<dataset>-<split>-<size>-<extractor>.npz
     (features plus float64 mean and covariance). ``dataset``: mnist | digits | an image folder
     (its held-out split is the fixed-seed 5% of ``load_dataset``), or pass ``images`` directly
-    (then the key includes a hash of them)."""
+    (then the key includes a hash of them). ``classes``: only those classes' images (e.g. the
+    held-out threes)."""
     cache = Path(cache_dir or default_cache_dir()) / "refstats"
     if images is not None:
         tag = hashlib.sha1(images.detach().cpu().float().numpy().tobytes()).hexdigest()[:12]
@@ -121,12 +123,14 @@ def reference_features(extractor: Extractor, dataset: str = "mnist", split: str 
         key = f"{Path(dataset).name if os.path.sep in dataset else dataset}-{split}-{image_size}-{extractor.name}"
         if os.path.sep in dataset:
             key += "-" + hashlib.sha1(str(Path(dataset).resolve()).encode()).hexdigest()[:8]
+        if classes is not None:
+            key += "-classes" + "_".join(str(int(c)) for c in classes)
     path = cache / f"{key}.npz"
     if path.is_file():
         with np.load(path) as z:
             return z["features"]
     if images is None:
-        images = _dataset_images(dataset, split, image_size, channels)
+        images = _dataset_images(dataset, split, image_size, channels, classes)
     feats = extractor(images)
     mu, sigma = feature_stats(feats)
     cache.mkdir(parents=True, exist_ok=True)
@@ -136,10 +140,10 @@ def reference_features(extractor: Extractor, dataset: str = "mnist", split: str 
     return feats
 
 
-def _dataset_images(dataset: str, split: str, image_size: int, channels: int) -> torch.Tensor:
+def _dataset_images(dataset: str, split: str, image_size: int, channels: int, classes=None) -> torch.Tensor:
     from ..data.datasets import load_dataset
 
-    train, held = load_dataset(dataset, image_size, channels)
+    train, held = load_dataset(dataset, image_size, channels, classes=classes)
     return {"train": train, "heldout": held}[split]
 
 

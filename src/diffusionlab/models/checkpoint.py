@@ -61,7 +61,10 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _contiguous(sd: dict) -> dict:
+def _contiguous(sd) -> dict:
+    """A module's state dict (or a state dict itself: a LoRA run saves only its adapters) as
+    contiguous CPU tensors."""
+    sd = sd if isinstance(sd, dict) else sd.state_dict()
     return {k: v.detach().contiguous().cpu() for k, v in sd.items()}
 
 
@@ -105,7 +108,7 @@ def save_checkpoint(run_dir, step: int, *, model, ema_model, config: dict, optim
                     train_state: dict | None = None, rng: dict | None = None, keep: int = 2,
                     guide: dict | None = None) -> Path:
     """Write checkpoint ``step`` atomically (manifest last) and point ``latest`` at it; keep the
-    newest ``keep``. An existing folder of the same step is replaced. ``guide``: a state dict
+    newest ``keep``. ``model`` / ``ema_model``: modules or state dicts. An existing folder of the same step is replaced. ``guide``: a state dict
     stored as guide.safetensors (the trainer's autoguidance snapshot)."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
@@ -113,8 +116,8 @@ def save_checkpoint(run_dir, step: int, *, model, ema_model, config: dict, optim
     final = root / name
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=name + ".tmp-"))
     try:
-        save_file(_contiguous(model.state_dict()), tmp / "model.safetensors")
-        save_file(_contiguous(ema_model.state_dict()), tmp / "ema.safetensors")
+        save_file(_contiguous(model), tmp / "model.safetensors")
+        save_file(_contiguous(ema_model), tmp / "ema.safetensors")
         if guide is not None:
             save_file(_contiguous(guide), tmp / "guide.safetensors")
         tensors, meta = ({}, None) if optimizer is None else _split_optimizer(optimizer.state_dict())
@@ -340,6 +343,17 @@ def _migrate_1_to_2(cfg: dict) -> dict:
     out.update(format_version=2, migrated_from=1, network={"arch": cfg["model"]["type"], "config": cfg["model"]["config"]},
                diffusion=diffusion, image_size=list(image_size), train=train)
     return out
+
+
+def content_hash(path) -> str:
+    """The content hash of a checkpoint (run dir, checkpoints dir or step dir; the step ``latest``
+    names): the sha256 of its manifest.json, which holds the size and sha256 of every file. What a
+    latent model records of its autoencoder and a LoRA adapter of its base."""
+    ckpt = find_checkpoint(path)
+    manifest = ckpt / MANIFEST
+    if not manifest.is_file():
+        raise CheckpointError(f"{ckpt} has no {MANIFEST}: not a complete checkpoint")
+    return hashlib.sha256(manifest.read_bytes()).hexdigest()
 
 
 def read_config(ckpt_dir) -> dict:

@@ -11,13 +11,12 @@ is its content hash (the sha256 of its manifest, which lists the sha256 of every
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
 
 from ..errors import UserError
-from .checkpoint import CheckpointError, MANIFEST, find_checkpoint, load_checkpoint
+from .checkpoint import CheckpointError, content_hash, load_checkpoint
 
 
 class LatentCodec:
@@ -61,14 +60,7 @@ class LatentCodec:
         return self.decode(self.encode(pixels)).clamp(-1, 1)
 
 
-def autoencoder_hash(path) -> str:
-    """The content hash of an autoencoder checkpoint: sha256 of its manifest.json (which holds the
-    size and sha256 of every file of the checkpoint)."""
-    ckpt = find_checkpoint(path)
-    manifest = ckpt / MANIFEST
-    if not manifest.is_file():
-        raise CheckpointError(f"{ckpt} has no {MANIFEST}: not a complete checkpoint")
-    return hashlib.sha256(manifest.read_bytes()).hexdigest()
+autoencoder_hash = content_hash  # an autoencoder's content hash (checkpoint.content_hash)
 
 
 def load_autoencoder(path, weights: str = "ema") -> LatentCodec:

@@ -122,6 +122,9 @@ def read_checkpoint(path, use_ema: bool = True, weights: str | None = None, devi
     if cfg.get("kind") == "autoencoder":  # training.autoencoder writes these: the first stage of a latent model
         raise CheckpointError(f"{ck['path']} holds an autoencoder, not a diffusion model",
                               hint="train a latent diffusion model on it, or load it with models.latent.load_autoencoder")
+    if cfg.get("kind") == "lora":  # training.finetune writes these: an adapter for its base
+        raise CheckpointError(f"{ck['path']} holds a LoRA adapter, not a model",
+                              hint="sample its base with the adapter: --ckpt BASE --lora ADAPTER")
     weights = _pick_weights(ck, use_ema, weights)
     try:
         net = build_network(cfg["network"]["arch"], cfg["network"]["config"])
@@ -181,15 +184,33 @@ def latent_codec(rec: CheckpointRecord, autoencoder=None):
     return load_autoencoder(path)
 
 
+def adapt(rec: CheckpointRecord, lora=(), lora_scale: float = 1.0, force: bool = False):
+    """LoRA adapters (``models.lora``: ``LoraRef``s, ``PATH[:WEIGHT]`` strings or (path, weight)
+    pairs) attached to a record's network in place, each checked against the checkpoint's content
+    hash unless ``force``. Returns the ``Adapters`` (None: no adapter, or every weight 0 - the
+    network is then untouched)."""
+    if not lora:
+        if lora_scale != 1.0:
+            raise UserError("a LoRA scale needs an adapter (lora)", param="lora_scale")
+        return None
+    from .checkpoint import content_hash
+    from .lora import LoraRef, attach
+
+    refs = [r if isinstance(r, LoraRef) else LoraRef.parse(r) if isinstance(r, str) else LoraRef(*r) for r in lora]
+    return attach(rec.network, refs, lora_scale, content_hash(rec.provenance.path), rec.provenance.path, force)
+
+
 def load_denoiser(path, use_ema: bool = True, device=None, autocast_dtype=None, weights: str | None = None,
-                  autoencoder=None):
+                  autoencoder=None, lora=(), lora_scale: float = 1.0, force: bool = False):
     """Any checkpoint (run dir, checkpoints dir or step dir) as a sigma-space denoiser of its
     process (``DiscreteDenoiser``, ``SDEDenoiser``, ``EDMDenoiser`` or ``NCSNDenoiser``) whose
     ``info`` declares everything the checkpoint records (image shape, conditioning, sampling
     defaults). No training loss is built. A text model whose recorded encoder fingerprint differs
     from the installed encoder's warns (``text.check_fingerprint``). A latent model's
-    ``info.latent`` is its autoencoder (``latent_codec``; ``autoencoder``: a moved copy)."""
+    ``info.latent`` is its autoencoder (``latent_codec``; ``autoencoder``: a moved copy).
+    ``lora``: adapters on the network, weighted, times ``lora_scale`` (``adapt``)."""
     rec = read_checkpoint(path, use_ema, weights, device)
+    adapt(rec, lora, lora_scale, force)
     if rec.cond.kind == "text":
         from ..text.encoders import check_fingerprint
 

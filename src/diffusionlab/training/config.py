@@ -53,8 +53,32 @@ class AutoencoderObjective:
 
 
 @dataclass
+class FinetuneConfig:
+    """What makes a run fine-tune a trained model (``TrainConfig.finetune``; ``training.finetune``):
+    the base checkpoint and its content hash (recorded when the run starts, checked on resume),
+    and either LoRA adapters (``models.lora``) of rank r, scale alpha / r on the ``targets`` layers
+    (``nn.lora_targets``) with the base frozen, or ``full``: every weight trains (the baseline).
+
+    Defaults measured by bench/lora.py on the demo text model teaching one digit in 300 steps
+    (README "LoRA fine-tuning"): rank 4, alpha = rank (scale 1), attn+conv targets; the learning
+    rate is ``FINETUNE_LR``."""
+
+    base: str = ""
+    base_sha256: str | None = None
+    full: bool = False
+    rank: int = 4
+    alpha: float = 4.0
+    targets: str = "attn+conv"
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FinetuneConfig":
+        return from_dict(cls, d)
+
+
+@dataclass
 class TrainConfig:
     data: str = "mnist"              # mnist | digits | path/to/images
+    digits: tuple | None = None      # train on these classes of the data only (e.g. (3,) or (3, 5)); None: all
     image_size: int = 32
     hflip: bool = False
     val_fraction: float = 0.05       # image folders only; embedded sets have a fixed held-out split
@@ -68,6 +92,8 @@ class TrainConfig:
     latent: str | None = None        # a KL autoencoder checkpoint: train on its latents (latent diffusion;
     #                                  training.latent_data); the network's channels and size come from it
     embed_autoencoder: bool = False  # latent: copy the autoencoder into the run (run/autoencoder) and record that copy
+    finetune: FinetuneConfig | None = None  # set: start from a trained model (LoRA adapters or all weights;
+    #                                  training.finetune); its network, process and conditioning come from the base
     batch_size: int = 64
     grad_accum: int = 1
     lr: float = 2e-3
@@ -119,6 +145,7 @@ class TrainConfig:
         d["diffusion"] = DiffusionConfig.from_dict(d.get("diffusion", {}))
         d["classifier"] = ClassifierObjective.from_dict(d["classifier"]) if d.get("classifier") else None
         d["autoencoder"] = AutoencoderObjective.from_dict(d["autoencoder"]) if d.get("autoencoder") else None
+        d["finetune"] = FinetuneConfig.from_dict(d["finetune"]) if d.get("finetune") else None
         return from_dict(cls, d)
 
 

@@ -15,6 +15,9 @@ from torch import nn
 class EMA:
     def __init__(self, model: nn.Module, max_decay: float = 0.9995, power: float = 2 / 3,
                  inv_gamma: float = 1.0, start_step: int = 0):
+        # the parameters that train (all of them, or a LoRA run's adapters): the rest are frozen
+        # and equal in both copies, so the average skips them
+        self.names = [n for n, p in model.named_parameters() if p.requires_grad]
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
         self.max_decay, self.power, self.inv_gamma, self.start_step = max_decay, power, inv_gamma, start_step
         self.step = 0
@@ -29,8 +32,9 @@ class EMA:
     def update(self, model: nn.Module) -> None:
         self.step += 1
         d = self.decay()
-        ema_p = [p for p in self.model.parameters()]
-        src_p = [p.detach() for p in model.parameters()]
+        own, src = dict(self.model.named_parameters()), dict(model.named_parameters())
+        ema_p = [own[n] for n in self.names]
+        src_p = [src[n].detach() for n in self.names]
         if d == 0.0:
             torch._foreach_copy_(ema_p, src_p)
         else:

@@ -82,12 +82,13 @@ def initial_network(cfg: TrainConfig):
         return build_network(cfg.arch, cfg.model)
 
 
-def build_diffusion(cfg: TrainConfig, image_size: int | None = None):
+def build_diffusion(cfg: TrainConfig, image_size: int | None = None, net=None):
     """The network (``nn.NETWORKS[cfg.arch]``) and its process from the config (one builder,
     ``loading.build_diffusion``); the initial weights depend on the seed only. ``image_size``:
-    the side the network models (a latent run's latent side; default the images')."""
-    return build_process(initial_network(cfg), image_size or cfg.image_size, validate(cfg.diffusion),
-                         cfg.sample_steps or 50)
+    the side the network models (a latent run's latent side; default the images'). ``net``: a
+    network to start from instead (a fine-tuning run's base)."""
+    return build_process(initial_network(cfg) if net is None else net, image_size or cfg.image_size,
+                         validate(cfg.diffusion), cfg.sample_steps or 50)
 
 
 def _config_from_diffusion(diffusion, **fields) -> TrainConfig:

@@ -1,6 +1,8 @@
 """One readable training loop for every model of the library: the diffusion models, the
-noise-aware classifier of classifier guidance (``TrainConfig.classifier``; training.classifier)
-and latent diffusion's KL autoencoder (``TrainConfig.autoencoder``; training.autoencoder).
+noise-aware classifier of classifier guidance (``TrainConfig.classifier``; training.classifier),
+latent diffusion's KL autoencoder (``TrainConfig.autoencoder``; training.autoencoder) and the
+fine-tuning of a trained model, LoRA adapters or all weights (``TrainConfig.finetune``;
+training.finetune).
 
 The loop: draw a batch (a fixed-seed permutation per epoch), compute the loss (the diffusion
 model's, or any ``core.losses.TrainingLoss``: a classifier's is ``NoisyClassifierLoss``) under
@@ -81,6 +83,14 @@ class Trainer:
             seed_kw["precision"] = "auto" if amp else "fp32"
         config, self.resume_from = run_config(diffusion, folder, config, {**seed_kw, **overrides}, resume, overwrite,
                                               strict_resume)
+        if config.finetune is not None:  # a fine-tuning run: its base, checked before anything is loaded
+            from .finetune import check_base_unchanged, check_finetune
+
+            if diffusion is not None:
+                raise UserError("a fine-tuning run builds its network from its base: pass no diffusion model")
+            check_finetune(config)
+            if self.resume_from is not None:
+                check_base_unchanged(config)
         self.overwrite = overwrite and not resume
         self.clock = clock or time.perf_counter  # injectable: tests run the time budget on a fake clock
         # what the run trains, checked before anything is loaded: a diffusion model, a noise-aware
@@ -104,7 +114,8 @@ class Trainer:
         self.codec = self._latent_codec(cfg)  # latent diffusion: the autoencoder (None: pixel space)
         cfg = self.cfg
         pixel_channels = self.codec.pixel_shape[0] if self.codec is not None else cfg.model.channels
-        train_set, val_set = load_image_sets(cfg.data, cfg.image_size, pixel_channels, cfg.val_fraction, cfg.seed)
+        train_set, val_set = load_image_sets(cfg.data, cfg.image_size, pixel_channels, cfg.val_fraction, cfg.seed,
+                                             cfg.digits)
         self.train_data, self.val_data = train_set.images, val_set.images
         self.train_pixels, self.val_pixels, self.train_std = self.train_data, self.val_data, None  # pixels (floors)
         if self.codec is not None:
@@ -119,7 +130,7 @@ class Trainer:
                                              num_classes=None if self.is_classifier else num_classes,
                                              task=cfg.task, lowres=cfg.lowres,
                                              image_size=cfg.image_size)
-        if diffusion is None:  # the network's condition settings fit the data (class table, text width)
+        if diffusion is None and cfg.finetune is None:  # the network's condition settings fit the data
             settings = self.conditioning.model_settings()
             if self.is_classifier:  # a classifier's config names its classes
                 settings["class_names"] = tuple(self.conditioning.names) if self.conditioning.names else None
@@ -196,6 +207,8 @@ class Trainer:
         cfg = self.cfg
         parts = {"data": cfg.data, "image_size": cfg.image_size, "channels": self.codec.pixel_shape[0],
                  "val_fraction": cfg.val_fraction, "seed": cfg.seed}
+        if cfg.digits is not None:
+            parts["digits"] = list(cfg.digits)
         sets = encoded_sets(self.codec, self.train_data, self.val_data, parts)
         self.train_data, self.train_std, self.val_data = sets["train_mean"], sets["train_std"], sets["val_mean"]
 
@@ -220,8 +233,19 @@ class Trainer:
                 loss = NoisyClassifierLoss.from_config(cfg.classifier) if self.is_classifier else \
                     AutoencoderLoss.from_config(cfg.autoencoder)
         else:
-            self.diffusion = diffusion if diffusion is not None else build_diffusion(cfg, self.model_shape[-1])
+            base = None
+            if cfg.finetune is not None:  # start from the base's EMA weights
+                from .finetune import base_network
+
+                base = base_network(cfg)
+            self.diffusion = diffusion if diffusion is not None else build_diffusion(cfg, self.model_shape[-1], base)
             net = self.diffusion.model
+        self.adapters = None
+        if cfg.finetune is not None and not cfg.finetune.full:  # LoRA: only the adapters train
+            from ..models.lora import attach_new
+
+            ft = cfg.finetune
+            self.adapters = attach_new(net, ft.rank, ft.alpha, ft.targets, cfg.seed)
         self.channels_last = self.device.type == "cpu"
         self.model = net.to(self.device)
         if self.channels_last:
@@ -230,8 +254,8 @@ class Trainer:
         if self.train_std is not None:
             self.train_std = self.train_std.to(self.device)
         self.val_data = self.val_data[: cfg.n_val].to(self.device)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=cfg.adam_betas,
-                                     weight_decay=cfg.weight_decay)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]  # a LoRA run: the adapters
+        self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 and self.device.type == "cuda" else None
         self.ema = EMA(self.model, cfg.ema_decay, cfg.ema_power)
         self.loss_fn = loss if loss is not None else self.diffusion.loss_fn  # a losses.TrainingLoss
@@ -288,7 +312,7 @@ class Trainer:
                 f"{self._latest_name()}. Try a lower learning rate, fp32 precision, or gradient clipping.")
         if self.scaler:
             self.scaler.unscale_(self.opt)
-        gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip or float("inf")).item()
+        gnorm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip or float("inf")).item()
         if self.scaler:
             self.scaler.step(self.opt)
             self.scaler.update()
@@ -371,7 +395,8 @@ class Trainer:
                         batch_size=250, progress=False, cond=self.sampling_cond(cfg.eval_n))
         x = self.to_pixels(x)
         ref = reference_features(self._extractor, cfg.data, "heldout", cfg.image_size, self.train_pixels.shape[1],
-                                 images=None if cfg.data in ("mnist", "digits") else self.val_pixels[:cfg.n_val].cpu())
+                                 images=None if cfg.data in ("mnist", "digits") else self.val_pixels[:cfg.n_val].cpu(),
+                                 classes=cfg.digits if cfg.data in ("mnist", "digits") else None)
         floor = self.train_pixels[:cfg.eval_n].cpu() if self._floor_needed else None
         m = image_metrics(x, self._extractor, ref, floor=floor, metrics=tuple(cfg.eval_metrics.split(",")),
                           kid_subset_size=min(1000, cfg.eval_n))
@@ -385,6 +410,8 @@ class Trainer:
         rng = {"torch": torch.get_rng_state()}  # training draws are keyed by (seed, step, index): no state
         if torch.cuda.is_available() and self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        if self.adapters is not None:
+            return self._checkpoint_adapter(rng)
         config = classifier_record(self.cfg, self.model_config()) if self.is_classifier else \
             autoencoder_record(self.cfg, self.model_config(), self.ema.model, self.train_data) \
             if self.task == "autoencoder" else self.diffusion_record()
@@ -399,6 +426,21 @@ class Trainer:
         return save_checkpoint(self.out, self.step, model=self.model, ema_model=self.ema.model, config=config,
                                optimizer=self.opt, train_state=state, rng=rng, keep=self.cfg.keep_checkpoints,
                                guide=self.guide_sd)
+
+    def _checkpoint_adapter(self, rng: dict) -> Path:
+        """A LoRA run's checkpoint: the adapter, its EMA and the optimizer (kind "lora"), then the
+        run folder's top-level adapter in peft's layout from the EMA (``models.lora.write_adapter``)."""
+        from ..models.lora import write_adapter
+        from .finetune import adapter_record, checkpoint_record
+
+        state = {"planned_steps": self.planned, "elapsed_train_seconds": self.elapsed, "ema_step": self.ema.step}
+        self._saved_step = self.step
+        path = save_checkpoint(self.out, self.step, model=self.adapters.trainable_state(),
+                               ema_model=self.adapters.trainable_state(self.ema.model),
+                               config=checkpoint_record(self.cfg, self.out, self.step), optimizer=self.opt,
+                               train_state=state, rng=rng, keep=self.cfg.keep_checkpoints)
+        write_adapter(self.out, self.adapters, self.ema.model, adapter_record(self.cfg, self.out, self.step))
+        return path
 
     def diffusion_record(self) -> dict:
         """The config.json body of a diffusion model (``loading.checkpoint_config``), with its
@@ -447,8 +489,16 @@ class Trainer:
             return "(none written yet)"
 
     def _restore(self, ck: dict) -> None:
-        self.model.load_state_dict(ck["model"])
-        self.ema.load_state_dict(ck["ema"])
+        if self.adapters is not None:  # a LoRA run's checkpoint holds the adapters only
+            for module, sd in ((self.model, ck["model"]), (self.ema.model, ck["ema"])):
+                want = set(self.adapters.trainable_state(module))
+                if set(sd) != want:
+                    raise CheckpointError(f"{ck['path']} does not hold this run's adapters "
+                                          f"({len(sd)} tensors, {len(want)} expected)")
+                module.load_state_dict(sd, strict=False)
+        else:
+            self.model.load_state_dict(ck["model"])
+            self.ema.load_state_dict(ck["ema"])
         if ck["optimizer"] is not None:
             self.opt.load_state_dict(ck["optimizer"])
         st = ck["train_state"]
@@ -485,6 +535,7 @@ class Trainer:
                 "torch_threads": self.threads, "cpu_count": os.cpu_count(), "cpu": cpu_info(), "device": str(self.device),
                 "precision": str(self.amp_dtype or "fp32"), "argv": sys.argv,
                 "parameters": sum(p.numel() for p in self.model.parameters()),
+                "trainable_parameters": sum(p.numel() for p in self.params),
                 "train_images": len(self.train_data), "val_images": len(self.val_data),
                 "resumed_from": str(self.resume_from) if self.resume_from else None, **(extra or {})}
         write_json_atomic(self.out / "run.json", info)
@@ -600,7 +651,8 @@ class Trainer:
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
             self.checkpoint()
 
-    RUN_FILES = ("checkpoints", "samples", "metrics.jsonl", "run.json", "eval.png")
+    RUN_FILES = ("checkpoints", "samples", "metrics.jsonl", "run.json", "eval.png",  # + a LoRA run's adapter:
+                 "adapter_model.safetensors", "adapter_config.json", "lora.json")
 
     def _clear_run(self) -> None:
         """``overwrite``: remove what an earlier run wrote here (only the trainer's own files)."""

@@ -17,6 +17,7 @@ def register(sub) -> None:
                                    "beta KL; the latents' per-channel shift and scale are measured on the training "
                                    "data and stored in the checkpoint.")
     p.add_argument("--data", default="mnist", help="mnist | digits | path/to/images")
+    options.add_digits(p)
     p.add_argument("--out", required=True)
     p.add_argument("--f", type=int, default=2, choices=FACTORS, help="downsampling factor (latent side = image / f)")
     p.add_argument("--latent-channels", type=int, default=4)
@@ -43,7 +44,8 @@ def run(a) -> int:
 
     steps = a.steps if a.steps is not None or a.time_budget is not None else DEFAULT_STEPS
     cfg = autoencoder_config(a.data, a.out, a.f, a.latent_channels, a.dim, steps, a.time_budget, a.image_size,
-                             a.channels, a.batch_size, a.lr, a.beta, a.loss, a.seed, progress=not a.no_progress)
+                             a.channels, a.batch_size, a.lr, a.beta, a.loss, a.seed, progress=not a.no_progress,
+                             digits=a.digits)
     res = train_autoencoder(cfg, resume=a.resume, overwrite=a.overwrite)
     keys = ("status", "steps", "seconds", "psnr", "ssim", "latent_shape", "latent_shift", "latent_scale", "checkpoint")
     print(json.dumps({k: res[k] for k in keys}, indent=2))

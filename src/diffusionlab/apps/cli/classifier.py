@@ -14,6 +14,7 @@ def register(sub) -> None:
                        description="Train a classifier of p(class | x, sigma) on noised labelled images, sigma "
                                    "log-uniform over a model's range, for `sample --classifier CLS --class K`.")
     p.add_argument("--data", default="mnist", help="mnist | digits | a labelled folder")
+    options.add_digits(p)
     p.add_argument("--out", required=True)
     p.add_argument("--ckpt", default=None, help="take the sigma range and image shape from this model "
                                                 "(default sigma 0.002..160)")
@@ -42,6 +43,6 @@ def run(a) -> int:
                  "image_size": info.image_shape[-1], "channels": info.image_shape[0]}
     steps = a.steps if a.steps is not None or a.time_budget is not None else DEFAULT_STEPS
     meta = train_classifier(a.data, a.out, steps, a.time_budget, batch_size=a.batch_size, seed=a.seed,
-                            overwrite=a.overwrite, resume=a.resume, **shape)
+                            overwrite=a.overwrite, resume=a.resume, digits=a.digits, **shape)
     print(json.dumps({k: meta[k] for k in ("steps", "seconds", "heldout_accuracy_at_sigma")}, indent=2))
     return 0

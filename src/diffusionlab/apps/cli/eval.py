@@ -14,8 +14,8 @@ from . import options
 def register(sub) -> None:
     p = sub.add_parser("eval", help="sample quality (FD/FID, KID, precision/recall, density/coverage) or "
                                     "bits/dim (--nll)")
-    p.add_argument("--ckpt", help="run or checkpoint directory (samples are drawn from it)")
-    p.add_argument("--autoencoder", default=None, help="latent models: a moved copy of their autoencoder")
+    options.add_checkpoint(p, ema=False, help="run or checkpoint directory (samples are drawn from it)",
+                           required=False)
     p.add_argument("--images", help="or images: a .npy / .npz in [-1, 1] shaped [N, C, H, W], or a folder of "
                                     "image files")
     p.add_argument("--n", type=int, default=None, help="samples to draw (1000), or held-out images for --nll (200)")
@@ -38,6 +38,7 @@ def _add_quality(q) -> None:
                    help="path of pt_inception-2015-12-05-6726825d.pth (or $DIFFUSIONLAB_INCEPTION_WEIGHTS)")
     q.add_argument("--reference", default=None,
                    help="real data: mnist | digits | a folder (its held-out split; default: the checkpoint's data)")
+    options.add_digits(q)
     q.add_argument("--metrics", default=",".join(METRICS), help=f"comma list of {', '.join(METRICS)}")
     q.add_argument("--kid-subsets", type=int, default=100)
     q.add_argument("--kid-subset-size", type=int, default=1000)
@@ -66,6 +67,8 @@ def _add_nll(g) -> None:
 def run(a) -> int:
     if bool(a.ckpt) == bool(a.images):
         raise UserError("give exactly one of --ckpt or --images")
+    if a.images and a.lora:
+        raise UserError("--lora adapts the model of --ckpt; --images are measured as they are")
     m = _nll(a) if a.nll else _quality(a)
     if a.json:
         Path(a.json).write_text(json.dumps(m, indent=2))
@@ -110,13 +113,13 @@ def _quality(a) -> dict:
     if name == "digits":  # the digit classifier's own readings (confidence, classes, copies)
         m.update(digit_metrics(x, ex.model))
         print(format_digit_metrics(m))
-    ref = reference_features(ex, reference, "heldout", size, channels)
-    train = load_dataset(reference, size, channels)[0]
+    ref = reference_features(ex, reference, "heldout", size, channels, classes=a.digits)
+    train = load_dataset(reference, size, channels, classes=a.digits)[0]
     floor = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:len(x)]]
     fm = image_metrics(x, ex, ref, floor=floor, metrics=tuple(k for k in a.metrics.split(",") if k),
                        kid_subsets=a.kid_subsets, kid_subset_size=a.kid_subset_size)
     m.update({("feature_" + k if k in m else k): v for k, v in fm.items()})
-    m["reference"] = reference
+    m["reference"] = reference if a.digits is None else f"{reference}, classes {','.join(map(str, a.digits))}"
     print(format_image_metrics(fm))
     return m
 
@@ -174,7 +177,7 @@ def _heldout(a, ckpt_cfg: dict, shape):
 
     train = ckpt_cfg.get("train", {})
     data = a.data or train.get("data", "mnist")
-    _, val = load_dataset(data, shape[1], shape[0], train.get("val_fraction", 0.05), train.get("seed", 0))
+    _, val = load_dataset(data, shape[1], shape[0], train.get("val_fraction", 0.05), train.get("seed", 0), a.digits)
     if tuple(val.shape[1:]) != tuple(shape):
         raise UserError(f"data {data!r} gives images {tuple(val.shape[1:])}, the model takes {tuple(shape)}")
     if len(val) < 2:
@@ -194,7 +197,8 @@ def _nll(a) -> dict:
         raise UserError("--vlb-t must be >= 1")
     if a.nll == "ode" and a.probes < 1:
         raise UserError("--probes must be >= 1")
-    den = load_denoiser(a.ckpt, use_ema=True, autoencoder=a.autoencoder)  # fp32: likelihoods need the precision
+    den = load_denoiser(a.ckpt, use_ema=True, autoencoder=a.autoencoder,  # fp32: likelihoods need the precision
+                        **options.lora_args(a))
     codec = den.info.latent
     x, data = _heldout(a, read_config(find_checkpoint(a.ckpt)), codec.pixel_shape if codec else den.info.image_shape)
     if codec is not None:  # a latent model's likelihood is that of the held-out images' latents

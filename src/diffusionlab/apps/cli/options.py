@@ -57,12 +57,40 @@ def param_flags(p: argparse.ArgumentParser, extra: dict | None = None) -> dict:
     return {**flags, **GUIDANCE_PARAMS, **(extra or {})}
 
 
-def add_checkpoint(p, ema: bool = True, help: str = "run directory or checkpoint directory") -> None:
-    p.add_argument("--ckpt", required=True, help=help)
+def add_checkpoint(p, ema: bool = True, help: str = "run directory or checkpoint directory",
+                   required: bool = True) -> None:
+    p.add_argument("--ckpt", required=required, help=help)
     p.add_argument("--autoencoder", default=None, help="latent models: a moved copy of the autoencoder they were "
                                                        "trained on (accepted when its content hash matches)")
     if ema:
         p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    add_lora(p)
+
+
+def add_lora(p) -> None:
+    """--lora PATH[:WEIGHT] (repeatable), --lora-scale, --force: LoRA adapters on the checkpoint."""
+    p.add_argument("--lora", action="append", default=None, metavar="PATH[:WEIGHT]",
+                   help="a LoRA adapter folder (`diffusionlab finetune` writes one) applied to --ckpt with this "
+                        "weight (default 1; read from the right, so paths may hold colons); repeat to stack "
+                        "adapters: --lora A:0.5 --lora B:1")
+    p.add_argument("--lora-scale", type=float, default=1.0, metavar="S",
+                   help="multiplies every adapter's weight (0: the base model, bitwise)")
+    p.add_argument("--force", action="store_true",
+                   help="apply adapters trained on another base (refused by default: their recorded content hash "
+                        "differs from --ckpt's)")
+
+
+def lora_args(a) -> dict:
+    """The ``load_denoiser`` keywords of --lora / --lora-scale / --force."""
+    return {"lora": tuple(a.lora or ()), "lora_scale": getattr(a, "lora_scale", 1.0),
+            "force": getattr(a, "force", False)}
+
+
+def add_digits(p) -> None:
+    """--digits: select classes of the data (for every command that takes --data)."""
+    p.add_argument("--digits", type=ints, default=None, metavar="K[,K...]",
+                   help="only these classes of the data, e.g. 3 or 3,5 (the digit itself for mnist / digits; a "
+                        "folder's classes in sorted order)")
 
 
 def add_sampling(p, batch_size: int, seed_help: str = "sample i uses seed stream i of this seed") -> None:

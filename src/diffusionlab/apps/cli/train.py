@@ -46,6 +46,8 @@ class Flag:
 F = Flag
 FLAGS = (
     F("--data", "data", help="mnist | digits | path/to/image/folder (default mnist)"),
+    F("--digits", "digits", ints, "only these classes of the data, e.g. 3 or 3,5 (the digit itself for mnist / "
+                                  "digits; a folder's classes in sorted order)"),
     F("--image-size", "image_size", int),
     F("--channels", "model.channels", int, "1 (greyscale) or 3 (RGB; the default for folders)", (1, 3)),
     F("--hflip", "hflip", SWITCH, "random horizontal flips"),
