@@ -76,6 +76,71 @@ def test_the_list_names_each_checkpoint_with_its_kind(client, serve_runs):
         assert c["image_shape"] == [1, 32, 32] and c["guidance"] == 2.0
 
 
+def test_lora_adapters_are_listed_under_their_base_and_a_lora_run_is_no_checkpoint(client, app, serve_runs, tmp_path):
+    got = {c["id"]: c for c in client.get("/api/checkpoints").json()}
+    assert set(got) == {"text", "class"}                        # runs/lora-three is an adapter, not a model
+    assert got["text"]["adapters"] == []
+    assert got["class"]["adapters"] == [{"id": "lora-three", "base": "class", "base_matches": True, "rank": 4,
+                                         "alpha": 4.0, "targets": "attn+conv", "step": 2, "data": "mnist",
+                                         "digits": [3]}]
+    catalog = app.state.catalog
+    assert catalog.describe("lora-three") is None and catalog.resolve_adapter("lora-three") == serve_runs / "lora-three"
+    # copies elsewhere: an adapter whose base is not on that server, a damaged one (left out), and
+    # one whose base changed since (listed, refused when applied)
+    import shutil
+
+    from diffusionlab.apps.serve.catalog import Catalog
+    from diffusionlab.errors import UserError
+    from diffusionlab.models.checkpoint import find_checkpoint
+
+    root = tmp_path / "runs"
+    for src, dst in (("lora-three", "deep/moved"), ("lora-three", "deep/damaged"), ("lora-three", "lora-three"),
+                     ("class", "class")):
+        shutil.copytree(serve_runs / src, root / dst)
+    (root / "deep" / "damaged" / "lora.json").write_text("{")
+    manifest = find_checkpoint(root / "class") / "manifest.json"
+    manifest.write_text(manifest.read_text() + "\n")
+    other = Catalog(root)
+    assert [c["id"] for c in other.list()] == ["class"]
+    ads = {a["id"]: a for a in other.adapters()}
+    assert set(ads) == {"deep/moved", "lora-three"}
+    assert ads["deep/moved"]["base"] is None and ads["deep/moved"]["base_matches"] is None
+    assert ads["lora-three"]["base"] == "class" and ads["lora-three"]["base_matches"] is False
+    with pytest.raises(UserError, match="changed since") as e:
+        other.load("class", lora=(("lora-three", 1.0),))
+    assert e.value.param == "lora"
+
+
+def test_a_lora_generation_is_the_base_at_scale_0_differs_at_scale_1_and_its_command_reproduces_it(
+        client, serve_runs, tmp_path):
+    body = {"checkpoint": "class", "class": 3, "seed": 4, "sampler": "ddim", "steps": 3, "batch": 2}
+    _, base = run(client, **body)
+    _, zero = run(client, **body, lora=[{"id": "lora-three", "scale": 0}])
+    head, one = run(client, **body, lora=[{"id": "lora-three", "scale": 1}])
+    assert zero[-1][0] == one[-1][0] == "done"
+    np.testing.assert_array_equal(from_data_url(zero[-1][1]["image"]), from_data_url(base[-1][1]["image"]))
+    assert not np.array_equal(from_data_url(one[-1][1]["image"]), from_data_url(base[-1][1]["image"]))
+    assert f"--lora {serve_runs}/lora-three:1 " in head["command"]
+    info = Image.open(io.BytesIO(client.get(one[-1][1]["png"]).content)).text
+    assert json.loads(info["parameters"])["lora"] == [{"id": "lora-three", "scale": 1.0}]
+    args = shlex.split(head["command"])                         # the command line shown makes the same images
+    npy = tmp_path / "x.npy"
+    assert main(args[1:-2] + ["--out", str(tmp_path / "s.png"), "--npy", str(npy)]) == 0
+    x = torch.from_numpy(np.load(npy))
+    np.testing.assert_array_equal(png_array(client.get(one[-1][1]["images"][1]).content), work.grid_array(x[1:2]))
+    edit, ev = run(client, "/api/img2img", checkpoint="class", image={"digit": 4}, strength=0.5, steps=2,
+                   lora=[{"id": "lora-three", "scale": -0.35}])
+    assert ev[-1][0] == "done" and "--lora" in edit["command"] and "lora-three:-0.35" in edit["command"]
+
+
+@pytest.mark.parametrize("aid", ["../class", "/etc", "..", "lora-three/..", "lora-three/checkpoints", "", "text",
+                                 "outside", "C:\\x", "lora-three\x00", "./lora-three"])
+def test_lora_ids_that_name_no_adapter_on_the_server_are_refused(client, aid):
+    r = client.post("/api/generate", json={"checkpoint": "class", "lora": [{"id": aid, "scale": 1}]})
+    assert r.status_code in (400, 404), (aid, r.text)
+    assert r.json()["error"].startswith("lora: ")
+
+
 def test_a_generation_streams_every_step_then_the_image_the_command_line_reproduces(client, serve_runs, tmp_path):
     head, ev = run(client, checkpoint="text", prompt="a handwritten two", seed=5, sampler="euler", steps=6, batch=3)
     names = [n for n, _ in ev]
@@ -229,6 +294,19 @@ BAD = [  # (route, body, status, words in the message)
     ("/api/guidance", {"job": "nope", "step": 0}, 404, "no job"),
     ("/api/forward", {"image": {"digit": 0}, "t": 5, "timesteps": 10 ** 6}, 422, "timesteps"),
     ("/api/tokens", {"checkpoint": "text", "prompt": "y" * 2000}, 422, "1024"),
+    ("/api/generate", {"checkpoint": "class", "lora": [{"id": "lora-three", "weight": 1}]}, 422,
+     "lora.0.weight: unknown key"),
+    ("/api/generate", {"checkpoint": "class", "lora": [{"scale": 1}]}, 422, "lora.0.id"),
+    ("/api/generate", {"checkpoint": "class", "lora": [{"id": "lora-three", "scale": 2.5}]}, 422, "lora.0.scale"),
+    ("/api/generate", {"checkpoint": "class", "lora": [{"id": "lora-three", "scale": float("inf")}]}, 422, "finite"),
+    ("/api/generate", {"checkpoint": "class", "lora": [{"id": "lora-three"}] * 5}, 422, "lora"),
+    ("/api/generate", {"checkpoint": "class", "lora": {"id": "lora-three"}}, 422, "lora"),
+    ("/api/generate", {"checkpoint": "class", "lora": [{"id": "x" * 513}]}, 422, "lora.0.id"),
+    ("/api/generate", {"checkpoint": "text", "lora": [{"id": "lora-three"}]}, 400,
+     "lora: the LoRA adapter 'lora-three' was trained on 'class', not on 'text'"),
+    ("/api/img2img", {"checkpoint": "text", "image": {"digit": 1}, "lora": [{"id": "lora-three"}]}, 400, "lora:"),
+    ("/api/generate", {"checkpoint": "class", "lora": [{"id": "nope"}]}, 404, "lora: no LoRA adapter"),
+    ("/api/generate", {"checkpoint": "class", "lora": [{"id": "class"}]}, 404, "lora: no LoRA adapter"),
 ]
 TRAVERSAL = ["../text", "/etc/passwd", "..", ".", "text/../../x", "%2e%2e/text", "text/..", "text//", "C:\\x",
              "text\\..\\..", "./text", "text/checkpoints/../", "", "\x00text", "outside", "inner/../outside"]

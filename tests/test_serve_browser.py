@@ -2,8 +2,8 @@
 against a real ``diffusionlab serve`` subprocess on the tiny test checkpoints.
 
 ``test_browser_smoke`` (default suite): one streamed generation, its size, a byte-identical
-repeat from the same seed, the scrubber, a refused request's message, no outside hosts and a
-clean console. ``test_browser_tour`` (``-m e2e``, ``make test-e2e``): every view (generate on
+repeat from the same seed, the scrubber, a LoRA adapter offered with its base and applied, a
+refused request's message, no outside hosts and a clean console. ``test_browser_tour`` (``-m e2e``, ``make test-e2e``): every view (generate on
 both models, scrub and replay, guidance, comparison, autoguidance, forward process with an
 upload, img2img, inpainting with a dragged / uploaded / half mask, tokens and architecture), a
 full queue and a queued job, a server with --token and one with no checkpoints, with a
@@ -253,6 +253,20 @@ def test_browser_smoke(serve_runs, browser):
         assert find(d, "scrub-sigma").text.startswith("step 1 / 8") and find(d, "scrub-sigma").text != text_end
         assert find(d, "sigma-marker").get_attribute("cx") != marker_end
         assert find(d, "scrub-xt").get_attribute("src").startswith("data:image/png")
+
+        # a LoRA adapter: offered only with its base, sent with its scale, named in the command line
+        assert not find(d, "lora-row").is_displayed()                  # the text model has no adapter
+        choose(d, "checkpoint-select", "class")
+        assert find(d, "lora-row").is_displayed() and not find(d, "lora-scale").is_enabled()
+        assert [o.get_attribute("value") for o in find(d, "lora-select").find_elements("tag name", "option")] \
+            == ["", "lora-three"]
+        choose(d, "lora-select", "lora-three")
+        set_value(d, "lora-scale", 0.5)
+        assert find(d, "lora-scale-range").get_attribute("value") == "0.5"
+        generate(d)
+        assert f"--lora {serve_runs}/lora-three:0.5 " in find(d, "command-line").text
+        choose(d, "checkpoint-select", "text")
+        assert not find(d, "lora-row").is_displayed()
 
         assert not outside_refs(d, url)
         assert not console_errors(d)

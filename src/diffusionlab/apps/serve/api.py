@@ -3,7 +3,7 @@
 
 Every request body is a pydantic model that refuses unknown keys; every error is JSON
 ``{"error": message}`` with a 4xx status (400 a bad value or malformed JSON, 401 a missing
-token, 404 an unknown checkpoint or job, 413 an oversized body, 503 a full queue with
+token, 404 an unknown checkpoint, LoRA adapter or job, 413 an oversized body, 503 a full queue with
 Retry-After). Generation requests are checked in full before they are queued.
 """
 import asyncio
@@ -38,6 +38,10 @@ def _models():
     class Strict(BaseModel):
         model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
+    class Lora(Strict):
+        id: str = Field(max_length=512)
+        scale: float = Field(1.0, ge=-2.0, le=2.0)
+
     class Generate(Strict):
         checkpoint: str = Field(max_length=512)
         prompt: Optional[str] = Field(None, max_length=work.MAX_PROMPT)
@@ -52,6 +56,7 @@ def _models():
         sampler: Optional[str] = None
         steps: Optional[int] = Field(None, ge=1, le=work.MAX_STEPS)
         batch: int = Field(1, ge=1, le=work.MAX_BATCH)
+        lora: Optional[list[Lora]] = Field(None, max_length=work.MAX_LORA)
 
         @field_validator("sampler")
         @classmethod
@@ -203,7 +208,15 @@ def create_app(runs, token: Optional[str] = None, depth: int = 16, workers: int 
 
     @app.get("/api/checkpoints")
     def checkpoints():
-        return catalog.list()
+        """The checkpoints (a list, as before), each with an ``adapters`` list: the LoRA
+        adapters under the runs folder whose base is that checkpoint (``Catalog.adapter``:
+        id, base, base_matches, rank, alpha, targets, step, data, digits). An adapter whose base
+        is not on this server is listed under no checkpoint. A LoRA run is not a checkpoint."""
+        out = catalog.list()
+        adapters = catalog.adapters()
+        for c in out:
+            c["adapters"] = [a for a in adapters if a["base"] == c["id"]]
+        return out
 
     @app.get("/api/samplers")
     def samplers():

@@ -6,7 +6,9 @@ A request is checked in full (``plan_*``) before it is queued, so a bad one is a
 and never takes a place in the queue; ``run_plan`` then runs it in a worker, emitting one
 ``step`` event per sampler step (x_t and the predicted x0 as PNG data URLs, sigma, NFE so far)
 and a ``done`` event with the final images. Nothing is written to disk: results live in the
-job (``Job.result``) until the queue forgets it.
+job (``Job.result``) until the queue forgets it. A request's ``lora`` list applies LoRA adapters
+of its checkpoint (``Catalog.load``); they appear in the command line (``--lora PATH:SCALE``)
+and the PNG's parameters.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ MAX_PROMPT = 1024
 MAX_UPLOAD_BYTES = 2 * 1024 * 1024
 MAX_UPLOAD_SIDE = 1024
 MAX_STEPS = 1000
+MAX_LORA = 4               # LoRA adapters applied to one generation
 EPS_RANGE = 3.0            # predicted noise is shown over [-3, 3]
 
 
@@ -113,6 +116,7 @@ class Plan:
     mask: torch.Tensor | None = None
     strength: float | None = None
     negative: object = None       # the negative condition (one sample) of CFG, None: the null one
+    lora: tuple = ()              # (adapter id, scale) applied to ``base``
     meta: dict = field(default_factory=dict)
 
 
@@ -172,7 +176,9 @@ def plan(catalog, req: dict, runs_label: str, kind: str = "generate") -> Plan:
     from ...core.sampling import sampling_defaults
 
     cid = req["checkpoint"]
-    base = catalog.load(cid)
+    catalog.resolve(cid)                      # an unknown checkpoint is named before its adapters
+    lora = _loras(catalog, cid, req.get("lora"))
+    base = catalog.load(cid, lora=lora)
     info = info_of(base)
     if info.cond.kind == "image":
         raise UserError("this checkpoint is a super-resolution model: use `diffusionlab upscale`", param="checkpoint")
@@ -189,7 +195,7 @@ def plan(catalog, req: dict, runs_label: str, kind: str = "generate") -> Plan:
         guided = autoguidance(guided, catalog.load(cid, weights="guide"), w)
     batch, seed = int(req.get("batch") or 1), int(req.get("seed") or 0)
     p = Plan(kind, cid, base, guided, conditioning, choice.sampler, choice.steps, choice.guidance, seed, batch,
-             tuple(info.image_shape), None, {}, "", negative=_negative(base, req))
+             tuple(info.image_shape), None, {}, "", negative=_negative(base, req), lora=lora)
     scale = 1
     if kind == "img2img":
         from ...pipelines.img2img import img2img_steps
@@ -218,10 +224,37 @@ def plan(catalog, req: dict, runs_label: str, kind: str = "generate") -> Plan:
     return p
 
 
+def _loras(catalog, cid: str, entries) -> tuple:
+    """The request's ``lora`` entries ({"id", "scale"}) as (adapter id, scale) pairs, each an
+    adapter trained on checkpoint ``cid`` (``Catalog.check_adapter``: else a ``UserError`` naming
+    "lora", before anything is queued)."""
+    entries = list(entries or ())
+    if len(entries) > MAX_LORA:
+        raise UserError(f"{len(entries)} LoRA adapters; at most {MAX_LORA} apply to one generation", param="lora")
+    out = []
+    for e in entries:
+        if not isinstance(e, dict) or not isinstance(e.get("id"), str):
+            raise UserError('a LoRA adapter is {"id": ADAPTER, "scale": S}', param="lora")
+        scale = float(e.get("scale", 1.0))
+        if not (math.isfinite(scale) and -2.0 <= scale <= 2.0):
+            raise UserError(f"a LoRA scale is a number in [-2, 2], got {scale}", param="lora")
+        catalog.check_adapter(e["id"], cid)
+        out.append((e["id"], scale))
+    return tuple(out)
+
+
 def _params(req: dict, p: Plan) -> dict:
-    keep = {k: v for k, v in req.items() if v not in (None, "") and k not in ("image", "mask")}
+    keep = {k: v for k, v in req.items() if v not in (None, "") and k not in ("image", "mask", "lora")}
     keep.update(sampler=p.sampler, steps=p.steps, guidance=p.guidance, seed=p.seed, batch=p.batch, mode=p.kind)
+    if p.lora:
+        keep["lora"] = [{"id": aid, "scale": scale} for aid, scale in p.lora]
     return keep
+
+
+def _g(v: float) -> str:
+    """A number for a flag: short where that is exact, else every digit."""
+    v = float(v)
+    return f"{v:g}" if float(f"{v:g}") == v else repr(v)
 
 
 def command_line(p: Plan, runs_label: str) -> str:
@@ -231,6 +264,8 @@ def command_line(p: Plan, runs_label: str) -> str:
     ckpt = posixpath.join(runs_label, p.checkpoint)
     r = p.params
     args = ["diffusionlab", "sample" if p.kind == "generate" else p.kind, "--ckpt", ckpt]
+    for aid, scale in p.lora:                 # the adapter folders, named as --ckpt is
+        args += ["--lora", f"{posixpath.join(runs_label, aid)}:{_g(scale)}"]
     if p.kind == "generate":
         args += ["--n", str(p.batch)]
     else:

@@ -135,6 +135,8 @@
     parts.push('defaults: ' + (c.sampler || 'auto') + ', ' + (c.steps ?? '?') + ' steps' +
       (isCond(c) ? ', guidance ' + (c.guidance ?? '?') : ''));
     parts.push(c.has_guide ? 'guide snapshot (autoguidance)' : 'no guide snapshot');
+    const ads = c.adapters || [];
+    if (ads.length) parts.push(ads.length + ' LoRA adapter' + (ads.length > 1 ? 's' : ''));
     if (c.report) {
       const r = c.report;
       const bits = [];
@@ -150,6 +152,38 @@
     sel.replaceChildren();
     if (first) sel.append(new Option(first[1], first[0]));
     for (const [value, label] of options) sel.append(new Option(label, value));
+  }
+
+  function loraLabel(a) {
+    const bits = ['rank ' + a.rank, a.step + ' steps'];
+    if (a.digits && a.digits.length) bits.push('digits ' + a.digits.join(','));
+    if (a.base_matches === false) bits.push('base changed since');
+    return a.id + ' (' + bits.join(', ') + ')';
+  }
+
+  /** The LoRA controls of checkpoint `c`: its adapters (hidden when it has none), scale 1. */
+  function fillLora(c) {
+    const ads = c.adapters || [];
+    fillSelect($('lora-select'), ads.map((a) => [a.id, loraLabel(a)]), ['', 'none']);
+    [...$('lora-select').options].forEach((o, i) => {
+      const a = ads[i - 1];
+      if (a) o.title = 'fine-tuned on ' + (a.data || '?') + (a.digits ? ' digits ' + a.digits.join(',') : '') +
+        ', targets ' + a.targets + ', alpha ' + a.alpha;
+    });
+    $('lora-row').hidden = !ads.length;
+    setLoraScale(1);
+    loraControls();
+  }
+
+  function loraControls() {
+    const off = !$('lora-select').value;
+    $('lora-scale').disabled = off;
+    $('lora-scale-range').disabled = off;
+  }
+
+  function setLoraScale(v) {
+    $('lora-scale').value = String(v);
+    $('lora-scale-range').value = String(v);
   }
 
   function selectCheckpoint(id) {
@@ -168,6 +202,7 @@
     $('sampler').options[0].textContent = 'auto (checkpoint default: ' + (c.sampler || '?') + ')';
     $('autoguidance').disabled = !c.has_guide;
     $('autoguidance').placeholder = c.has_guide ? 'off (e.g. 2)' : 'needs a guide snapshot';
+    fillLora(c);
     const what = [];
     if (c.kind === 'text') what.push(['prompt', 'prompt']);
     if (c.kind === 'class') what.push(['class', 'class']);
@@ -238,6 +273,9 @@
       if (lo !== null || hi !== null) b.guidance_interval = [lo ?? 0, hi ?? 1e30];
       const w = c.has_guide ? numField('autoguidance', 'autoguidance') : null;
       if (w !== null) b.autoguidance = w;
+    }
+    if ($('lora-select').value && !$('lora-row').hidden) {
+      b.lora = [{ id: $('lora-select').value, scale: numField('lora-scale', 'LoRA scale') ?? 1 }];
     }
     if ($('sampler').value) b.sampler = $('sampler').value;
     const steps = numField('steps', 'steps', true);
@@ -891,6 +929,12 @@
     $('generate-button').addEventListener('click', onGenerate);
     $('cancel-button').addEventListener('click', () => { if (state.current) state.current.cancel(); });
     $('prompt').addEventListener('input', () => { if (state.view === 'model') scheduleTokens(); });
+    $('lora-select').addEventListener('change', loraControls);
+    $('lora-scale-range').addEventListener('input', () => { $('lora-scale').value = $('lora-scale-range').value; });
+    $('lora-scale').addEventListener('input', () => {
+      const v = Number($('lora-scale').value);
+      if ($('lora-scale').value.trim() !== '' && Number.isFinite(v)) $('lora-scale-range').value = String(v);
+    });
     // scrubber
     $('scrub-slider').addEventListener('input', (e) => { stopPlay(); scrubTo(Number(e.target.value)); });
     $('play-button').addEventListener('click', play);
