@@ -300,3 +300,28 @@ def test_pipelines_and_eval_take_lora(runs, tmp_path):
                      "--digits", "3", "--json", str(tmp_path / f"m{k}.json")]) == 0
     bpd = [json.loads((tmp_path / f"m{k}.json").read_text())["bits_per_dim"] for k in range(2)]
     assert bpd[0] != bpd[1]  # the adapter changed the model that was measured
+
+
+@pytest.mark.parametrize("kind", ["dit", "latent"])
+def test_finetune_and_sample_a_dit_and_a_latent_base(kind, tmp_path):
+    small = ["--data", "digits", "--image-size", "8", "--no-progress"]
+    base = ["train", "--preset", "tiny", *small, "--cond", "class", "--steps", "2", "--out", str(tmp_path / "base")]
+    if kind == "dit":
+        base += ["--arch", "dit", "--hidden", "16", "--depth", "1", "--heads", "2", "--patch-size", "2"]
+    else:
+        assert main(["train-autoencoder", "--out", str(tmp_path / "ae"), "--dim", "8", "--steps", "2",
+                     "--batch-size", "8", *small]) == 0
+        base += ["--latent", str(tmp_path / "ae")]
+    assert main(base) == 0
+    assert main(["finetune", "--ckpt", str(tmp_path / "base"), "--no-progress", "--digits", "3", "--steps", "2",
+                 "--batch-size", "8", "--lr", "0.03", "--out", str(tmp_path / "lora")]) == 0
+    outs = {}
+    for scale in ("0", "1"):
+        assert main(["sample", "--ckpt", str(tmp_path / "base"), "--lora", str(tmp_path / "lora"), "--lora-scale",
+                     scale, "--n", "2", "--steps", "3", "--out", str(tmp_path / f"s{scale}.png"),
+                     "--npy", str(tmp_path / f"s{scale}.npy")]) == 0
+        outs[scale] = np.load(tmp_path / f"s{scale}.npy")
+    assert main(["sample", "--ckpt", str(tmp_path / "base"), "--n", "2", "--steps", "3",
+                 "--out", str(tmp_path / "b.png"), "--npy", str(tmp_path / "b.npy")]) == 0
+    assert outs["0"].shape == (2, 1, 8, 8)  # pixels, also for the latent model
+    assert np.array_equal(outs["0"], np.load(tmp_path / "b.npy")) and not np.array_equal(outs["1"], outs["0"])
