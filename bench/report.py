@@ -45,6 +45,9 @@ STAGES = [
      ".venv/bin/python bench/latent.py ae && .venv/bin/python bench/latent.py text --ae runs/ae_f2c4"),
     ("RESULTS_serve.md", "The live page: latency, load, refusals (not part of make bench)",
      ".venv/bin/python bench/serve_load.py --runs runs --text demo --class class"),
+    ("RESULTS_lora.md", "LoRA fine-tuning: teaching one digit, ranks and target sets vs full (not part of make bench)",
+     ".venv/bin/python bench/lora.py lr && .venv/bin/python bench/lora.py table --model demo && "
+     ".venv/bin/python bench/lora.py table --model uncond && .venv/bin/python bench/lora.py speed"),
     ("RESULTS_demo_avx2.md", "The make demo run at the AVX2 machine's step count (not part of make bench)",
      "see the section"),
     ("RESULTS_core_refactor.md", "Code shape before and after the core refactor (not part of make bench)",

@@ -22,7 +22,7 @@ def register(sub) -> None:
                        description="Fine-tune a trained diffusion model on new data (e.g. --data mnist --digits 3). "
                                    "By default LoRA adapters (peft) train on a frozen base and the run folder holds "
                                    "the adapter in peft's layout: sample it with `sample --ckpt BASE --lora RUN`. "
-                                   f"Defaults: rank 4, alpha = rank, attn+conv layers, lr {FINETUNE_LR:g}, 20 warm-up "
+                                   f"Defaults: rank 4, alpha = rank, attn+conv layers, lr {FINETUNE_LR:g} (--full: the base's lr), 20 warm-up "
                                    "steps, the base's batch size and conditioning dropout (README 'LoRA fine-tuning').")
     p.add_argument("--ckpt", required=True, help="the base: a run or checkpoint directory (never written)")
     p.add_argument("--lora-rank", type=int, default=4, help="adapter rank r (4)")
