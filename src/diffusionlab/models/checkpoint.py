@@ -89,7 +89,8 @@ def _join_optimizer(tensors: dict, meta: dict) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file (manifests, a LoRA adapter's weights file)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -100,7 +101,7 @@ def _sha256(path: Path) -> str:
 def write_manifest(ckpt_dir: Path) -> None:
     """manifest.json: size and sha256 of every other file of the checkpoint (written last)."""
     files = sorted(p for p in Path(ckpt_dir).iterdir() if p.is_file() and p.name != MANIFEST)
-    entries = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)} for p in files}
+    entries = {p.name: {"size": p.stat().st_size, "sha256": file_sha256(p)} for p in files}
     write_json_atomic(Path(ckpt_dir) / MANIFEST, {"files": entries})
 
 
@@ -230,7 +231,7 @@ def verify_checkpoint(ckpt_dir) -> None:
                 raise CheckpointError(f"{f} is missing (listed in {mpath.name})")
             if f.stat().st_size != want.get("size"):
                 raise CheckpointError(f"{f} is damaged: {f.stat().st_size} bytes, the manifest says {want.get('size')}")
-            if _sha256(f) != want.get("sha256"):
+            if file_sha256(f) != want.get("sha256"):
                 raise CheckpointError(f"{f} is damaged: its sha256 differs from the manifest's")
         return
     for name in ("config.json", "model.safetensors", "ema.safetensors"):

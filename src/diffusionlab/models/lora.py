@@ -24,7 +24,6 @@ is returned untouched, so its samples are bitwise the base's.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -34,7 +33,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from .checkpoint import CheckpointError, content_hash, find_checkpoint
+from .checkpoint import CheckpointError, content_hash, file_sha256, find_checkpoint
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -94,14 +93,6 @@ class AdapterRecord:
     record: dict
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def is_adapter(path) -> bool:
     """Whether ``path`` is an adapter folder (holds lora.json)."""
     return (Path(path) / RECORD).is_file()
@@ -129,7 +120,7 @@ def read_adapter(path) -> AdapterRecord:
     for name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG):
         if not (folder / name).is_file():
             raise CheckpointError(f"{folder / name} is missing")
-    if _sha256(folder / ADAPTER_WEIGHTS) != rec.get("adapter_sha256"):
+    if file_sha256(folder / ADAPTER_WEIGHTS) != rec.get("adapter_sha256"):
         raise CheckpointError(f"{folder / ADAPTER_WEIGHTS} is not the adapter {RECORD} names (its sha256 differs)",
                               hint="resume the fine-tuning run (finetune --resume) to rewrite it from its checkpoint")
     return out
@@ -281,7 +272,7 @@ def write_adapter(folder, adapters: Adapters, module, record: dict) -> None:
     cfg["target_modules"] = sorted(cfg["target_modules"]) if cfg.get("target_modules") else cfg.get("target_modules")
     write_json_atomic(folder / ADAPTER_CONFIG, _jsonable(cfg))
     write_json_atomic(folder / RECORD, {"format": RECORD_FORMAT, **record,
-                                        "adapter_sha256": _sha256(folder / ADAPTER_WEIGHTS)})
+                                        "adapter_sha256": file_sha256(folder / ADAPTER_WEIGHTS)})
 
 
 def _jsonable(d):
