@@ -246,9 +246,11 @@ def test_a_killed_lora_run_resumes_to_the_uninterrupted_result(runs, tmp_path):
     kw = dict(digits=(3,), max_steps=6, batch_size=8, progress=False, checkpoint_every=2, lr=3e-2, warmup_steps=1)
     Trainer(config=finetune_config(str(runs["base"]), out_dir=str(tmp_path / "a"), **kw)).train()
     first = Trainer(config=finetune_config(str(runs["base"]), out_dir=str(tmp_path / "b"), **kw))
-    first.train(stop_after=3)  # Ctrl-C at step 3: checkpoint, stop
+    first.train(stop_after=3)  # stopped at step 3 (checkpoints 2 and 3) ...
+    ck3 = tmp_path / "b" / "checkpoints" / "step-00000003" / "model.safetensors"
+    ck3.write_bytes(ck3.read_bytes()[:100])  # ... and killed while writing step 3: resume falls back to 2
     second = Trainer(config=finetune_config(str(runs["base"]), out_dir=str(tmp_path / "b"), **kw), resume=True)
-    assert second.step == 3 and second.opt.state  # adapters and optimizer state are back
+    assert second.step == 2 and second.opt.state  # adapters, their EMA and the optimizer state are back
     second.train()
     from safetensors.torch import load_file
 
