@@ -184,7 +184,7 @@ def stage_report() -> None:
     if "lr" in res:
         lines += ["## Learning rate (demo text model, rank 4, attn+conv, unprompted, scale 1)", "",
                   "| lr | share of threes | FD | confident |", "|---|---|---|---|"]
-        for lr, r in res["lr"].items():
+        for lr, r in sorted(res["lr"].items(), key=lambda kv: float(kv[0])):
             lines.append(f"| {lr} | {_pct(r['share'])} | {r['fd']:.2f} | {r['confident']:.2f} |")
         lines.append("")
     for model, t in res.get("table", {}).items():
