@@ -173,6 +173,11 @@ def _pct(v) -> str:
     return f"{100 * v:.0f}%"
 
 
+def _frac(v) -> str:
+    """A size fraction: one decimal below 10%."""
+    return f"{100 * v:.1f}%" if v < 0.1 else _pct(v)
+
+
 def stage_report() -> None:
     res = _load()
     cpu = res.get("cpu", {})
@@ -203,9 +208,9 @@ def stage_report() -> None:
             if name in ("base", "base_weights_bytes"):
                 continue
             size = r.get("adapter_bytes")
-            row = (f"| {name} | {size / 1e3:.0f} KB | {_pct(size / t['base_weights_bytes'])} |" if size else
+            row = (f"| {name} | {size / 1e3:.0f} KB | {_frac(size / t['base_weights_bytes'])} |" if size else
                    "| full | (a whole checkpoint) | 100% |")
-            row += f" {_pct(r['trainable_fraction'])} | {r['s_per_step']:.2f} |"
+            row += f" {_frac(r['trainable_fraction'])} | {r['s_per_step']:.2f} |"
             for s in ("0", "0.5", "1"):
                 sc = r["scales"].get(s)
                 row += "".join(f" {_pct(sc[p]['share'])} |" if sc else " - |" for p in prompts)
