@@ -196,8 +196,7 @@ def adapt(rec: CheckpointRecord, lora=(), lora_scale: float = 1.0, force: bool =
     from .checkpoint import content_hash
     from .lora import LoraRef, attach
 
-    refs = [r if isinstance(r, LoraRef) else LoraRef.parse(r) if isinstance(r, str) else LoraRef(*r) for r in lora]
-    return attach(rec.network, refs, lora_scale, content_hash(rec.provenance.path), rec.provenance.path, force)
+    return attach(rec.network, [LoraRef.of(r) for r in lora], lora_scale, content_hash(rec.provenance.path), rec.provenance.path, force)
 
 
 def load_denoiser(path, use_ema: bool = True, device=None, autocast_dtype=None, weights: str | None = None,

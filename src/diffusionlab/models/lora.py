@@ -76,6 +76,11 @@ class LoraRef:
             return cls(path, w)
         return cls(str(text))
 
+    @classmethod
+    def of(cls, ref) -> "LoraRef":
+        """A ``LoraRef`` from a ``LoraRef``, a ``PATH[:WEIGHT]`` string or a (path, weight) pair."""
+        return ref if isinstance(ref, LoraRef) else cls.parse(ref) if isinstance(ref, str) else cls(*ref)
+
 
 @dataclass(frozen=True)
 class AdapterRecord:
@@ -140,15 +145,26 @@ def check_base(adapter: AdapterRecord, base_sha256: str, base_path: str, force: 
     print(f"warning: {msg}; applied anyway (--force)", file=sys.stderr)
 
 
+def check_settings(rank, alpha, targets: str) -> None:
+    """A LoRA rank (an integer >= 1), alpha (> 0) and target set (``nn.lora_targets``), or a
+    ``UserError`` naming the one that is wrong."""
+    from ..nn.lora_targets import LORA_TARGETS
+
+    if targets not in LORA_TARGETS:
+        raise UserError(f"unknown LoRA targets {targets!r}; choose from {', '.join(LORA_TARGETS)}",
+                        param="lora_targets")
+    if not (isinstance(rank, int) and rank >= 1):
+        raise UserError(f"the LoRA rank is a positive integer, got {rank!r}", param="lora_rank")
+    if not (math.isfinite(alpha) and alpha > 0):
+        raise UserError(f"the LoRA alpha is a positive number, got {alpha!r}", param="lora_alpha")
+
+
 def lora_config(net: torch.nn.Module, rank: int, alpha: float, targets: str):
     """peft's ``LoraConfig`` for ``net``: rank r, alpha, the layers ``targets`` names
     (``nn.lora_targets``), B initialised to 0."""
     from ..nn.lora_targets import lora_target_modules
 
-    if not (isinstance(rank, int) and rank >= 1):
-        raise UserError(f"the LoRA rank is a positive integer, got {rank!r}", param="lora_rank")
-    if not (math.isfinite(alpha) and alpha > 0):
-        raise UserError(f"the LoRA alpha is a positive number, got {alpha!r}", param="lora_alpha")
+    check_settings(rank, alpha, targets)
     return peft().LoraConfig(r=rank, lora_alpha=alpha, target_modules=lora_target_modules(net, targets),
                              lora_dropout=0.0, bias="none", init_lora_weights=True)
 
@@ -220,7 +236,7 @@ def attach(net, loras: list, scale: float = 1.0, base_sha256: str | None = None,
     """Adapters ``loras`` (``LoraRef``s or ``(path, weight)``) on ``net`` (in place), each
     weighted by its weight x ``scale``; checked against the base's content hash unless ``force``.
     None (``net`` untouched) when every weight is 0."""
-    refs = [r if isinstance(r, LoraRef) else LoraRef(*r) for r in loras]
+    refs = [LoraRef.of(r) for r in loras]
     if not math.isfinite(scale):
         raise UserError(f"the LoRA scale must be finite, got {scale}", param="lora_scale")
     records = [read_adapter(r.path) for r in refs]

@@ -36,7 +36,7 @@ def merge_checkpoint(base, loras, out, scale: float = 1.0, force: bool = False, 
         config["latent"] = {**cfg["latent"], "autoencoder": base_reference(codec_path, out), "embedded": False}
     config["merged"] = {"base": str(Path(rec.provenance.path).resolve()), "base_sha256": content_hash(rec.provenance.path),
                         "loras": [{"path": str(Path(r.path).resolve()), "weight": r.weight * scale}
-                                  for r in (LoraRef.parse(x) if isinstance(x, str) else x for x in loras)]}
+                                  for r in map(LoraRef.of, loras)]}
     guide = load_checkpoint(rec.provenance.path)["guide"]
     return save_checkpoint(out, int(cfg.get("step") or 0), model=net, ema_model=net, config=config, keep=1,
                            guide=guide)

@@ -92,8 +92,6 @@ def finetune_config(base: str, *, full: bool = False, rank: int = 4, alpha: floa
 def check_finetune(cfg: TrainConfig) -> None:
     """The output folder is not the base's run (an ``overwrite`` would delete the base); the
     LoRA settings are valid."""
-    from ..nn.lora_targets import LORA_TARGETS
-
     ft = cfg.finetune
     base = Path(ft.base).resolve()
     run = base.parent.parent if base.parent.name == "checkpoints" else base
@@ -102,13 +100,9 @@ def check_finetune(cfg: TrainConfig) -> None:
         raise UserError(f"the output folder {cfg.out_dir} is (inside) the base's run {ft.base}: write the "
                         "fine-tuned model elsewhere (the base stays unchanged)", param="out_dir")
     if not ft.full:
-        if ft.targets not in LORA_TARGETS:
-            raise UserError(f"unknown LoRA targets {ft.targets!r}; choose from {', '.join(LORA_TARGETS)}",
-                            param="lora_targets")
-        if not (isinstance(ft.rank, int) and ft.rank >= 1):
-            raise UserError(f"the LoRA rank is a positive integer, got {ft.rank!r}", param="lora_rank")
-        if not ft.alpha > 0:
-            raise UserError(f"the LoRA alpha is a positive number, got {ft.alpha!r}", param="lora_alpha")
+        from ..models.lora import check_settings
+
+        check_settings(ft.rank, ft.alpha, ft.targets)
 
 
 def check_base_unchanged(cfg: TrainConfig) -> None:

@@ -407,14 +407,22 @@ class Trainer:
         return rec
 
     def checkpoint(self) -> Path:
+        """One checkpoint of the run (``models.checkpoint.save_checkpoint``). A LoRA run's holds
+        only the adapter and its EMA (kind "lora"), and then rewrites the run folder's top-level
+        adapter in peft's layout from the EMA (``models.lora.write_adapter``)."""
         rng = {"torch": torch.get_rng_state()}  # training draws are keyed by (seed, step, index): no state
         if torch.cuda.is_available() and self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        model, ema = self.model, self.ema.model
         if self.adapters is not None:
-            return self._checkpoint_adapter(rng)
-        config = classifier_record(self.cfg, self.model_config()) if self.is_classifier else \
-            autoencoder_record(self.cfg, self.model_config(), self.ema.model, self.train_data) \
-            if self.task == "autoencoder" else self.diffusion_record()
+            from .finetune import checkpoint_record as lora_record
+
+            config = lora_record(self.cfg, self.out, self.step)
+            model, ema = self.adapters.trainable_state(), self.adapters.trainable_state(self.ema.model)
+        else:
+            config = classifier_record(self.cfg, self.model_config()) if self.is_classifier else \
+                autoencoder_record(self.cfg, self.model_config(), self.ema.model, self.train_data) \
+                if self.task == "autoencoder" else self.diffusion_record()
         state = {"planned_steps": self.planned, "elapsed_train_seconds": self.elapsed, "ema_step": self.ema.step}
         if self.guide_step is not None:  # in config.json: loaders read it there, and so does resume
             config["guide_step"] = self.guide_step
@@ -423,23 +431,12 @@ class Trainer:
         if loss_state:
             state["loss_state"] = loss_state  # e.g. the importance sampler's loss history
         self._saved_step = self.step
-        return save_checkpoint(self.out, self.step, model=self.model, ema_model=self.ema.model, config=config,
-                               optimizer=self.opt, train_state=state, rng=rng, keep=self.cfg.keep_checkpoints,
-                               guide=self.guide_sd)
+        path = save_checkpoint(self.out, self.step, model=model, ema_model=ema, config=config, optimizer=self.opt,
+                               train_state=state, rng=rng, keep=self.cfg.keep_checkpoints, guide=self.guide_sd)
+        if self.adapters is not None:
+            from ..models.lora import write_adapter
 
-    def _checkpoint_adapter(self, rng: dict) -> Path:
-        """A LoRA run's checkpoint: the adapter, its EMA and the optimizer (kind "lora"), then the
-        run folder's top-level adapter in peft's layout from the EMA (``models.lora.write_adapter``)."""
-        from ..models.lora import write_adapter
-        from .finetune import adapter_record, checkpoint_record
-
-        state = {"planned_steps": self.planned, "elapsed_train_seconds": self.elapsed, "ema_step": self.ema.step}
-        self._saved_step = self.step
-        path = save_checkpoint(self.out, self.step, model=self.adapters.trainable_state(),
-                               ema_model=self.adapters.trainable_state(self.ema.model),
-                               config=checkpoint_record(self.cfg, self.out, self.step), optimizer=self.opt,
-                               train_state=state, rng=rng, keep=self.cfg.keep_checkpoints)
-        write_adapter(self.out, self.adapters, self.ema.model, adapter_record(self.cfg, self.out, self.step))
+            write_adapter(self.out, self.adapters, self.ema.model, config["lora"])
         return path
 
     def diffusion_record(self) -> dict:
