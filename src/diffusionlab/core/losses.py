@@ -52,7 +52,7 @@ from ..errors import UserError
 import torch.nn.functional as F
 
 from . import rng
-from .cond import Batch
+from .cond import Batch, Cond
 from .denoiser import (DiscretePrecond, EDMPrecond, FlowPrecond, NCSNPrecond, SDEPrecond, append_dims, call_net,
                        canonical_objective, noise_label)
 from .schedules import DiscreteSchedule
@@ -483,3 +483,71 @@ def FlowLoss(p_mean: float = 0.0, p_std: float = 1.0, shift: float = 1.0, loss_t
     if not shift > 0:
         raise UserError(f"shift must be positive, got {shift}", param="shift")
     return DenoisingLoss(FlowPrecond(), LogNormalSigma(p_mean + math.log(shift), p_std), VelocityMSE(), loss_type)
+
+
+# ------------------------------------------------------------------ preference alignment
+class DPOLoss(StatelessLoss):
+    """Diffusion-DPO (Wallace et al. 2023, Eq. 14, as in the authors' training code): for a
+    preference pair (x_w chosen, x_l rejected) under one condition, one noise level and one noise
+    draw shared by both images,
+
+        L_w, L_l = the per-sample denoising loss of the trained model on x_w, x_l
+        R_w, R_l = the same for the frozen reference (no gradient)
+        inside   = -0.5 beta ((L_w - L_l) - (R_w - R_l))
+        loss     = -log sigmoid(inside)
+
+    Each L is the process's own training loss in sigma-space (``DenoisingLoss``): w(sigma) times
+    the mean over elements of the squared error of the network's output, with the process's draw
+    of sigma and its weighting (what the base was trained with). Per process: DDPM eps models the
+    eps-MSE (the reference implementation exactly), x0 / v models their own MSE (or min-SNR /
+    EDM weighting if the base used one), VP / sub-VP / VE SDEs the std(t)^2-weighted score error
+    (eps-MSE), EDM lambda = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2, NCSN sigma^2 on the
+    score, flow matching the velocity MSE. Always the l2 element loss (the ELBO's Gaussian
+    likelihood; the base's l1 / huber is not used) and never the VLB term; a discrete schedule's
+    t is drawn uniformly (no importance sampling). beta is in these units: it scales a difference
+    of per-element mean squared errors.
+
+    A batch is a pairs batch: ``x`` is the chosen and the rejected image concatenated on the
+    channel axis [B, 2C, H, W] (so every per-image transform of the trainer, a flip or a latent's
+    posterior draw, treats both alike), ``cond`` their shared condition. ``reference`` is any
+    network ``call_net`` takes (the base for a full fine-tune; the adapted network with its
+    adapters switched off for LoRA); it is only called under ``torch.no_grad``. ``stats`` holds the
+    per-pair ``reward_accuracy`` (inside > 0, the implicit reward ranks the pair right),
+    ``reward_margin`` (inside) and the model's and reference's mean losses of the last call.
+    """
+
+    plotted = ("reward_accuracy", "reward_margin")  # the trainer's loss.png panels
+
+    def __init__(self, denoising: DenoisingLoss, reference, beta: float):
+        if not math.isfinite(beta) or beta < 0:
+            raise UserError(f"beta is a non-negative number, got {beta}", param="beta")
+        self.inner = DenoisingLoss(denoising.precond, denoising.sigma_draw, denoising.weighting, "l2",
+                                   learned_variance=denoising.learned_variance)
+        self.reference, self.beta = reference, float(beta)
+        self.stats: dict = {}
+
+    def losses(self, net, x_w, x_l, cond, draw: Draw, eps, autocast=None):
+        """(L_w, L_l) of ``net`` at one shared draw and noise: one forward of 2B images."""
+        both = torch.cat([x_w, x_l])
+        cond2 = None if cond is None else Cond.cat([cond, cond])
+        key = {"t": torch.cat([draw.t, draw.t])} if draw.t is not None else {"sigma": torch.cat([draw.sigma, draw.sigma])}
+        per = self.inner(net, both, cond2, eps=torch.cat([eps, eps]), autocast=autocast, train=False, **key)
+        return per.chunk(2)
+
+    def __call__(self, net, x, cond=None, generator=None, t=None, sigma=None, eps=None, autocast=None,
+                 train: bool = True):
+        """Per-pair loss [B]; ``x`` a pairs ``Batch`` (class docstring) or [B, 2C, H, W] images.
+        ``t`` / ``sigma`` and ``eps`` [B, C, H, W] fix the shared draw (tests)."""
+        x, cond = unpack(x, cond)
+        if x.shape[1] % 2:
+            raise UserError(f"a pairs batch holds chosen and rejected images on the channel axis, got "
+                            f"{x.shape[1]} channels")
+        x_w, x_l = x.chunk(2, dim=1)
+        d, eps = self.inner._resolve(x_w, generator, t, sigma, eps, train=False)
+        model_w, model_l = self.losses(net, x_w, x_l, cond, d, eps, autocast)
+        with torch.no_grad():
+            ref_w, ref_l = self.losses(self.reference, x_w, x_l, cond, d, eps, autocast)
+        inside = -0.5 * self.beta * ((model_w - model_l) - (ref_w - ref_l))
+        self.stats = {"reward_accuracy": (inside > 0).float().detach(), "reward_margin": inside.detach(),
+                      "model_loss": (0.5 * (model_w + model_l)).detach(), "reference_loss": 0.5 * (ref_w + ref_l)}
+        return -F.logsigmoid(inside)

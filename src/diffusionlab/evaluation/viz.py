@@ -274,17 +274,37 @@ def _ema(values: Sequence[float], beta: float) -> np.ndarray:
 
 
 def plot_losses(metrics: Sequence[dict], path, ema: float = 0.98,
-                title: str = "Training loss") -> Path:
+                title: str = "Training loss", panels: Sequence[str] = ()) -> Path:
     """Loss curves from metrics records (e.g. :func:`read_jsonl` of ``metrics.jsonl``).
 
     Records with ``step`` and ``loss`` are training points (drawn raw and faint, plus a
     bold bias-corrected EMA with factor ``ema``); records with ``step`` and ``val_loss``
-    are validation points (markers). Other keys are ignored. Log-scale y when all plotted
-    values are positive. Saved atomically as a PNG.
+    are validation points (markers). Each name in ``panels`` (e.g. DPO's ``reward_accuracy``)
+    gets a panel below, drawn the same way from ``name`` and ``val_name``. Other keys are
+    ignored. Log-scale y for the loss when all its values are positive. Saved atomically as a PNG.
     """
     from matplotlib.figure import Figure
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
+    fig = Figure(figsize=(7, 4.5 + 2.6 * len(panels)), dpi=100)
+    FigureCanvasAgg(fig)
+    axes = [fig.add_subplot(1 + len(panels), 1, i + 1) for i in range(1 + len(panels))]
+    values = _plot_series(axes[0], metrics, "loss", ema, log=True)
+    if not values:
+        axes[0].text(0.5, 0.5, "no loss records yet", ha="center", va="center", transform=axes[0].transAxes)
+    for ax, name in zip(axes[1:], panels):
+        if _plot_series(ax, metrics, name, ema, log=False):
+            ax.legend(loc="best")
+        ax.set_ylabel(name.replace("_", " "))
+        ax.grid(True, which="both", alpha=0.3)
+    if panels:
+        axes[-1].set_xlabel("training step")
+    return _finish_plot(fig, axes[0], path, "" if panels else "training step", "loss", title, bool(values))
+
+
+def _plot_series(ax, metrics: Sequence[dict], key: str, ema: float, log: bool) -> list:
+    """Training points of ``key`` (raw, faint, plus their EMA) and validation points of
+    ``val_<key>`` on ``ax``; returns the values drawn."""
     train, val = [], []
     for rec in metrics:
         if not isinstance(rec, dict):
@@ -292,34 +312,27 @@ def plot_losses(metrics: Sequence[dict], path, ema: float = 0.98,
         step = _num(rec.get("step"))
         if step is None:
             continue
-        loss, vloss = _num(rec.get("loss")), _num(rec.get("val_loss"))
-        if loss is not None:
-            train.append((step, loss))
-        if vloss is not None:
-            val.append((step, vloss))
+        v, vv = _num(rec.get(key)), _num(rec.get(f"val_{key}"))
+        if v is not None:
+            train.append((step, v))
+        if vv is not None:
+            val.append((step, vv))
     train.sort(key=lambda p: p[0])
     val.sort(key=lambda p: p[0])
-
-    fig = Figure(figsize=(7, 4.5), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
+    label = "training loss" if key == "loss" else f"training {key.replace('_', ' ')}"
     if train:
         s, l = np.array([p[0] for p in train]), np.array([p[1] for p in train])
-        ax.plot(s, l, color="tab:blue", alpha=0.25, linewidth=0.8, label="training loss")
+        ax.plot(s, l, color="tab:blue", alpha=0.25, linewidth=0.8, label=label)
         if len(l) > 1:
             beta = min(float(ema), max(0.0, 1 - 8 / len(l)))  # short logs: less lag
-            ax.plot(s, _ema(l, beta), color="tab:blue", linewidth=2.0,
-                    label=f"training loss (EMA {beta:.2g})")
+            ax.plot(s, _ema(l, beta), color="tab:blue", linewidth=2.0, label=f"{label} (EMA {beta:.2g})")
     if val:
         ax.plot([p[0] for p in val], [p[1] for p in val], color="tab:orange", marker="o",
-                markersize=5, linewidth=1.2, label="validation loss")
+                markersize=5, linewidth=1.2, label="validation" if key != "loss" else "validation loss")
     values = [p[1] for p in train] + [p[1] for p in val]
-    if values and min(values) > 0:
+    if log and values and min(values) > 0:
         ax.set_yscale("log")
-    if not values:
-        ax.text(0.5, 0.5, "no loss records yet", ha="center", va="center",
-                transform=ax.transAxes)
-    return _finish_plot(fig, ax, path, "training step", "loss", title, bool(values))
+    return values
 
 
 def _finish_plot(fig, ax, path, xlabel: str, ylabel: str, title: str, legend: bool) -> Path:

@@ -24,6 +24,8 @@ is returned untouched, so its samples are bitwise the base's.
 """
 from __future__ import annotations
 
+import contextlib
+
 import json
 import math
 import os
@@ -213,6 +215,23 @@ class Adapters:
         """The network with the active adapters folded in and peft's layers removed: a plain
         network of the base's class (``merge_and_unload``)."""
         return self.peft_model.merge_and_unload(adapter_names=self.active() or None)
+
+    @contextlib.contextmanager
+    def disabled(self):
+        """The bare base inside the block (Diffusion-DPO's reference of a LoRA run): every adapter
+        layer switched off (peft ``disable_adapter_layers``); on leaving, the layers as they were,
+        each adapter parameter as trainable as before."""
+        params = [(p, p.requires_grad) for layer in self.layers() for n, p in layer.named_parameters() if "lora_" in n]
+        was_on = [not layer.disable_adapters for layer in self.layers()]
+        base = self.peft_model.base_model
+        base.disable_adapter_layers()
+        try:
+            yield self.net
+        finally:
+            if any(was_on):
+                base.enable_adapter_layers()
+            for p, grad in params:
+                p.requires_grad_(grad)
 
     def trainable_state(self, module=None) -> dict:
         """The adapter parameters of ``module`` (default the adapted network) by name."""

@@ -65,3 +65,14 @@ def prompt_for(label: int, split: str = "heldout", i: int = 0) -> str:
     """Phrasing ``i`` (cycled) of ``split`` for ``label``: the fixed prompts of pictures and reports."""
     t = _templates(split)
     return digit_caption(label, t[i % len(t)])
+
+
+def digit_named(prompt: str) -> int | None:
+    """The one digit a prompt names, as a numeral or a word ("a handwritten 3", "show me a
+    seven"); None when it names none or more than one different digit."""
+    import re
+
+    found = {int(m) for m in re.findall(r"(?<![0-9])[0-9](?![0-9])", prompt)}
+    words = re.findall(r"[a-z]+", prompt.lower())
+    found |= {DIGIT_WORDS.index(w) for w in words if w in DIGIT_WORDS}
+    return found.pop() if len(found) == 1 else None

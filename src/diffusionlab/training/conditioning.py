@@ -77,10 +77,16 @@ class ClassCondition(ConditionSource):
         return {"kind": "class", "num_classes": self.num_classes, "class_names": self.names}
 
     def train(self, idx, generator, x=None) -> Cond:
-        return Cond(labels=self.train_labels[idx])
+        return self._cond(self.train_labels[idx])
 
     def val(self, start, stop, x=None) -> Cond:
-        return Cond(labels=self.val_labels[start:stop])
+        return self._cond(self.val_labels[start:stop])
+
+    @staticmethod
+    def _cond(labels: torch.Tensor) -> Cond:
+        """Label -1 is the null condition (a preference pair without a class, ``training.dpo``)."""
+        null = labels < 0
+        return Cond(labels=labels.clamp(min=0), null=null) if bool(null.any()) else Cond(labels=labels)
 
     def sampling(self, n, device) -> Cond:
         """Class i % K for sample i (a row of each class)."""

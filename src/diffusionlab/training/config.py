@@ -75,6 +75,25 @@ class FinetuneConfig:
         return from_dict(cls, d)
 
 
+DPO_BETA = 2000.0
+"""Diffusion-DPO's default beta in ``core.losses.DPOLoss``'s units (per-element mean squared
+errors of the process's own loss); measured by bench/dpo.py (README "Preference alignment")."""
+
+
+@dataclass
+class DPOConfig:
+    """What makes a fine-tuning run preference alignment (``TrainConfig.dpo``; ``training.dpo``):
+    Diffusion-DPO (``core.losses.DPOLoss``) with KL strength ``beta`` on the preference pairs of
+    the folder ``TrainConfig.data`` (``data.pairs``), against the frozen base as the reference.
+    The default beta is ``DPO_BETA``."""
+
+    beta: float = DPO_BETA
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DPOConfig":
+        return from_dict(cls, d)
+
+
 @dataclass
 class TrainConfig:
     data: str = "mnist"              # mnist | digits | path/to/images
@@ -94,6 +113,7 @@ class TrainConfig:
     embed_autoencoder: bool = False  # latent: copy the autoencoder into the run (run/autoencoder) and record that copy
     finetune: FinetuneConfig | None = None  # set: start from a trained model (LoRA adapters or all weights;
     #                                  training.finetune); its network, process and conditioning come from the base
+    dpo: DPOConfig | None = None     # set (with finetune): Diffusion-DPO on the preference pairs in the folder data
     batch_size: int = 64
     grad_accum: int = 1
     lr: float = 2e-3
@@ -146,6 +166,7 @@ class TrainConfig:
         d["classifier"] = ClassifierObjective.from_dict(d["classifier"]) if d.get("classifier") else None
         d["autoencoder"] = AutoencoderObjective.from_dict(d["autoencoder"]) if d.get("autoencoder") else None
         d["finetune"] = FinetuneConfig.from_dict(d["finetune"]) if d.get("finetune") else None
+        d["dpo"] = DPOConfig.from_dict(d["dpo"]) if d.get("dpo") else None
         return from_dict(cls, d)
 
 

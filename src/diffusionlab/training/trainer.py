@@ -89,6 +89,10 @@ class Trainer:
             if diffusion is not None:
                 raise UserError("a fine-tuning run builds its network from its base: pass no diffusion model")
             check_finetune(config)
+            if config.dpo is not None:
+                from .dpo import check_dpo
+
+                check_dpo(config)
             if self.resume_from is not None:
                 check_base_unchanged(config)
         self.overwrite = overwrite and not resume
@@ -114,8 +118,13 @@ class Trainer:
         self.codec = self._latent_codec(cfg)  # latent diffusion: the autoencoder (None: pixel space)
         cfg = self.cfg
         pixel_channels = self.codec.pixel_shape[0] if self.codec is not None else cfg.model.channels
-        train_set, val_set = load_image_sets(cfg.data, cfg.image_size, pixel_channels, cfg.val_fraction, cfg.seed,
-                                             cfg.digits)
+        if cfg.dpo is not None:  # preference pairs: chosen and rejected on the channel axis (training.dpo)
+            from .dpo import pair_sets
+
+            train_set, val_set = pair_sets(cfg, pixel_channels)
+        else:
+            train_set, val_set = load_image_sets(cfg.data, cfg.image_size, pixel_channels, cfg.val_fraction,
+                                                 cfg.seed, cfg.digits)
         self.train_data, self.val_data = train_set.images, val_set.images
         self.train_pixels, self.val_pixels, self.train_std = self.train_data, self.val_data, None  # pixels (floors)
         if self.codec is not None:
@@ -136,14 +145,16 @@ class Trainer:
                 settings["class_names"] = tuple(self.conditioning.names) if self.conditioning.names else None
             cfg = self.cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **settings))
         if len(self.train_data) < cfg.batch_size:
-            raise UserError(f"only {len(self.train_data)} training images for batch size {cfg.batch_size}")
+            what = "preference pairs" if cfg.dpo is not None else "images"
+            raise UserError(f"only {len(self.train_data)} training {what} for batch size {cfg.batch_size}",
+                            param="batch_size")
         self._setup_model(diffusion, loss)
         if cfg.guide_at is not None and not 0.0 < cfg.guide_at < 1.0:
             raise UserError(f"guide_at is a fraction of the training, in (0, 1); got {cfg.guide_at}")
         self.guide_sd, self.guide_step = None, None
         self.step, self.elapsed, self.planned, self._saved_step = 0, 0.0, cfg.max_steps, None
         self._extractor, self._floor_needed = None, True
-        self._stop = False
+        self._stop, self._window_stats = False, {}
         if self.resume_from is not None:
             self._restore(load_checkpoint(self.resume_from))
 
@@ -247,6 +258,10 @@ class Trainer:
             ft = cfg.finetune
             self.adapters = attach_new(net, ft.rank, ft.alpha, ft.targets, cfg.seed)
         self.channels_last = self.device.type == "cpu"
+        if cfg.dpo is not None:  # Diffusion-DPO against the frozen base (training.dpo)
+            from .dpo import dpo_loss
+
+            loss = dpo_loss(cfg, self.diffusion.loss_fn, self.adapters, self.device, self.channels_last)
         self.model = net.to(self.device)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -305,6 +320,8 @@ class Trainer:
             loss = self.loss_fn(self.model, batch, generator=gens, autocast=self.autocast()).mean() / cfg.grad_accum
             (self.scaler.scale(loss) if self.scaler else loss).backward()
             total += loss.item()
+            for name, v in self.loss_stats().items():  # averaged over the steps of the log window
+                self._window_stats.setdefault(name, []).append(v)
         if not math.isfinite(total):
             self.opt.zero_grad(set_to_none=True)
             raise TrainingDiverged(
@@ -324,18 +341,35 @@ class Trainer:
         return total, gnorm
 
     @torch.no_grad()
-    def validation_loss(self, model) -> float:
+    def validation(self, model) -> dict:
+        """The validation loss of ``model`` on the held-out data (the same draws at every
+        evaluation), with the means of what the loss reports of each sample (``loss_stats``)."""
         gen = torch.Generator().manual_seed(12345)  # same t and noise at every evaluation
         was = model.training
         model.eval()
-        losses = []
+        losses, stats = [], {}
         for start in range(0, len(self.val_data), 128):
             chunk = self.val_data[start:start + 128]
             x = chunk.contiguous(memory_format=torch.channels_last) if self.channels_last else chunk
             cond = self.conditioning.val(start, start + len(chunk), chunk)
             losses.append(self.loss_fn(model, Batch(x, cond), generator=gen, autocast=self.autocast(), train=False))
+            for k, v in self.loss_stats().items():
+                stats.setdefault(k, []).append(v)
         model.train(was)
-        return torch.cat(losses).mean().item()
+        return {"loss": torch.cat(losses).mean().item(), **{k: torch.cat(v).mean().item() for k, v in stats.items()}}
+
+    def loss_stats(self) -> dict:
+        """What the loss object reports of each sample of its last call (``stats``: name -> [B]
+        tensor; e.g. DPO's implicit reward accuracy and margin); empty for most losses."""
+        return {k: v.detach().float().flatten().cpu() for k, v in (getattr(self.loss_fn, "stats", None) or {}).items()}
+
+    def _log_validation(self) -> None:
+        """One metrics.jsonl record: ``val_<name>`` of the trained weights and ``val_<name>_ema``
+        of the EMA weights, for the loss and each statistic the loss reports."""
+        rec = {"step": self.step}
+        for suffix, model in (("", self.model), ("_ema", self.ema.model)):
+            rec.update({f"val_{k}{suffix}": v for k, v in self.validation(model).items()})
+        self.log(rec)
 
     def ema_denoiser(self):
         return self.diffusion.denoiser_for(self.ema.model, autocast_dtype=self.amp_dtype)
@@ -617,30 +651,34 @@ class Trainer:
             if old_handler is not None:
                 signal.signal(signal.SIGINT, old_handler)
         if not self.is_classifier and not (cfg.val_every and self.step % cfg.val_every == 0):
-            self.log({"step": self.step, "val_loss": self.validation_loss(self.model),
-                      "val_loss_ema": self.validation_loss(self.ema.model)})
+            self._log_validation()
         if cfg.eval_every and self.step % cfg.eval_every != 0:
             self.evaluate()
         ck = self.checkpoint() if self._saved_step != self.step else find_checkpoint(self.out)
         if cfg.eval_every:
             from ..evaluation.viz import plot_eval, read_jsonl
             plot_eval(read_jsonl(self.out / "metrics.jsonl"), self.out / "eval.png")
+        panels = tuple(getattr(self.loss_fn, "plotted", ()))
+        if panels:  # a loss whose statistics are the story (DPO's reward accuracy and margin): loss.png
+            from ..evaluation.viz import plot_losses, read_jsonl
+            plot_losses(read_jsonl(self.out / "metrics.jsonl"), self.out / "loss.png", panels=panels)
         summary = {"status": status, "steps": self.step, "train_seconds": round(self.elapsed, 2),
                    "wall_seconds": round(time.perf_counter() - wall0, 2), "checkpoint": str(ck)}
         self.write_run_json({"summary": summary})
         return summary
 
     def _log_train(self, loss: float, gnorm: float, ips: float, bar) -> None:
+        stats = {k: torch.cat(v).mean().item() for k, v in self._window_stats.items()}
+        self._window_stats = {}
         self.log({"step": self.step, "loss": loss, "lr": self.opt.param_groups[0]["lr"],
-                  "grad_norm": gnorm, "img_per_s": ips, "train_seconds": self.elapsed})
+                  "grad_norm": gnorm, "img_per_s": ips, "train_seconds": self.elapsed, **stats})
         bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{ips:.0f}", left=self._eta(), refresh=False)
 
     def _periodic(self) -> None:
         """Validation loss, sample grid, sample-quality evaluation and checkpoint, each on its period."""
         cfg, step = self.cfg, self.step
         if cfg.val_every and step % cfg.val_every == 0:
-            self.log({"step": step, "val_loss": self.validation_loss(self.model),
-                      "val_loss_ema": self.validation_loss(self.ema.model)})
+            self._log_validation()
         if cfg.sample_every and step % cfg.sample_every == 0:
             self.save_grid(f"step-{step:08d}")
         if cfg.eval_every and step % cfg.eval_every == 0:
@@ -648,7 +686,7 @@ class Trainer:
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
             self.checkpoint()
 
-    RUN_FILES = ("checkpoints", "samples", "metrics.jsonl", "run.json", "eval.png",  # + a LoRA run's adapter:
+    RUN_FILES = ("checkpoints", "samples", "metrics.jsonl", "run.json", "eval.png", "loss.png",  # + a LoRA run's adapter:
                  "adapter_model.safetensors", "adapter_config.json", "lora.json")
 
     def _clear_run(self) -> None:

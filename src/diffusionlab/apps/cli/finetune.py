@@ -24,6 +24,14 @@ def register(sub) -> None:
                                    "the adapter in peft's layout: sample it with `sample --ckpt BASE --lora RUN`. "
                                    f"Defaults: rank 4, alpha = rank, attn+conv layers, lr {FINETUNE_LR:g} (--full: the base's lr), 20 warm-up "
                                    "steps, the base's batch size and conditioning dropout (README 'LoRA fine-tuning').")
+    add_options(p, TRAINING_FLAGS)
+    p.set_defaults(run=run, param_flags=param_flags(p))
+
+
+def add_options(p, training_flags, full_help: str = "train every weight instead of adapters (the baseline; the "
+                                                     "run is then an ordinary checkpoint)") -> None:
+    """The options of a run on a base (``finetune``, ``dpo``): --ckpt, the LoRA settings, --full,
+    ``training_flags`` (rows of train's ``FLAGS``), --resume / --strict-resume / --overwrite."""
     p.add_argument("--ckpt", required=True, help="the base: a run or checkpoint directory (never written)")
     p.add_argument("--lora-rank", type=int, default=4, help="adapter rank r (4)")
     p.add_argument("--lora-alpha", type=float, default=None, help="adapter alpha; the update is scaled by alpha / r "
@@ -31,20 +39,30 @@ def register(sub) -> None:
     p.add_argument("--lora-targets", choices=LORA_TARGETS, default="attn+conv",
                    help="the layers adapted: attn (attention projections), attn+conv (plus every convolution / "
                         "DiT MLP; default), all (every linear and convolution layer)")
-    p.add_argument("--full", action="store_true", help="train every weight instead of adapters (the baseline; the "
-                                                       "run is then an ordinary checkpoint)")
-    for f in TRAINING_FLAGS:
+    p.add_argument("--full", action="store_true", help=full_help)
+    for f in training_flags:
         f.add_to(p)
-    p.add_argument("--resume", action="store_true", help="continue the fine-tuning run in --out (adapters, their "
-                                                         "EMA, optimizer state and step)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out (adapters, their EMA, optimizer "
+                                                         "state and step)")
     p.add_argument("--strict-resume", action="store_true", help="with --resume: stop at a damaged newest checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
-    p.set_defaults(run=run, param_flags=options.param_flags(p, {**PARAMS, "lora_rank": "--lora-rank",
-                                                               "lora_alpha": "--lora-alpha",
-                                                               "lora_targets": "--lora-targets"}))
+
+
+def param_flags(p) -> dict:
+    return options.param_flags(p, {**PARAMS, "lora_rank": "--lora-rank", "lora_alpha": "--lora-alpha",
+                                   "lora_targets": "--lora-targets"})
 
 
 def run(a) -> int:
+    from ...training.finetune import finetune_config
+
+    return start(a, lambda fields: finetune_config(a.ckpt, full=a.full, rank=a.lora_rank, alpha=a.lora_alpha,
+                                                   targets=a.lora_targets, **fields))
+
+
+def start(a, build) -> int:
+    """Check the run flags, build the config (``build(fields)`` of the given training flags) and
+    train it on the one trainer."""
     from ...training import Trainer
 
     if a.strict_resume and not a.resume:
@@ -53,20 +71,13 @@ def run(a) -> int:
         raise UserError("--out is required: the folder of the adapter (or of the --full model)")
     if a.steps is None and a.time_budget is None:
         raise UserError("give --steps N or --time-budget SECONDS")
-    cfg = finetune_config(a)
+    fields = {f.field: (f.convert(v) if f.convert else v) for f in TRAINING_FLAGS
+              if hasattr(a, f.dest) and (v := getattr(a, f.dest)) is not None}
+    cfg = build(fields)
     trainer = Trainer(config=cfg, resume=a.resume, overwrite=a.overwrite, strict_resume=a.strict_resume)
     _same_base(trainer.cfg, cfg)
     print(json.dumps(trainer.train(), indent=2))
     return 0
-
-
-def finetune_config(a):
-    """``training.finetune.finetune_config`` of the base with every given training flag."""
-    from ...training.finetune import finetune_config as build
-
-    fields = {f.field: (f.convert(v) if f.convert else v) for f in TRAINING_FLAGS
-              if (v := getattr(a, f.dest)) is not None}
-    return build(a.ckpt, full=a.full, rank=a.lora_rank, alpha=a.lora_alpha, targets=a.lora_targets, **fields)
 
 
 def _same_base(run_cfg, asked) -> None:
