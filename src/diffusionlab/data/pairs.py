@@ -50,13 +50,15 @@ class Pair:
 @dataclass
 class PairSet:
     """The pairs as tensors: ``chosen`` and ``rejected`` float32 [N, C, H, W] in [-1, 1], one
-    ``prompt`` (None where a pair has none) and one ``class_`` (None likewise) per pair."""
+    ``prompt`` (None where a pair has none) and one ``class_`` (None likewise) per pair, and
+    each pair's line number in ``pairs.jsonl``."""
 
     chosen: torch.Tensor
     rejected: torch.Tensor
     prompts: list
     classes: list
     folder: str = ""
+    lines: list | None = None     # the line number of each pair in pairs.jsonl
 
     def __len__(self) -> int:
         return len(self.chosen)
@@ -75,7 +77,7 @@ def read_pairs_file(folder) -> list[Pair]:
                           '{"chosen": ..., "rejected": ...} object a line', param="pairs")
     pairs, problems, seen = [], [], {}
     root = folder.resolve()
-    for no, text in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+    for no, text in enumerate(path.read_text(encoding="utf-8-sig", errors="replace").splitlines(), 1):
         if not text.strip():
             continue
         try:
@@ -186,7 +188,7 @@ def load_pairs(folder, image_shape: tuple) -> PairSet:
         rejected.append(image(p.rejected, p.line, "rejected"))
     _raise(problems)
     return PairSet(torch.stack(chosen).float(), torch.stack(rejected).float(), [p.prompt for p in pairs],
-                   [p.class_ for p in pairs], str(folder))
+                   [p.class_ for p in pairs], str(folder), [p.line for p in pairs])
 
 
 def write_pairs(folder, lines: list[dict]) -> Path:

@@ -104,14 +104,14 @@ def _conditions(pairs, kind: str, record: dict, folder: str):
     from ..data.pairs import PAIRS_FILE
 
     where = f"{folder}/{PAIRS_FILE}"
+    line = lambda i: pairs.lines[i] if pairs.lines else i + 1  # noqa: E731
     first = lambda values: next(i for i, v in enumerate(values) if v is not None)  # noqa: E731
     has_prompt, has_class = any(p is not None for p in pairs.prompts), any(c is not None for c in pairs.classes)
+    what = "unconditional" if kind == "none" else f"{kind}-conditional"
     if kind != "text" and has_prompt:
-        raise UserError(f"{where}: pair {first(pairs.prompts) + 1} has a prompt, but the base is "
-                        f"{'unconditional' if kind == 'none' else kind + '-conditional'}", param="pairs")
+        raise UserError(f"{where}:{line(first(pairs.prompts))}: a prompt, but the base is {what}", param="pairs")
     if kind != "class" and has_class:
-        raise UserError(f"{where}: pair {first(pairs.classes) + 1} has a class, but the base is "
-                        f"{'unconditional' if kind == 'none' else kind + '-conditional'}", param="pairs")
+        raise UserError(f"{where}:{line(first(pairs.classes))}: a class, but the base is {what}", param="pairs")
     if kind == "text":
         return None, None, [p if p is not None else "" for p in pairs.prompts]
     if kind == "class":
@@ -129,7 +129,7 @@ def _conditions(pairs, kind: str, record: dict, folder: str):
                 except ValueError:
                     label = -2
                 if not 0 <= label < k:
-                    raise UserError(f"{where}: pair {i + 1}: {c!r} is not a class of the base (its classes: "
+                    raise UserError(f"{where}:{line(i)}: {c!r} is not a class of the base (its classes: "
                                     f"{', '.join(names) if names else f'0..{k - 1}'})", param="pairs")
                 labels.append(label)
         return torch.tensor(labels, dtype=torch.long), names or None, None
@@ -145,7 +145,12 @@ class AdaptersOff:
 
     def __call__(self, x, t, cond=None):
         with self.adapters.disabled() as net:
-            return call_net(net, x, t, cond)
+            was = net.training
+            net.eval()  # as the full run's reference: no dropout in the reference
+            try:
+                return call_net(net, x, t, cond)
+            finally:
+                net.train(was)
 
 
 def dpo_loss(cfg: TrainConfig, denoising, adapters, device, channels_last: bool):

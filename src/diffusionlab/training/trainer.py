@@ -615,6 +615,7 @@ class Trainer:
         from tqdm.auto import tqdm
 
         cfg = self.cfg
+        self._stop = False  # a new call trains on (a bench may pause a run with stop_after and go on)
         if self.overwrite:
             self._clear_run()
         self.out.mkdir(parents=True, exist_ok=True)
