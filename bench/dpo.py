@@ -16,10 +16,12 @@ digit-confidence` over prompts for all ten digits:
   on the 1,000-digit held-out split, which the reward's classifier never saw), and the feature FD
   of the samples to the held-out digits (with its floor at the same n); the run's implicit reward
   accuracy and margin on the held-out pairs come from its metrics.jsonl;
+- ``picture``: docs/dpo_before_after.png, the base and a DPO adapter at the same seeds;
 - ``report``: bench/RESULTS_dpo.md from bench/RESULTS_dpo.json.
 
     .venv/bin/python bench/dpo.py pairs --n 1000
     .venv/bin/python bench/dpo.py runs --betas 500,2000 --steps 300 --every 100
+    .venv/bin/python bench/dpo.py picture --run dpo-beta2000
     .venv/bin/python bench/dpo.py report
 """
 from __future__ import annotations
@@ -127,7 +129,8 @@ def measure(lora, guidance: float, judges) -> dict:
     x = torch.cat(xs).clamp(-1, 1)
     out = {}
     for name, judge in judges.items():
-        p = judge(x)
+        with torch.no_grad():
+            p = judge(x)
         out[f"{name}_reward"] = float(p[torch.arange(N), labels].mean())
         out[f"{name}_accuracy"] = float((p.argmax(1) == labels).float().mean())
     m = digit_metrics(x)
@@ -185,14 +188,19 @@ def _val_stats(out: Path, step: int) -> dict:
             "val_reward_margin": val[-1]["val_reward_margin_ema"]} if val else {}
 
 
-def stage_runs(betas: list[float], steps: int, every: int, final_guidance: float) -> None:
+def stage_runs(betas: list[float], steps: int, every: int, final_guidance: float, sft: bool = True) -> None:
+    """The runs of ``betas`` (and the SFT baseline unless ``sft`` is off), added to the results; the
+    base is measured once per setup (a later call with the same setup adds runs to the table)."""
     judges, indep_acc = _judges()
     res = _load()
-    res["setup"] = {"steps": steps, "every": every, "n": N, "guidance": GUIDANCE, "final_guidance": final_guidance,
-                    "independent_accuracy_on_train_split": indep_acc, "pairs": res.get("pairs", {}).get("n")}
-    res["base"] = {"curve": measure(None, GUIDANCE, judges), "final_cfg": measure(None, final_guidance, judges)}
-    _save(res)
-    runs = [(f"dpo-beta{b:g}", "dpo", b) for b in betas] + [("sft-chosen", "sft", None)]
+    setup = {"steps": steps, "every": every, "n": N, "guidance": GUIDANCE, "final_guidance": final_guidance,
+             "independent_accuracy_on_train_split": indep_acc, "pairs": res.get("pairs", {}).get("n")}
+    if res.get("setup") != setup or "base" not in res:
+        res = {k: v for k, v in res.items() if k in ("pairs", "cpu")}
+        res["setup"] = setup
+        res["base"] = {"curve": measure(None, GUIDANCE, judges), "final_cfg": measure(None, final_guidance, judges)}
+        _save(res)
+    runs = [(f"dpo-beta{b:g}", "dpo", b) for b in betas] + ([("sft-chosen", "sft", None)] if sft else [])
     for name, kind, beta in runs:
         out = WORK / name
         t = trainer_for(kind, beta, steps, out)
@@ -207,6 +215,32 @@ def stage_runs(betas: list[float], steps: int, every: int, final_guidance: float
                      "train_seconds": seconds, "s_per_step": seconds / steps, "curve": curve,
                      "final_cfg": measure(out, final_guidance, judges)}
         _save(res)
+
+
+def stage_picture(run: str, rows: int = 3) -> None:
+    """docs/dpo_before_after.png: the first ``rows`` x 10 evaluation samples (digit k in column k,
+    the same seeds and prompts as the curves, guidance GUIDANCE), base and DPO adapter alternating
+    row by row."""
+    from diffusionlab.core.rng import per_sample_generators
+    from diffusionlab.core.sampling import sample, sampling_defaults
+    from diffusionlab.evaluation.viz import save_labelled_grid
+    from diffusionlab.models.loading import load_denoiser
+    from diffusionlab.pipelines.conditioning import conditioned
+
+    labels, prompts = eval_requests()
+    n = rows * 10
+    out = {}
+    for name, lora in (("base", None), ("DPO", WORK / run)):
+        den = load_denoiser(BASE, lora=[str(lora)] if lora else ())
+        guided, cond = conditioned(den, prompt=prompts[:n], guidance=GUIDANCE)
+        choice = sampling_defaults(den, None, None, GUIDANCE)
+        out[name] = sample(guided, (n, *den.info.image_shape), sampler=choice.sampler, steps=choice.steps, cond=cond(n),
+                           generator=per_sample_generators(EVAL_SEED, range(n))).float().clamp(-1, 1)
+    grid = torch.cat([out[name][r * 10:(r + 1) * 10] for r in range(rows) for name in ("base", "DPO")])
+    path = ROOT / "docs" / "dpo_before_after.png"
+    save_labelled_grid(grid, path, nrow=10, col_labels=[str(k) for k in range(10)],
+                       row_labels=[name for _ in range(rows) for name in ("base", "DPO")], upscale=2)
+    print(f"wrote {path}")
 
 
 # ------------------------------------------------------------------ report
@@ -230,7 +264,8 @@ def stage_report() -> None:
              "",
              "| run | step | reward | reward acc. | independent | independent acc. | FD (floor) | implicit acc. | margin |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    names = [k for k in res if k.startswith("dpo-") or k == "sft-chosen"]
+    names = sorted((k for k in res if k.startswith("dpo-")), key=lambda k: res[k]["beta"]) + \
+        [k for k in res if k == "sft-chosen"]
     for name in names:
         for c in res[name]["curve"]:
             lines.append(f"| {name} | {c['step']} | {c['reward_reward']:.3f} | {c['reward_accuracy']:.3f} | "
@@ -261,13 +296,18 @@ def main() -> None:
     r.add_argument("--steps", type=int, default=300)
     r.add_argument("--every", type=int, default=100)
     r.add_argument("--final-guidance", type=float, default=3.0)
+    r.add_argument("--no-sft", action="store_true", help="only the DPO runs (add betas to an existing table)")
     sub.add_parser("report")
+    pic = sub.add_parser("picture")
+    pic.add_argument("--run", default="dpo-beta2000")
     a = ap.parse_args()
     torch.set_num_threads(2)
     if a.stage == "pairs":
         stage_pairs(a.n)
     elif a.stage == "runs":
-        stage_runs([float(b) for b in a.betas.split(",")], a.steps, a.every, a.final_guidance)
+        stage_runs([float(b) for b in a.betas.split(",")], a.steps, a.every, a.final_guidance, sft=not a.no_sft)
+    elif a.stage == "picture":
+        stage_picture(a.run)
     else:
         stage_report()
 

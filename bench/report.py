@@ -48,6 +48,9 @@ STAGES = [
     ("RESULTS_lora.md", "LoRA fine-tuning: teaching one digit, ranks and target sets vs full (not part of make bench)",
      ".venv/bin/python bench/lora.py lr && .venv/bin/python bench/lora.py table --model demo && "
      ".venv/bin/python bench/lora.py table --model uncond && .venv/bin/python bench/lora.py speed"),
+    ("RESULTS_dpo.md", "Diffusion-DPO on the demo's text model: reward, an independent judge, FD, vs SFT (not part of make bench)",
+     ".venv/bin/python bench/dpo.py pairs --n 1000 && .venv/bin/python bench/dpo.py runs --betas 500,2000,5000 "
+     "--steps 300 --every 100 && .venv/bin/python bench/dpo.py report"),
     ("RESULTS_demo_avx2.md", "The make demo run at the AVX2 machine's step count (not part of make bench)",
      "see the section"),
     ("RESULTS_core_refactor.md", "Code shape before and after the core refactor (not part of make bench)",

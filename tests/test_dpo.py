@@ -664,3 +664,25 @@ def test_digit_confidence_refuses_images_too_small_for_its_classifier(runs, tmp_
                  "--n", "1", "--steps", "2", "--batch-size", "4", "--out", str(out)]) == 2
     assert "at least 16x16" in capsys.readouterr().err
     assert not list(tmp_path.rglob("*.png"))
+
+
+# ------------------------------------------------------------------ resume through the command line
+
+def test_a_dpo_run_stopped_and_resumed_ends_where_an_uninterrupted_one_does(runs, tmp_path):
+    """`dpo --resume` continues a LoRA DPO run exactly: 2 steps, then resumed to 4, gives the
+    adapter of 4 uninterrupted steps (same pairs, draws keyed by (seed, step, index))."""
+    common = ["dpo", "--ckpt", str(runs["base"]), "--pairs", str(runs["pairs"]), "--batch-size", "8",
+              "--checkpoint-every", "2", "--lr", "3e-2", "--warmup-steps", "1", "--no-progress", "--threads", "1"]
+    assert main([*common, "--steps", "4", "--out", str(tmp_path / "a")]) == 0
+    cfg = dpo_config(str(runs["base"]), str(runs["pairs"]), max_steps=4, out_dir=str(tmp_path / "b"), batch_size=8,
+                     checkpoint_every=2, lr=3e-2, warmup_steps=1, progress=False, num_threads=1)
+    Trainer(config=cfg).train(stop_after=2)
+    assert main([*common, "--steps", "4", "--out", str(tmp_path / "b"), "--resume"]) == 0
+    a, b = (_safetensors_keys(tmp_path / r / "adapter_model.safetensors") for r in "ab")
+    assert a == b
+    from safetensors.torch import load_file
+
+    ta, tb = (load_file(str(tmp_path / r / "adapter_model.safetensors")) for r in "ab")
+    for k in ta:
+        torch.testing.assert_close(ta[k], tb[k], rtol=0, atol=1e-6)
+    assert json.loads((tmp_path / "b" / "lora.json").read_text())["step"] == 4

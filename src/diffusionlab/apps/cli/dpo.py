@@ -13,7 +13,11 @@ DPO_FLAGS = tuple(f for f in TRAINING_FLAGS if f.field not in ("data", "digits")
 
 
 def register(sub) -> None:
-    from ...pipelines.pairs import CANDIDATES_PER_PAIR, MARGIN
+    _register_dpo(sub)
+    _register_make_pairs(sub)
+
+
+def _register_dpo(sub) -> None:
     from ...training.dpo import DPO_LR
 
     p = sub.add_parser("dpo", help="align a trained model with preference pairs (Diffusion-DPO)",
@@ -30,6 +34,10 @@ def register(sub) -> None:
     finetune.add_options(p, DPO_FLAGS, full_help="train every weight instead of adapters (the run is then an "
                                                  "ordinary checkpoint for --ckpt)")
     p.set_defaults(run=run, param_flags=finetune.param_flags(p))
+
+
+def _register_make_pairs(sub) -> None:
+    from ...pipelines.pairs import CANDIDATES_PER_PAIR, MARGIN
 
     q = sub.add_parser("make-pairs", help="sample candidates and rank them with a reward into preference pairs",
                        description="Sample candidates of --ckpt two at a time under each request (--prompt or "
