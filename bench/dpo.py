@@ -5,8 +5,8 @@ digit-confidence` over prompts for all ten digits:
 
 - ``pairs``: the pairs (``--n``, default 1,000) in runs/dpo_bench/pairs, by the command a user
   runs, at guidance ``GUIDANCE`` (module constant: the measured setting below);
-- ``runs``: DPO at each beta of ``--betas`` and plain supervised fine-tuning on the chosen images
-  only (their prompts as captions: ``finetune --data`` a folder with captions.jsonl), all LoRA
+- ``runs``: DPO at each beta of ``--betas`` (``--full-lrs``: also full DPO at the first beta and
+  these learning rates) and plain supervised fine-tuning on the chosen images only (their prompts as captions: ``finetune --data`` a folder with captions.jsonl), all LoRA
   rank 4 attn+conv, the same steps and 16 pairs / 16 chosen images a step; each run is paused
   every ``--every`` steps (``Trainer.train(stop_after=...)``, which checkpoints and rewrites the
   adapter) and the adapter is measured as a user loads it (``load_denoiser(base, lora=run)``):
@@ -20,7 +20,9 @@ digit-confidence` over prompts for all ten digits:
 - ``report``: bench/RESULTS_dpo.md from bench/RESULTS_dpo.json.
 
     .venv/bin/python bench/dpo.py pairs --n 1000
-    .venv/bin/python bench/dpo.py runs --betas 500,2000 --steps 300 --every 100
+    .venv/bin/python bench/dpo.py runs --betas 500,2000,5000 --steps 300 --every 100
+    .venv/bin/python bench/dpo.py runs --betas 100,200 --no-sft        # more betas into the same table
+    .venv/bin/python bench/dpo.py runs --betas 500 --no-sft --full-lrs 1e-5,1e-4
     .venv/bin/python bench/dpo.py picture --run dpo-beta2000
     .venv/bin/python bench/dpo.py report
 """
@@ -108,16 +110,17 @@ def eval_requests():
     return labels, [prompt_for(int(k), "train", i // 10) for i, k in enumerate(labels)]
 
 
-def measure(lora, guidance: float, judges) -> dict:
+def measure(lora, guidance: float, judges, full: bool = False) -> dict:
     """Reward (mean probability of the requested digit) and accuracy by both classifiers, and FD
-    to the held-out digits, of N samples of the base (+ ``lora``)."""
+    to the held-out digits, of N samples of the base (+ ``lora``; with ``full``: the run ``lora``
+    itself, an ordinary checkpoint)."""
     from diffusionlab.core.rng import per_sample_generators
     from diffusionlab.core.sampling import sample, sampling_defaults
     from diffusionlab.evaluation import digit_metrics
     from diffusionlab.models.loading import load_denoiser
     from diffusionlab.pipelines.conditioning import conditioned
 
-    den = load_denoiser(BASE, lora=[str(lora)] if lora else ())
+    den = load_denoiser(lora) if full else load_denoiser(BASE, lora=[str(lora)] if lora else ())
     labels, prompts = eval_requests()
     guided, cond = conditioned(den, prompt=prompts, guidance=guidance)
     choice = sampling_defaults(den, None, None, guidance)
@@ -165,15 +168,15 @@ def sft_data() -> Path:
     return folder
 
 
-def trainer_for(kind: str, beta: float | None, steps: int, out: Path):
+def trainer_for(kind: str, beta: float | None, steps: int, out: Path, lr: float | None = None):
     from diffusionlab.training import Trainer
 
     common = dict(max_steps=steps, out_dir=str(out), progress=False, checkpoint_every=steps, batch_size=16,
-                  keep_checkpoints=1)
-    if kind == "dpo":
+                  keep_checkpoints=1, **({"lr": lr} if lr else {}))
+    if kind in ("dpo", "full"):
         from diffusionlab.training.dpo import dpo_config
 
-        cfg = dpo_config(str(BASE), str(PAIRS), beta=beta, **common)
+        cfg = dpo_config(str(BASE), str(PAIRS), beta=beta, full=kind == "full", **common)
     else:
         from diffusionlab.training.finetune import finetune_config
 
@@ -188,7 +191,8 @@ def _val_stats(out: Path, step: int) -> dict:
             "val_reward_margin": val[-1]["val_reward_margin_ema"]} if val else {}
 
 
-def stage_runs(betas: list[float], steps: int, every: int, final_guidance: float, sft: bool = True) -> None:
+def stage_runs(betas: list[float], steps: int, every: int, final_guidance: float, sft: bool = True,
+               full_lrs: tuple = ()) -> None:
     """The runs of ``betas`` (and the SFT baseline unless ``sft`` is off), added to the results; the
     base is measured once per setup (a later call with the same setup adds runs to the table)."""
     judges, indep_acc = _judges()
@@ -200,20 +204,21 @@ def stage_runs(betas: list[float], steps: int, every: int, final_guidance: float
         res["setup"] = setup
         res["base"] = {"curve": measure(None, GUIDANCE, judges), "final_cfg": measure(None, final_guidance, judges)}
         _save(res)
-    runs = [(f"dpo-beta{b:g}", "dpo", b) for b in betas] + ([("sft-chosen", "sft", None)] if sft else [])
-    for name, kind, beta in runs:
+    runs = [(f"dpo-beta{b:g}", "dpo", b, None) for b in betas] + ([("sft-chosen", "sft", None, None)] if sft else [])
+    runs += [(f"full-beta{betas[0]:g}-lr{lr:g}", "full", betas[0], lr) for lr in full_lrs]
+    for name, kind, beta, lr in runs:
         out = WORK / name
-        t = trainer_for(kind, beta, steps, out)
+        t = trainer_for(kind, beta, steps, out, lr)
         curve, seconds = [{"step": 0, **res["base"]["curve"]}], 0.0
         for stop in range(every, steps + 1, every):
             s = t.train(stop_after=stop)
             seconds = s["train_seconds"]
-            m = measure(out, GUIDANCE, judges)
-            curve.append({"step": stop, **m, **(_val_stats(out, stop) if kind == "dpo" else {})})
+            m = measure(out, GUIDANCE, judges, full=kind == "full")
+            curve.append({"step": stop, **m, **(_val_stats(out, stop) if kind != "sft" else {})})
             print(name, curve[-1], flush=True)
         res[name] = {"kind": kind, "beta": beta, "lr": t.cfg.lr, "batch_size": t.cfg.batch_size,
                      "train_seconds": seconds, "s_per_step": seconds / steps, "curve": curve,
-                     "final_cfg": measure(out, final_guidance, judges)}
+                     "final_cfg": measure(out, final_guidance, judges, full=kind == "full")}
         _save(res)
 
 
@@ -253,7 +258,7 @@ def stage_report() -> None:
              f"({pairs.get('yield', 0):.0%} kept at margin 0.1) in {pairs.get('seconds', 0):.0f} s; mean score "
              f"chosen {pairs.get('chosen_mean', 0):.3f}, rejected {pairs.get('rejected_mean', 0):.3f}.",
              "",
-             f"Every run: LoRA rank 4 attn+conv, {setup['steps']} steps of 16 pairs (DPO) or 16 chosen images "
+             f"Every run: LoRA rank 4 attn+conv (full-*: every weight, `dpo --full`), {setup['steps']} steps of 16 pairs (DPO) or 16 chosen images "
              f"(SFT, lr {res.get('sft-chosen', {}).get('lr', 0):g}), measured every {setup['every']} steps on "
              f"{setup['n']} samples (20 per digit, training phrasings, held-out seeds) at guidance "
              f"{setup['guidance']:g}. *reward*: the digit classifier's mean probability of the requested digit "
@@ -265,6 +270,7 @@ def stage_report() -> None:
              "| run | step | reward | reward acc. | independent | independent acc. | FD (floor) | implicit acc. | margin |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     names = sorted((k for k in res if k.startswith("dpo-")), key=lambda k: res[k]["beta"]) + \
+        sorted((k for k in res if k.startswith("full-")), key=lambda k: res[k]["lr"]) + \
         [k for k in res if k == "sft-chosen"]
     for name in names:
         for c in res[name]["curve"]:
@@ -297,6 +303,7 @@ def main() -> None:
     r.add_argument("--every", type=int, default=100)
     r.add_argument("--final-guidance", type=float, default=3.0)
     r.add_argument("--no-sft", action="store_true", help="only the DPO runs (add betas to an existing table)")
+    r.add_argument("--full-lrs", default="", help="also full DPO runs (every weight) at the first beta, these lrs")
     sub.add_parser("report")
     pic = sub.add_parser("picture")
     pic.add_argument("--run", default="dpo-beta2000")
@@ -305,7 +312,8 @@ def main() -> None:
     if a.stage == "pairs":
         stage_pairs(a.n)
     elif a.stage == "runs":
-        stage_runs([float(b) for b in a.betas.split(",")], a.steps, a.every, a.final_guidance, sft=not a.no_sft)
+        stage_runs([float(b) for b in a.betas.split(",")], a.steps, a.every, a.final_guidance, sft=not a.no_sft,
+                   full_lrs=tuple(float(v) for v in a.full_lrs.split(",") if v))
     elif a.stage == "picture":
         stage_picture(a.run)
     else:

@@ -75,9 +75,15 @@ class FinetuneConfig:
         return from_dict(cls, d)
 
 
-DPO_BETA = 2000.0
+DPO_BETA = 500.0
 """Diffusion-DPO's default beta in ``core.losses.DPOLoss``'s units (per-element mean squared
-errors of the process's own loss); measured by bench/dpo.py (README "Preference alignment")."""
+errors of the process's own loss). Measured by bench/dpo.py (README "Preference alignment") on
+the demo's text model, 1,000 digit-confidence pairs, LoRA rank 4, lr 1e-3, 300 steps of 16 pairs,
+200 samples without CFG: beta 100 / 200 / 500 / 2000 / 5000 took the reward from 0.847 to 0.999 /
+0.995 / 0.935 / 0.892 / 0.874 and the FD to the held-out digits from 7.3 to 21.4 / 15.5 / 7.3 /
+6.4 / 6.7: 500 is the strongest pull whose samples stay as close to the data as the base's
+(below it the model trades diversity for the reward; an independent classifier agrees on the
+gain at every beta)."""
 
 
 @dataclass

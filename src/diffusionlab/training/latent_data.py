@@ -25,7 +25,13 @@ def cache_key(codec, parts: dict) -> str:
 
 @torch.no_grad()
 def _encode(codec, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scaled posterior mean, scaled posterior std) of ``images``."""
+    """(scaled posterior mean, scaled posterior std) of ``images``; preference pairs (chosen and
+    rejected on the channel axis, ``training.dpo``) are encoded image by image and kept side by
+    side on the latent channel axis."""
+    c = codec.pixel_shape[0]
+    if images.shape[1] == 2 * c:
+        (mw, sw), (ml, sl) = _encode(codec, images[:, :c]), _encode(codec, images[:, c:])
+        return torch.cat([mw, ml], 1), torch.cat([sw, sl], 1)
     means, stds = [], []
     shift, scale = codec.shift.view(1, -1, 1, 1), codec.scale.view(1, -1, 1, 1)
     for start in range(0, len(images), ENCODE_BATCH):

@@ -220,6 +220,11 @@ class Trainer:
                  "val_fraction": cfg.val_fraction, "seed": cfg.seed}
         if cfg.digits is not None:
             parts["digits"] = list(cfg.digits)
+        if cfg.dpo is not None:  # the pairs' content, not only their folder
+            from ..data.pairs import PAIRS_FILE
+            from ..models.checkpoint import file_sha256
+
+            parts["pairs_sha256"] = file_sha256(Path(cfg.data) / PAIRS_FILE)
         sets = encoded_sets(self.codec, self.train_data, self.val_data, parts)
         self.train_data, self.train_std, self.val_data = sets["train_mean"], sets["train_std"], sets["val_mean"]
 
