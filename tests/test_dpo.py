@@ -662,7 +662,8 @@ def test_digit_confidence_refuses_images_too_small_for_its_classifier(runs, tmp_
     out = tmp_path / "small"
     assert main(["make-pairs", "--ckpt", str(runs["base"]), "--reward", "digit-confidence", "--class", "3",
                  "--n", "1", "--steps", "2", "--batch-size", "4", "--out", str(out)]) == 2
-    assert "at least 16x16" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--reward: digit-confidence scores greyscale digits of at least 16x16" in err and "1x8x8" in err
     assert not list(tmp_path.rglob("*.png"))
 
 

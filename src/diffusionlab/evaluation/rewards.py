@@ -60,13 +60,17 @@ class DigitConfidence:
 
         self.classifier = classifier if classifier is not None else load_digit_classifier()
 
-    def check(self, conditions: list[dict]) -> None:
+    def check(self, conditions: list[dict], image_shape: tuple | None = None) -> None:
+        """Every request names a digit; the images (C, H, W) are greyscale and at least 16x16 (what
+        the classifier reads), checked before anything is sampled."""
         check_digit_requests(conditions)
+        if image_shape is not None and (image_shape[0] != 1 or min(image_shape[1:]) < 16):
+            raise UserError(f"digit-confidence scores greyscale digits of at least 16x16 pixels; this model makes "
+                            f"{image_shape[0]}x{image_shape[1]}x{image_shape[2]} images", param="reward")
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, conditions: list[dict]) -> torch.Tensor:
-        if images.shape[1] != 1:
-            raise UserError(f"digit-confidence scores greyscale digits, got {images.shape[1]} channels", param="reward")
+        self.check(conditions, tuple(images.shape[1:]))
         digits = torch.tensor([digit_of(c) for c in conditions])
         p = self.classifier.predict_proba(images.float() * 2 - 1)
         return p[torch.arange(len(digits)), digits]
@@ -82,7 +86,7 @@ class UserReward:
         self.name = spec
         self.fn = _import(spec)
 
-    def check(self, conditions: list[dict]) -> None:
+    def check(self, conditions: list[dict], image_shape: tuple | None = None) -> None:
         """A user's reward decides itself what it needs."""
 
     def __call__(self, images: torch.Tensor, conditions: list[dict]) -> torch.Tensor:

@@ -72,9 +72,10 @@ def make_pairs(den, requests: list[dict], reward, n: int, out, *, margin: float 
 
         shutil.rmtree(out / "images", ignore_errors=True)
         (out / PAIRS_FILE).unlink(missing_ok=True)
-    if hasattr(reward, "check"):
-        reward.check(requests)
     info = info_of(den)
+    if hasattr(reward, "check"):  # before anything is sampled: the requests and the images' shape
+        pixels = info.latent.pixel_shape if getattr(info, "latent", None) is not None else info.image_shape
+        reward.check(requests or [{}], tuple(pixels))
     kind = info.cond.kind
     requests = [dict(r) for r in requests] or [{}]
     guided = [conditioned(den, class_=r.get("class") if kind == "class" else None,
