@@ -73,11 +73,11 @@ def make_pairs(den, requests: list[dict], reward, n: int, out, *, margin: float 
         shutil.rmtree(out / "images", ignore_errors=True)
         (out / PAIRS_FILE).unlink(missing_ok=True)
     info = info_of(den)
+    requests = [dict(r) for r in requests] or [{}]
     if hasattr(reward, "check"):  # before anything is sampled: the requests and the images' shape
         pixels = info.latent.pixel_shape if getattr(info, "latent", None) is not None else info.image_shape
-        reward.check(requests or [{}], tuple(pixels))
+        reward.check(requests, tuple(pixels))
     kind = info.cond.kind
-    requests = [dict(r) for r in requests] or [{}]
     guided = [conditioned(den, class_=r.get("class") if kind == "class" else None,
                           prompt=r.get("prompt"), guidance=guidance) for r in requests]
     choice = sampling_defaults(den, sampler, steps, guidance)
