@@ -83,3 +83,37 @@ class AnalyticNet(torch.nn.Module):
             x0 = self.oracle(x_vp / a, sigma.to(x_vp.dtype))
         eps = (x_vp - a * x0) / c
         return {"eps": eps, "x0": x0, "v": a * eps - c * x0}[self.objective]
+
+
+class GaussianConsistency:
+    """The exact consistency function of N(mu, diag(var)) data (boundary at sigma = 0): the
+    probability-flow ODE's map to sigma = 0, f(x, sigma) = mu + (x - mu) sqrt(var / (var + sigma^2));
+    at sigma = inf, where x holds the unit prior noise, mu + sqrt(var) x."""
+
+    def __init__(self, mu: torch.Tensor, var: torch.Tensor, sigma_b: float = 0.0):
+        self.mu, self.var, self.sigma_b = mu, var, sigma_b
+
+    def __call__(self, x, sigma, cond=None):
+        s = sigma.to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
+        mu, var = self.mu.to(x.dtype), self.var.to(x.dtype)
+        finite = torch.isfinite(s)
+        s2 = torch.where(finite, s, torch.zeros_like(s)) ** 2
+        ratio = ((var + self.sigma_b ** 2) / (var + s2)).sqrt()
+        return torch.where(finite, mu + (x - mu) * ratio, mu + var.sqrt() * x)
+
+
+class ODEConsistency:
+    """The consistency function of any exact denoiser by a fine probability-flow solve (Heun on a
+    Karras grid from sigma down to ``sigma_min``, then the denoiser's last step to 0)."""
+
+    def __init__(self, denoiser, steps: int = 24, sigma_min: float = 0.002):
+        self.denoiser, self.steps, self.sigma_min = denoiser, steps, sigma_min
+
+    def __call__(self, x, sigma, cond=None):
+        import diffusionlab as dl
+
+        s0 = float(sigma.reshape(-1)[0])
+        if s0 <= self.sigma_min:
+            return x
+        grid = dl.get_sigmas("karras", self.steps, self.sigma_min, s0)
+        return dl.sample(self.denoiser, tuple(x.shape), "heun", sigmas=grid, init=x)

@@ -64,8 +64,14 @@ def test_no_flag_means_the_default_preset_and_no_train_flag_lives_outside_the_ta
     assert train_config(_train_args()) == PRESETS["default"]()
     assert train_config(_train_args("--preset", "tiny")) == PRESETS["tiny"]()
     sub = build_parser()._subparsers._group_actions[0].choices["train"]
-    dests = {a.dest for a in sub._actions} - {"help", "preset", "resume", "strict_resume", "overwrite"}
+    dests = {a.dest for a in sub._actions} - {"help", "preset", "resume", "strict_resume", "overwrite", "few_step"}
     assert dests == {f.dest for f in FLAGS}
+
+
+def test_few_step_consistency_makes_a_consistency_training_run():
+    cfg = train_config(_train_args("--preset", "tiny", "--few-step", "consistency"))
+    assert cfg.distill is not None and cfg.distill.method == "consistency" and cfg.distill.teacher is None
+    assert cfg.diffusion.consistency and cfg.sample_sampler == "consistency"
 
 
 def test_arch_and_process_switches():

@@ -4,7 +4,8 @@
 vector [B, D] (a sentence embedding, or any vector), token embeddings ``text`` [B, L, D] of a
 frozen text encoder, or the token ids ``tokens`` [B, L] (long) of a text encoder inside the
 network, with their ``mask`` [B, L] (True = a real token), and a conditioning ``image``
-[B, C, H, W]. ``null`` [B] (bool) marks the samples whose condition is the *null* condition:
+[B, C, H, W], and ``guidance`` [B] (float): the classifier-free guidance scale s a
+guidance-distilled network imitates (``CondSpec.guidance_input``; absent = 1, unguided). ``null`` [B] (bool) marks the samples whose condition is the *null* condition:
 the network replaces their condition by its learned null embedding (classifier-free guidance's
 unconditional branch, conditioning dropout in training). An empty ``Cond()`` is "no condition";
 it has no batch size of its own and broadcasts to any batch.
@@ -29,7 +30,7 @@ import torch
 
 from . import rng
 
-FIELDS = ("labels", "pooled", "text", "tokens", "mask", "image", "null")
+FIELDS = ("labels", "pooled", "text", "tokens", "mask", "image", "guidance", "null")
 SEQUENCE_FIELDS = ("text", "tokens", "mask")  # [B, L, ...]: padded to a common L by ``cat``
 
 
@@ -41,6 +42,7 @@ class Cond:
     tokens: torch.Tensor | None = None
     mask: torch.Tensor | None = None
     image: torch.Tensor | None = None
+    guidance: torch.Tensor | None = None
     null: torch.Tensor | None = None
 
     def __post_init__(self):
@@ -60,8 +62,18 @@ class Cond:
 
     @property
     def is_empty(self) -> bool:
-        """True when nothing conditions the batch (``null`` alone does not count)."""
-        return all(getattr(self, f) is None for f in FIELDS if f != "null")
+        """True when nothing conditions the batch (``null`` and ``guidance`` alone do not count)."""
+        return all(getattr(self, f) is None for f in FIELDS if f not in ("null", "guidance"))
+
+    def with_guidance(self, scale, batch: int | None = None) -> "Cond":
+        """The same condition with the guidance scale ``scale`` (a number, or a [B] tensor) for
+        each sample: the input of a guidance-distilled network."""
+        n = self.batch_size or batch
+        if n is None:
+            raise ValueError("with_guidance needs a batch size: give batch= for an empty Cond")
+        dev = self._items()[0][1].device if self._items() else None
+        s = torch.as_tensor(scale, dtype=torch.float32, device=dev)
+        return dataclasses.replace(self, guidance=s.expand(n).clone() if s.dim() == 0 else s)
 
     @property
     def batch_size(self) -> int | None:
@@ -164,7 +176,9 @@ class CondSpec:
     embeddings), ``text_dim`` (their width) and ``encoder_fingerprint`` (text); ``pooled_dim``
     (a pooled vector's width: the text width, or a vector model's); ``image_channels`` and
     ``lowres`` (image: the conditioning image concatenated to the input, a super-resolution
-    model's low-resolution side)."""
+    model's low-resolution side); ``guidance_input``: the network takes the classifier-free
+    guidance scale as an input (``Cond.guidance``), a guidance-distilled student
+    (``training.distill``): samplers then give it the scale instead of wrapping it in CFG."""
 
     kind: str = "none"
     num_classes: int | None = None
@@ -175,6 +189,7 @@ class CondSpec:
     image_channels: int | None = None
     lowres: tuple | None = None
     encoder_fingerprint: str | None = None
+    guidance_input: bool = False
 
     def __post_init__(self):
         if self.kind not in COND_KINDS + ("vector",):

@@ -249,6 +249,48 @@ def noise_label(c_noise: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return c_noise.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
 
 
+CONSISTENCY_SIGMA_DATA = 0.5  # sigma_d of the consistency boundary's coefficients (Song et al. 2023; ECT)
+
+
+def boundary_coefficients(sigma: torch.Tensor, sigma_b: float, sigma_data: float = CONSISTENCY_SIGMA_DATA):
+    """(a, b) with f(x, sigma) = a x + b D(x, sigma): a consistency model's boundary on top of any
+    denoiser D (Song et al. 2023, Sec. 3 and App. C; Geng et al. 2024, ECT). Writing D in the EDM form
+    D = c_skip x + c_out F, the consistency function takes the same F with the sigma_min-shifted
+    coefficients c_skip' = sd^2 / ((sigma - sigma_b)^2 + sd^2), c_out' = (sigma - sigma_b) sd / sqrt(sigma^2 + sd^2):
+    f = c_skip' x + (c_out' / c_out) (D - c_skip x), i.e. a = c_skip' - b c_skip and b = (sigma - sigma_b) / sigma.
+    At sigma = sigma_b, a = 1 and b = 0, so f(x, sigma_b) = x exactly; for sigma >> sigma_b, f = D (a
+    student starts as its teacher); at sigma = inf, f = D. Below sigma_b, f = x. float64 in and out."""
+    sigma = torch.as_tensor(sigma, dtype=torch.float64)
+    finite = torch.isfinite(sigma)
+    s = torch.where(finite, sigma, torch.ones_like(sigma)).clamp_min(sigma_b)
+    sd2 = sigma_data ** 2
+    b = torch.where(s > 0, (s - sigma_b) / s.clamp_min(1e-300), torch.zeros_like(s))
+    a = sd2 / ((s - sigma_b) ** 2 + sd2) - b * sd2 / (s ** 2 + sd2)
+    return torch.where(finite, a, torch.zeros_like(a)), torch.where(finite, b, torch.ones_like(b))
+
+
+def run_network(net, precond, x: torch.Tensor, sigma: torch.Tensor, cond, ctx=None, boundary: float | None = None):
+    """(x0_hat, extra) of ``net`` behind ``precond`` (and a consistency ``boundary`` sigma_b, see
+    ``boundary_coefficients``): the one forward path of the sampling denoisers and of the losses that
+    need the denoiser itself (consistency, distillation). ``extra`` is the learned-variance channels."""
+    sigma = torch.as_tensor(sigma, device=x.device)
+    if sigma.dim() == 0:
+        sigma = sigma.expand(x.shape[0])
+    sigma = sigma.to(torch.float64)
+    c_skip, c_out, c_in, c_noise = precond(sigma)
+    c_skip, c_out, c_in = (append_dims(c, x.dim()).to(x.dtype) for c in (c_skip, c_out, c_in))
+    with ctx if ctx is not None else nullcontext():
+        out = call_net(net, c_in * x, noise_label(c_noise, x), cond)
+    out = out.to(x.dtype)
+    C = x.shape[1]
+    skip = torch.where(c_skip == 0, torch.zeros_like(x), c_skip * x)  # x may be huge at sigma = inf: never 0 * inf
+    x0 = skip + c_out * out[:, :C]
+    if boundary is not None:
+        a, b = (append_dims(c, x.dim()).to(x.dtype) for c in boundary_coefficients(sigma, boundary))
+        x0 = torch.where(a == 0, torch.zeros_like(x), a * x) + b * x0
+    return x0, out[:, C:2 * C]
+
+
 class PreconditionedDenoiser(nn.Module):
     """x0_hat = c_skip x + c_out net(c_in x, c_noise, cond) for a preconditioner ``precond``
     mapping float64 sigma [B] to the four coefficients: the one forward path of every model.
@@ -259,6 +301,7 @@ class PreconditionedDenoiser(nn.Module):
     default_schedule = "karras"
     default_sampler: str | None = None   # the process's own sampler and steps, where it has them
     default_steps: int | None = None
+    boundary: float | None = None  # a consistency model's sigma_b (``boundary_coefficients``): f(x, sigma_b) = x
 
     def __init__(self, net: nn.Module, precond, autocast_dtype: torch.dtype | None = None,
                  declared: dict | None = None):
@@ -297,19 +340,9 @@ class PreconditionedDenoiser(nn.Module):
         return isinstance(self.net, Network) and self.net.learned_variance
 
     def _run(self, x: torch.Tensor, sigma: torch.Tensor, cond):
-        sigma = torch.as_tensor(sigma, device=x.device)
-        if sigma.dim() == 0:
-            sigma = sigma.expand(x.shape[0])
-        c_skip, c_out, c_in, c_noise = self.precond(sigma.to(torch.float64))
-        c_skip, c_out, c_in = (append_dims(c, x.dim()).to(x.dtype) for c in (c_skip, c_out, c_in))
         ctx = (torch.autocast(device_type=x.device.type, dtype=self.autocast_dtype)
-               if self.autocast_dtype is not None else nullcontext())
-        with ctx:
-            out = call_net(self.net, c_in * x, noise_label(c_noise, x), cond)
-        out = out.to(x.dtype)
-        C = x.shape[1]
-        skip = torch.where(c_skip == 0, torch.zeros_like(x), c_skip * x)  # x may be huge at sigma = inf: never 0 * inf
-        return skip + c_out * out[:, :C], out[:, C:2 * C]
+               if self.autocast_dtype is not None else None)
+        return run_network(self.net, self.precond, x, sigma, cond, ctx, self.boundary)
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond=None) -> torch.Tensor:
         return self._run(x, sigma, cond)[0]

@@ -45,6 +45,7 @@ class DenoiserInfo:
     default_sampler: str | None = None   # None: the caller's default (ddim)
     default_steps: int | None = None
     default_guidance: float | None = None
+    default_sigmas: tuple | None = None  # the grid of default_steps a distilled model was trained for
     image_shape: tuple | None = None     # (C, H, W) where known (checkpoints)
     cond: CondSpec = CondSpec()          # what the model is conditioned on (its network's declaration)
     learned_variance: bool = False       # has denoise_with_variance

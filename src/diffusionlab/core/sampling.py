@@ -49,6 +49,7 @@ _GRID = {  # sampler -> grid: the measured choice for most kinds
     "dpm_solver": "tuned", "dpm_solver_fast": "tuned", "dpmpp_2m": "tuned", "dpmpp_2m_sde": "tuned",
     "dpmpp_2s_ancestral": "tuned", "dpmpp_3m": "tuned", "dpmpp_3m_sde": "tuned", "euler": "flow",
     "euler_ancestral": "flow", "heun": "tuned", "lms": "flow", "pndm": "tuned", "unipc": "tuned",
+    "consistency": "consistency",  # not measured on mixtures: an exact denoiser is no consistency function
 }
 _EXCEPTIONS = {  # model kind -> the samplers whose measured best differs from _GRID
     "bare": {},
@@ -67,11 +68,15 @@ DEFAULT_GRIDS: dict[str, dict[str, str]] = {kind: {**_GRID, **ex} for kind, ex i
 
 @dataclass(frozen=True)
 class SamplingChoice:
-    """What a sampling run uses: sampler, steps (grid intervals) and the CFG scale s = 1 + w."""
+    """What a sampling run uses: sampler, steps (grid intervals) and the CFG scale s = 1 + w;
+    ``classifier_free``: whether that scale is applied by classifier-free guidance (a conditional
+    and a null prediction per call, ``core.cfg``) - False for a guidance-distilled model, which takes
+    the scale as an input (``CondSpec.guidance_input``: one prediction per call, never wrapped)."""
 
     sampler: str
     steps: int
     guidance: float
+    classifier_free: bool = False
 
 
 def sampling_defaults(denoiser_or_info, sampler: str | None = None, steps: int | None = None,
@@ -79,7 +84,9 @@ def sampling_defaults(denoiser_or_info, sampler: str | None = None, steps: int |
     """The one rule for which sampler, how many steps and which guidance scale a run uses, for
     ``dl.sample``, the CLI, the demo and every pipeline: what the caller asks (non-None; sampler
     "auto" counts as not asked), else what the model declares (``info.default_*``: the values its
-    checkpoint records, else its process's own), else DDIM with 50 steps and guidance 1."""
+    checkpoint records, else its process's own), else DDIM with 50 steps and guidance 1. A model that
+    takes the guidance scale as an input gets it there, not through classifier-free guidance
+    (``SamplingChoice.classifier_free``)."""
     info = denoiser_or_info if isinstance(denoiser_or_info, DenoiserInfo) else info_of(denoiser_or_info)
     own_sampler, own_steps = DEFAULT_SAMPLING.get(model_kind(info), (FALLBACK_SAMPLER, FALLBACK_STEPS))
     if sampler in (None, "auto"):
@@ -91,7 +98,8 @@ def sampling_defaults(denoiser_or_info, sampler: str | None = None, steps: int |
         raise UserError(f"steps must be at least 1, got {steps}")
     guidance = float(guidance if guidance is not None else
                      (info.default_guidance if info.default_guidance is not None else 1.0))
-    return SamplingChoice(sampler, steps, guidance)
+    return SamplingChoice(sampler, steps, guidance,
+                          info.cond.conditional and not info.cond.guidance_input and guidance != 1.0)
 
 
 def ladder_grid(ladder: torch.Tensor, steps: int) -> torch.Tensor:
@@ -123,13 +131,18 @@ def resolve_sigmas(denoiser, steps: int, sigmas=None, sigma_min=None, sigma_max=
                    schedule: str = "auto", sampler: str | None = None, shift: float | None = None) -> torch.Tensor:
     """The sigma grid a sampler will run: explicit ``sigmas`` win; otherwise ``schedule`` with
     the denoiser's own range (a discrete model carries its sigma table) or 0.002 / 80;
-    'auto' is the measured default for the model kind and ``sampler`` (``default_grid``).
+    'auto' is the grid the model records for these steps and its own sampler (``info.default_sigmas``:
+    a distilled student's), else the measured default for the model kind and ``sampler`` (``default_grid``).
     ``shift``: the 'flow' grid's shift (default: the model's own, 1 unless it is a shifted
     flow model)."""
     if sigmas is not None:
         return get_sigmas(sigmas, steps)
     info = info_of(denoiser)
     table = info.table_sigmas
+    own = info.default_sigmas
+    if schedule == "auto" and own is not None and len(own) == steps + 1 and sampler in (None, info.default_sampler) \
+            and sigma_min is None and sigma_max is None:  # the grid a distilled model was trained and measured on
+        return get_sigmas(list(own), steps)
     if schedule == "auto":
         schedule = default_grid(info, sampler, steps)
     if schedule == "ladder":
@@ -142,8 +155,10 @@ def resolve_sigmas(denoiser, steps: int, sigmas=None, sigma_min=None, sigma_max=
                              "sigma_min / sigma_max apply to 'karras' and 'exponential'")
         return get_sigmas(schedule, steps, table_sigmas=table.cpu())
     smin = sigma_min if sigma_min is not None else info.sigma_min
-    if schedule == "flow":  # the one grid that may start at sigma = inf
+    if schedule == "flow" or schedule == "consistency":  # the grids that may start at sigma = inf
         smax = sigma_max if sigma_max is not None else info.sigma_max
+        if schedule == "consistency":
+            return get_sigmas(schedule, steps, smin, smax)
         return get_sigmas(schedule, steps, smin, smax, shift=shift if shift is not None else info.shift)
     smax = sigma_max if sigma_max is not None else info.finite_sigma_max()
     return get_sigmas(schedule, steps, smin, smax)

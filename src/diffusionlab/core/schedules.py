@@ -233,7 +233,24 @@ def tuned_sigmas(steps: int, sigma_min: float, sigma_max: float) -> torch.Tensor
     return exponential_sigmas(steps, last, first)
 
 
-SIGMA_SCHEDULES = ("trailing", "leading", "linspace", "karras", "exponential", "logsnr", "tuned", "flow")
+SIGMA_SCHEDULES = ("trailing", "leading", "linspace", "karras", "exponential", "logsnr", "tuned", "flow",
+                   "consistency")
+
+CONSISTENCY_MID = (5.0, 0.8)
+"""The multistep consistency grid's intermediate sigmas: steps - 1 of them, log-uniform from the
+first to the second (one step: sigma_max alone; two: sigma_max, 0.8, ECT's and iCT's two-step
+0.821 for sigma_data 0.5). A distilled student records the grid it was measured on instead
+(``bench/distill.py``); this is the grid of other step counts."""
+
+
+def consistency_sigmas(steps: int, sigma_min: float, sigma_max: float) -> torch.Tensor:
+    """The 'consistency' grid: sigma_max (inf allowed: a consistency model maps the prior too), then
+    ``steps - 1`` sigmas log-uniform over ``CONSISTENCY_MID`` (clipped to [sigma_min, sigma_max]),
+    then 0."""
+    hi, lo = (min(max(v, sigma_min), sigma_max) for v in CONSISTENCY_MID)
+    mids = torch.exp(torch.linspace(math.log(hi), math.log(lo), steps - 1, dtype=_F64)) if steps > 2 else \
+        torch.tensor([lo] * (steps - 1), dtype=_F64)
+    return torch.cat([torch.tensor([sigma_max], dtype=_F64), mids, torch.zeros(1, dtype=_F64)])
 
 
 def get_sigmas(schedule: str, steps: int, sigma_min: float | None = None,
@@ -242,7 +259,8 @@ def get_sigmas(schedule: str, steps: int, sigma_min: float | None = None,
     """A decreasing float64 sigma grid with ``steps`` intervals, ending in 0.
 
     ``schedule``: 'karras' (rho), 'exponential', 'tuned', 'flow' (uniform in flow time with
-    ``shift``; the only one that may start at sigma_max = inf), or a discrete timestep spacing
+    ``shift``; it may start at sigma_max = inf), 'consistency' (``consistency_sigmas``; it may
+    too), or a discrete timestep spacing
     ('trailing', 'leading', 'linspace') that picks sigmas from ``table_sigmas``
     (the sigma table of a discrete model; required for those). A list or tensor of
     sigmas is returned as-is (0 appended if missing).
@@ -262,6 +280,8 @@ def get_sigmas(schedule: str, steps: int, sigma_min: float | None = None,
         raise UserError(f"schedule {schedule!r} needs sigma_min and sigma_max")
     if schedule == "flow":
         return flow_sigmas(steps, sigma_min, sigma_max, shift)
+    if schedule == "consistency":
+        return consistency_sigmas(steps, sigma_min, sigma_max)
     if not math.isfinite(sigma_max):
         raise UserError(f"schedule {schedule!r} needs a finite sigma_max; use 'trailing' for "
                          "zero-terminal-SNR models, 'flow' for flow models")

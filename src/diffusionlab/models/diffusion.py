@@ -88,7 +88,7 @@ class DiffusionModel(nn.Module):
     def denoiser_for(self, net: nn.Module, autocast_dtype=None):
         """``net`` (e.g. the EMA copy) wrapped as this process's sigma-space denoiser."""
         declared = {"image_shape": (self.channels, *self.image_size), **self.seed_api_defaults(net)}
-        return self.spec.denoiser(net, self.process_config, autocast_dtype, declared)
+        return self.spec.make_denoiser(net, self.process_config, autocast_dtype, declared)
 
     def loss(self, x: torch.Tensor, cond=None, generator=None, autocast=None) -> torch.Tensor:
         """Mean training loss for images already in [-1, 1]."""

@@ -79,6 +79,7 @@ class CheckpointRecord:
     provenance: Provenance
     train: dict
     latent: dict | None = None            # a latent model's autoencoder record (path, sha256, shapes)
+    sigmas: tuple | None = None           # a distilled model's recorded grid (sampling.sigmas)
 
     @property
     def spec(self):
@@ -86,7 +87,7 @@ class CheckpointRecord:
 
     def declared(self) -> dict:
         return {"image_shape": self.image_shape, "cond": self.cond, "default_sampler": self.sampler,
-                "default_steps": self.steps, "default_guidance": self.guidance}
+                "default_steps": self.steps, "default_guidance": self.guidance, "default_sigmas": self.sigmas}
 
 
 def _pick_weights(ck: dict, use_ema: bool, weights: str | None) -> str:
@@ -142,7 +143,8 @@ def read_checkpoint(path, use_ema: bool = True, weights: str | None = None, devi
     prov = Provenance(str(ck["path"]), step, weights, int(cfg.get("migrated_from") or cfg["format_version"]))
     return CheckpointRecord(net.to(device or "cpu").eval(), cfg["network"]["arch"], process, image_shape,
                             _cond_record(net, cfg), sampling.get("sampler"), sampling.get("steps"),
-                            sampling.get("guidance"), prov, dict(cfg.get("train") or {}), cfg.get("latent"))
+                            sampling.get("guidance"), prov, dict(cfg.get("train") or {}), cfg.get("latent"),
+                            tuple(sampling["sigmas"]) if sampling.get("sigmas") else None)
 
 
 def load_diffusion(path, use_ema: bool = True, device=None, weights: str | None = None) -> DiffusionModel:
@@ -218,4 +220,4 @@ def load_denoiser(path, use_ema: bool = True, device=None, autocast_dtype=None, 
     codec = latent_codec(rec, autoencoder)
     if codec is not None:
         declared["latent"] = codec
-    return rec.spec.denoiser(rec.network, rec.process, autocast_dtype, declared).eval()
+    return rec.spec.make_denoiser(rec.network, rec.process, autocast_dtype, declared).eval()

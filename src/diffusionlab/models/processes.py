@@ -52,6 +52,8 @@ class DiffusionConfig:
     ddim_eta: float = 0.0            # ddpm: the eta of GaussianDiffusion.sample's DDIM default
     sampling_steps: int | None = None  # every process: steps of the seed API's sample() (None: ddpm all T,
     #                                    the others their own default or 50)
+    consistency: bool = False        # every process: a consistency model (training.distill): its denoiser is
+    #                                    f(x, sigma) with f(x, sigma_min) = x exactly (denoiser.boundary_coefficients)
 
     @classmethod
     def from_dict(cls, d: dict) -> "DiffusionConfig":
@@ -61,13 +63,14 @@ class DiffusionConfig:
 
 
 
-COMMON_FIELDS = ("process", "loss_type", "sampling_steps")  # read by every process
+COMMON_FIELDS = ("process", "loss_type", "sampling_steps", "consistency")  # read by every process
 
 
 @dataclass(frozen=True)
 class ProcessSpec:
     """One process (module docstring). ``denoiser(net, d, autocast_dtype, declared)`` and
-    ``loss(d, denoiser)`` take ``d`` with the defaults filled in (``fill``)."""
+    ``loss(d, denoiser)`` take ``d`` with the defaults filled in (``fill``). ``make_denoiser`` is the
+    one call of ``denoiser``: it adds a consistency model's boundary (``d.consistency``)."""
 
     name: str
     summary: str
@@ -78,6 +81,12 @@ class ProcessSpec:
     defaults: dict = field(default_factory=dict)  # its own values of fields left None
     objectives: tuple = ()             # the objectives it takes (): a fixed parameterization
     kind: str = "continuous_diffusion"  # the checkpoint's "kind" (format 2)
+
+    def make_denoiser(self, net, d: DiffusionConfig, autocast_dtype=None, declared=None) -> PreconditionedDenoiser:
+        den = self.denoiser(net, d, autocast_dtype, declared)
+        if d.consistency:  # f(x, sigma_min) = x exactly, at the process's smallest sigma
+            den.boundary = float(den.sigma_min)
+        return den
 
     @property
     def default_sampler(self) -> str | None:
@@ -221,4 +230,5 @@ def build_denoiser(net, d: DiffusionConfig, image_shape: tuple, autocast_dtype=N
     """The process ``d`` around ``net`` as a sigma-space denoiser (no training loss is built).
     ``declared``: what a checkpoint records (DenoiserInfo fields); ``image_shape`` is declared too."""
     d = fill(d, image_shape)
-    return PROCESSES[d.process].denoiser(net, d, autocast_dtype, {"image_shape": tuple(image_shape), **(declared or {})})
+    return PROCESSES[d.process].make_denoiser(net, d, autocast_dtype,
+                                              {"image_shape": tuple(image_shape), **(declared or {})})

@@ -28,7 +28,7 @@ from torch import nn
 from ..core.protocol import Network
 
 from ..core.dataclass_io import from_dict
-from .layers import add_condition, concat_image, cond_spec_from, sinusoidal_embedding
+from .layers import GuidanceEmbedding, add_condition, concat_image, cond_spec_from, sinusoidal_embedding
 from .text import CrossAttention, TextContext, check_text_settings
 
 
@@ -51,6 +51,7 @@ class DiTConfig:
     text_dim: int | None = None      # width of the prompt's token embeddings (cross-attention)
     text_encoder: str | None = None  # "minilm" (embeddings come in the Cond) or "small" (built in)
     cond_channels: int = 0           # channels of a conditioning image concatenated to the input (SR3)
+    guidance_input: bool = False     # a guidance-distilled student: the CFG scale is an input (Cond.guidance)
 
     @classmethod
     def from_dict(cls, d: dict) -> "DiTConfig":
@@ -144,6 +145,8 @@ class DiT(Network):
         # DiT's own init (Peebles & Xie 2023): the label table and the timestep MLP from N(0, 0.02)
         for w in [self.time_mlp[0].weight, self.time_mlp[2].weight] + ([self.class_emb.weight] if self.class_emb is not None else []):
             nn.init.normal_(w, std=0.02)
+        # created last, so the other layers' initialisation does not depend on it
+        self.guidance_emb = GuidanceEmbedding(c.hidden) if c.guidance_input else None
 
     def embed(self, t, cond, batch: int, device):
         """(c, context): c = time embedding + class embedding (null row where cond.null) + projected
@@ -151,7 +154,7 @@ class DiT(Network):
         t = torch.as_tensor(t, device=device)
         t = t.expand(batch) if t.dim() == 0 else t
         c = self.time_mlp(sinusoidal_embedding(t.float(), self.freq_dim))
-        return add_condition(c, cond, self.class_emb, self.cond_proj, "DiT", self.text)
+        return add_condition(c, cond, self.class_emb, self.cond_proj, "DiT", self.text, self.guidance_emb)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
         B, C, H, W = x.shape

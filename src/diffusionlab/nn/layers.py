@@ -178,8 +178,26 @@ def concat_image(x: torch.Tensor, cond, channels: int, network: str) -> torch.Te
     return torch.cat([x, img], dim=1)
 
 
+class GuidanceEmbedding(nn.Module):
+    """The guidance-scale input of a guidance-distilled network (LCM, Luo et al. 2023, Sec. 4.2;
+    diffusers' ``cond_proj``): sinusoidal features of w = s - 1 (times 1000, like a timestep) through
+    a two-layer MLP whose last layer starts at zero, so a student built from its teacher equals the
+    teacher until it trains. A sample without a scale (``Cond.guidance`` None) gets s = 1."""
+
+    FEATURES = 64
+
+    def __init__(self, emb_dim: int):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(self.FEATURES, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        nn.init.zeros_(self.mlp[2].weight)
+        nn.init.zeros_(self.mlp[2].bias)
+
+    def forward(self, scale: torch.Tensor) -> torch.Tensor:
+        return self.mlp(sinusoidal_embedding((scale.float() - 1) * 1000, self.FEATURES))
+
+
 def add_condition(emb: torch.Tensor, cond, class_emb: nn.Embedding | None, cond_proj: nn.Linear | None,
-                  network: str, text=None):
+                  network: str, text=None, guidance_emb: GuidanceEmbedding | None = None):
     """``emb`` [B, D] plus the embedding of a ``Cond``: the class row of ``class_emb`` (its last
     row is the learned null label, used where ``cond.null`` and for every sample when the
     condition has no labels: a missing condition of any kind is the null condition), the projected pooled vector (zero
@@ -194,6 +212,11 @@ def add_condition(emb: torch.Tensor, cond, class_emb: nn.Embedding | None, cond_
         raise ValueError(f"this {network} was built without text conditioning (text_dim)")
     batch, device = emb.shape[0], emb.device
     null = cond.null_mask(batch, device)
+    if cond.guidance is not None and guidance_emb is None:
+        raise ValueError(f"this {network} takes no guidance scale (built without guidance_input)")
+    if guidance_emb is not None:  # the scale a guidance-distilled student imitates (1 when not given)
+        scale = cond.guidance.to(device) if cond.guidance is not None else torch.ones(batch, device=device)
+        emb = emb + guidance_emb(scale).to(emb.dtype)
     if cond.labels is not None and class_emb is None:
         raise ValueError(f"this {network} was built without conditioning on class labels (num_classes)")
     if class_emb is not None:  # no labels means the null label, as a missing prompt means the null context
@@ -213,7 +236,8 @@ def add_condition(emb: torch.Tensor, cond, class_emb: nn.Embedding | None, cond_
 def cond_spec_from(config) -> CondSpec:
     """The ``CondSpec`` a network config declares (the U-Net's and DiT's share these fields):
     class labels (``num_classes``), a text encoder (``text_encoder`` + ``text_dim``), a
-    concatenated image (``cond_channels``) or a pooled vector alone (``cond_dim``)."""
+    concatenated image (``cond_channels``) or a pooled vector alone (``cond_dim``); a guidance-scale
+    input (``guidance_input``)."""
     pooled = config.cond_dim or (config.text_dim if config.text_encoder and config.text_encoder != IN_NETWORK_ENCODER else None)
     if config.num_classes:
         kind = "class"
@@ -224,4 +248,5 @@ def cond_spec_from(config) -> CondSpec:
     else:
         kind = "vector" if config.cond_dim else "none"
     return CondSpec(kind=kind, num_classes=config.num_classes or None, encoder=config.text_encoder if config.text_dim else None,
-                    text_dim=config.text_dim or None, pooled_dim=pooled or None, image_channels=config.cond_channels or None)
+                    text_dim=config.text_dim or None, pooled_dim=pooled or None, image_channels=config.cond_channels or None,
+                    guidance_input=bool(getattr(config, "guidance_input", False)))

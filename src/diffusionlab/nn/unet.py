@@ -34,7 +34,7 @@ from ..core.protocol import Network
 from ..core.dataclass_io import from_dict
 
 from .text import CrossAttention, TextContext, check_text_settings
-from .layers import (Attention, ConvNextBlock, add_condition, concat_image, cond_spec_from, Downsample, LearnedSinusoidalPosEmb, LinearAttention,
+from .layers import (GuidanceEmbedding, Attention, ConvNextBlock, add_condition, concat_image, cond_spec_from, Downsample, LearnedSinusoidalPosEmb, LinearAttention,
                      ResnetBlock, SinusoidalPosEmb, Upsample, group_norm)
 
 
@@ -75,6 +75,7 @@ class UnetConfig:
     text_dim: int | None = None      # width of the prompt's token embeddings (cross-attention)
     text_encoder: str | None = None  # "minilm" (embeddings come in the Cond) or "small" (built in)
     cond_channels: int = 0           # channels of a conditioning image concatenated to the input (SR3)
+    guidance_input: bool = False     # a guidance-distilled student: the CFG scale is an input (Cond.guidance)
 
     @classmethod
     def from_dict(cls, d: dict) -> "UnetConfig":
@@ -183,12 +184,15 @@ class Unet(Network):
         self.final_conv = nn.Conv2d(d_cur, self.out_channels * patch_size ** 2, 3, padding=1)
         nn.init.zeros_(self.final_conv.weight)
         nn.init.zeros_(self.final_conv.bias)
+        # created last, so the other layers' initialisation does not depend on it
+        self.guidance_emb = GuidanceEmbedding(emb_dim) if c.guidance_input else None
 
     def _embed(self, t, cond, batch: int, device):
         t = torch.as_tensor(t, device=device)
         if t.dim() == 0:
             t = t.expand(batch)
-        return add_condition(self.time_mlp(t), cond, self.class_emb, self.cond_proj, "Unet", self.text)
+        return add_condition(self.time_mlp(t), cond, self.class_emb, self.cond_proj, "Unet", self.text,
+                             self.guidance_emb)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
         side = 2 ** (self.levels - 1) * self.patch_size

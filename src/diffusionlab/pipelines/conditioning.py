@@ -10,7 +10,9 @@ the benchmarks and the pipelines all call it, so they agree on every default:
 - no class / prompt on a conditional model means the null condition (unconditional sampling);
 - the empty prompt ``""`` counts as given: it is the null condition; with a negative prompt,
   CFG runs with the null condition as the positive and the negative prompt in place of the null;
-- asking a model for what it was not trained on is an error that says what it takes.
+- asking a model for what it was not trained on is an error that says what it takes;
+- a guidance-distilled model (``CondSpec.guidance_input``) gets the scale as its input in the
+  condition (``Conditioning.guidance``) and is never wrapped in CFG: one network call a step.
 """
 from __future__ import annotations
 
@@ -57,13 +59,15 @@ class Conditioning:
 
     denoiser: object
     positive: Cond | None
+    guidance: float | None = None  # a guidance-distilled model's scale input (``CondSpec.guidance_input``)
 
     def __call__(self, n: int, device=None) -> Cond | None:
         info = info_of(self.denoiser)
         if self.positive is None:
-            return info.null_cond(n, device) if info.cond.conditional else None
-        pos = self.positive if device is None else self.positive.to(device)
-        return CondSpec.repeat(pos, n)
+            cond = info.null_cond(n, device) if info.cond.conditional else None
+        else:
+            cond = CondSpec.repeat(self.positive if device is None else self.positive.to(device), n)
+        return cond.with_guidance(self.guidance) if cond is not None and self.guidance is not None else cond
 
 
 CLASSIFIER_SIGMA_MAX = 30.0  # classifier guidance only for sigma <= 30 (ClassifierGuided.sigma_max; measured below)
@@ -95,6 +99,11 @@ def conditioned(den, class_=None, prompt=None, negative_class=None, negative_pro
         return _with_classifier(den, classifier, guided_class, classifier_scale, classifier_sigma_max), Conditioning(den, None)
     pos, neg = _positive_negative(den, info, kind, class_, prompt, negative_class, negative_prompt)
     scale = sampling_defaults(info, "auto", None, guidance).guidance
+    if info.cond.guidance_input:  # guidance distilled into the model: the scale is its input, never CFG again
+        _distilled_guidance(dict(negative_class=negative_class, negative_prompt=negative_prompt, rescale=rescale or None,
+                                 interval=interval))
+        return _with_classifier(den, classifier, guided_class, classifier_scale, classifier_sigma_max), \
+            Conditioning(den, pos, scale)
     guided = classifier_free(den, scale, negative=neg, rescale=rescale, interval=interval)
     return _with_classifier(guided, classifier, guided_class, classifier_scale, classifier_sigma_max), \
         Conditioning(den, pos)
@@ -118,6 +127,14 @@ def _check_asked(kind: str, asked: dict) -> None:
     takes = {"class": "a class and a negative class", "text": "a prompt and a negative prompt",
              "image": "its low-resolution input (the upscale pipeline)"}[kind]
     raise UserError(f"this checkpoint is {kind}-conditional; it takes {takes}", param=bad[0])
+
+
+def _distilled_guidance(asked: dict) -> None:
+    """What classifier-free guidance alone can do is refused on a guidance-distilled model."""
+    bad = [k for k, v in asked.items() if v is not None]
+    if bad:
+        raise UserError(f"this model has its guidance distilled in (the scale is an input, one network call a step); "
+                        f"{bad[0]} needs classifier-free guidance: use its teacher", param=bad[0])
 
 
 def _positive_negative(den, info, kind, class_, prompt, negative_class, negative_prompt):

@@ -12,7 +12,6 @@ clamped to [-1, 1] before the mean.
 """
 from __future__ import annotations
 
-import dataclasses
 
 import torch
 
@@ -48,7 +47,8 @@ def upscale(den, low: torch.Tensor, steps: int | None = None, sampler: str | Non
     c, h, w = info.image_shape
     if low.shape[1] != c:
         raise UserError(f"upscale: {low.shape[1]} channel(s); this model takes {c}", param="low")
-    sampler, steps, _ = dataclasses.astuple(sampling_defaults(info, sampler, steps))
+    choice = sampling_defaults(info, sampler, steps)
+    sampler, steps = choice.sampler, choice.steps
     image = superres_condition(low.float(), (h, w))
     total = None
     for k in range(samples):

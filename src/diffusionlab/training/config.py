@@ -87,6 +87,34 @@ gain at every beta)."""
 
 
 @dataclass
+class DistillConfig:
+    """What makes a run few-step training (``TrainConfig.distill``; ``training.distill``,
+    ``core.distill``): ``method`` consistency (ECT-style consistency tuning of an unconditional
+    ``teacher``, LCM-style consistency distillation of a conditional one, or consistency training
+    from scratch without a teacher) or progressive (one halving stage: the student's ``sigmas``
+    from the teacher's ``teacher_sigmas``, twice the steps). ``steps_to``: the student's sampling
+    steps; ``sigmas``: the grid it records for them; ``guidance_range``: the CFG scales s ~ U[low,
+    high] distilled in (a conditional teacher; the student takes s as an input); ``q`` and
+    ``stage_steps``: the consistency gap is divided by q every stage_steps optimizer steps;
+    ``huber_c``: the pseudo-Huber constant (None: 0.00054 sqrt(d))."""
+
+    method: str = "consistency"
+    teacher: str | None = None
+    teacher_sha256: str | None = None
+    steps_to: int = 2
+    sigmas: tuple | None = None
+    teacher_sigmas: tuple | None = None
+    guidance_range: tuple | None = None
+    q: float = 2.0
+    stage_steps: int = 100
+    huber_c: float | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DistillConfig":
+        return from_dict(cls, d)
+
+
+@dataclass
 class DPOConfig:
     """What makes a fine-tuning run preference alignment (``TrainConfig.dpo``; ``training.dpo``):
     Diffusion-DPO (``core.losses.DPOLoss``) with KL strength ``beta`` on the preference pairs of
@@ -120,6 +148,7 @@ class TrainConfig:
     finetune: FinetuneConfig | None = None  # set: start from a trained model (LoRA adapters or all weights;
     #                                  training.finetune); its network, process and conditioning come from the base
     dpo: DPOConfig | None = None     # set (with finetune): Diffusion-DPO on the preference pairs in the folder data
+    distill: DistillConfig | None = None  # set: few-step training (training.distill): consistency or progressive
     batch_size: int = 64
     grad_accum: int = 1
     lr: float = 2e-3
@@ -173,6 +202,7 @@ class TrainConfig:
         d["autoencoder"] = AutoencoderObjective.from_dict(d["autoencoder"]) if d.get("autoencoder") else None
         d["finetune"] = FinetuneConfig.from_dict(d["finetune"]) if d.get("finetune") else None
         d["dpo"] = DPOConfig.from_dict(d["dpo"]) if d.get("dpo") else None
+        d["distill"] = DistillConfig.from_dict(d["distill"]) if d.get("distill") else None
         return from_dict(cls, d)
 
 

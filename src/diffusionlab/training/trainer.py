@@ -254,6 +254,10 @@ class Trainer:
                 from .finetune import base_network
 
                 base = base_network(cfg)
+                if cfg.distill is not None:  # a distilled student may add a guidance-scale input
+                    from .distill import student_network
+
+                    base = student_network(cfg, base)
             self.diffusion = diffusion if diffusion is not None else build_diffusion(cfg, self.model_shape[-1], base)
             net = self.diffusion.model
         self.adapters = None
@@ -267,6 +271,10 @@ class Trainer:
             from .dpo import dpo_loss
 
             loss = dpo_loss(cfg, self.diffusion.loss_fn, self.adapters, self.device, self.channels_last)
+        if cfg.distill is not None:  # consistency / progressive distillation or consistency training (core.distill)
+            from .distill import distill_loss
+
+            loss = distill_loss(cfg, self.diffusion, self.device)
         self.model = net.to(self.device)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -318,6 +326,8 @@ class Trainer:
         for g in self.opt.param_groups:
             g["lr"] = lr_at(self.step, cfg, self.planned)
         total = 0.0
+        if hasattr(self.loss_fn, "at_step"):  # a loss with a schedule over steps (core.distill's stages)
+            self.loss_fn.at_step(self.step)
         for k in range(cfg.grad_accum):
             batch, gens = self.batch(self.step * cfg.grad_accum + k), self.generators(self.step * cfg.grad_accum + k, "loss")
             if cfg.p_uncond:  # conditioning dropout: the null condition learns the unconditional model
@@ -487,6 +497,8 @@ class Trainer:
             config["conditioning"] = record
         choice = self.sampling_choice()  # every run records its sampling defaults
         config["sampling"] = {"sampler": choice.sampler, "steps": choice.steps, "guidance": choice.guidance}
+        if self.cfg.distill is not None and self.cfg.distill.sigmas and choice.steps == self.cfg.distill.steps_to:
+            config["sampling"]["sigmas"] = list(self.cfg.distill.sigmas)  # the grid a student was trained for
         if self.codec is not None:
             config["latent"] = self._latent_record()
         return config

@@ -149,6 +149,10 @@ def register(sub) -> None:
                         "demo-text is `make demo`'s text-to-image run")
     for f in FLAGS:
         f.add_to(p)
+    p.add_argument("--few-step", choices=("consistency",), default=None,
+                   help="train a few-step generator from scratch: consistency training (the consistency "
+                        "parameterisation and loss of `distill --method consistency` without a teacher; sampled "
+                        "with the consistency sampler, 2 steps; README 'Few-step generation')")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its newest intact checkpoint (damaged newer ones are "
                         "renamed aside as step-N.damaged, with a message)")
@@ -191,8 +195,13 @@ def train_config(a):
         part, _, name = f.field.rpartition(".")
         parts[part][name] = v
     _implied(parts)
-    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **parts["model"]),
-                               diffusion=dataclasses.replace(cfg.diffusion, **parts["diffusion"]), **parts[""])
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **parts["model"]),
+                              diffusion=dataclasses.replace(cfg.diffusion, **parts["diffusion"]), **parts[""])
+    if getattr(a, "few_step", None) == "consistency":  # consistency training from scratch (training.distill)
+        from ...training.distill import consistency_training
+
+        cfg = consistency_training(cfg)
+    return cfg
 
 
 def _base(a):

@@ -8,6 +8,7 @@ Samplers that cannot start at sigma = inf (zero terminal SNR) get their first st
 in ``dl.sample`` (``handles_inf=False``).
 """
 from ._common import SamplerInfo, ancestral_step, randn_like, to_eps
+from .consistency import sample_consistency
 from .ddpm import sample_ddim, sample_ddpm
 from .dpm_solver import (dpm_solver_nfe, fast_nfe, sample_dpm_solver, sample_dpm_solver_fast,
                          sample_dpmpp_2m, sample_dpmpp_2m_sde, sample_dpmpp_2s_ancestral,
@@ -52,6 +53,9 @@ SAMPLERS: dict[str, SamplerInfo] = {
     "annealed_langevin": S(sample_annealed_langevin, 1, True, 100,
                            "annealed Langevin dynamics (Song & Ermon 2019): n_steps_each per level, step_lr",
                            nfe=langevin_nfe),
+    "consistency": S(sample_consistency, 1, True, 1, "multistep consistency sampling (Song et al. 2023, Alg. 1): "
+                     "x0 = f(x, sigma), re-noise to the next sigma; for consistency models (`distill`)",
+                     handles_inf=True, consistency_model=True),
     "ode": S(sample_ode, 5, False, 0, "probability-flow ODE, adaptive RK45 (scipy), rtol/atol; NFE reported",
              fixed_nfe=False),
 }

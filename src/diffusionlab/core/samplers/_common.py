@@ -44,6 +44,7 @@ class SamplerInfo:
     handles_inf: bool = False        # can start at sigma = inf (zero terminal SNR) itself
     fixed_nfe: bool = True           # False: adaptive (NFE depends on tolerances)
     nfe: Callable | None = None      # nfe(steps, **knobs) -> exact number of denoiser calls
+    consistency_model: bool = False  # samples a consistency model f(x, sigma) (x0 of the whole trajectory), not a denoiser
 
     def count_nfe(self, steps: int, **knobs) -> int | None:
         """Denoiser calls for a grid with ``steps`` intervals ending in 0 (None if adaptive)."""
