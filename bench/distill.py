@@ -157,10 +157,11 @@ def _sample(dl, guided, den, n, choice, cond):
     xs, nfe = [], None
     for start in range(0, n, 250):
         idx = range(start, min(n, start + 250))
-        c = cond(len(idx)) if cond is not None else None
-        if c is not None and cond.positive is not None and cond.positive.batch_size == n:
+        if cond.positive is not None and cond.positive.batch_size == n:  # one prompt per sample
             c = cond.positive[start:idx.stop]
             c = c.with_guidance(cond.guidance) if cond.guidance is not None else c
+        else:
+            c = cond(len(idx))
         x, info = dl.sample(guided, (len(idx), *den.info.image_shape), choice.sampler, choice.steps, cond=c,
                             generator=dl.per_sample_generators(0, idx), return_info=True)
         xs.append(x.float())

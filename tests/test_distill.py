@@ -8,9 +8,7 @@ mixture denoiser samples the mixture in one step. Then the command line: student
 checkpoints that sample, resume exactly and refuse what they cannot do."""
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import pytest
 import torch

@@ -11,7 +11,7 @@ from ...core.files import atomic_write
 from ...errors import EXIT_INTERRUPTED, UserError
 from ...training.distill import DEFAULT_STEPS_TO, DISTILL_LR, GUIDANCE_RANGE, METHODS, PD_START_STEPS
 from . import options
-from .finetune import TRAINING_FLAGS
+from .finetune import TRAINING_FLAGS, add_run_options, training_fields
 from .train import PARAMS
 
 STAGE_DONE = "stage.json"  # written into a progressive stage's folder when it finished (resume skips it)
@@ -52,30 +52,16 @@ def register(sub) -> None:
                    help="consistency: optimizer steps per stage; the gap t - r halves each stage (100)")
     for f in TRAINING_FLAGS:
         f.add_to(p)
-    p.add_argument("--resume", action="store_true", help="continue the distillation in --out (each unfinished stage "
-                                                         "from its newest checkpoint)")
-    p.add_argument("--strict-resume", action="store_true", help="with --resume: stop at a damaged newest checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    add_run_options(p, "continue the distillation in --out (each unfinished stage from its newest checkpoint)")
     p.set_defaults(run=run, param_flags=options.param_flags(p, {
         **PARAMS, "steps_to": "--steps-to", "start_steps": "--start-steps", "guidance_range": "--guidance-range",
         "stage_steps": "--stage-steps", "method": "--method"}))
 
 
-def _fields(a) -> dict:
-    if a.strict_resume and not a.resume:
-        raise UserError("--strict-resume applies to --resume")
-    if a.out is None:
-        raise UserError("--out is required: the folder of the student")
-    if a.steps is None and a.time_budget is None:
-        raise UserError("give --steps N or --time-budget SECONDS")
-    return {f.field: (f.convert(v) if f.convert else v) for f in TRAINING_FLAGS
-            if hasattr(a, f.dest) and (v := getattr(a, f.dest)) is not None}
-
-
 def run(a) -> int:
     from ...training.distill import check_steps_to, distill_config
 
-    fields = _fields(a)
+    fields = training_fields(a, "the student")
     guidance = None if a.no_guidance else a.guidance_range
     if a.method == "progressive":
         return _progressive(a, fields, guidance)

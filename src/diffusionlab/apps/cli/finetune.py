@@ -42,8 +42,12 @@ def add_options(p, training_flags, full_help: str = "train every weight instead 
     p.add_argument("--full", action="store_true", help=full_help)
     for f in training_flags:
         f.add_to(p)
-    p.add_argument("--resume", action="store_true", help="continue the run in --out (adapters, their EMA, optimizer "
-                                                         "state and step)")
+    add_run_options(p, "continue the run in --out (adapters, their EMA, optimizer state and step)")
+
+
+def add_run_options(p, resume_help: str) -> None:
+    """--resume, --strict-resume and --overwrite of a run on a base (``finetune``, ``dpo``, ``distill``)."""
+    p.add_argument("--resume", action="store_true", help=resume_help)
     p.add_argument("--strict-resume", action="store_true", help="with --resume: stop at a damaged newest checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
 
@@ -65,19 +69,23 @@ def start(a, build) -> int:
     train it on the one trainer."""
     from ...training import Trainer
 
-    if a.strict_resume and not a.resume:
-        raise UserError("--strict-resume applies to --resume")
-    if a.out is None:
-        raise UserError("--out is required: the folder of the adapter (or of the --full model)")
-    if a.steps is None and a.time_budget is None:
-        raise UserError("give --steps N or --time-budget SECONDS")
-    fields = {f.field: (f.convert(v) if f.convert else v) for f in TRAINING_FLAGS
-              if hasattr(a, f.dest) and (v := getattr(a, f.dest)) is not None}
-    cfg = build(fields)
+    cfg = build(training_fields(a, "the adapter (or of the --full model)"))
     trainer = Trainer(config=cfg, resume=a.resume, overwrite=a.overwrite, strict_resume=a.strict_resume)
     _same_base(trainer.cfg, cfg)
     print(json.dumps(trainer.train(), indent=2))
     return 0
+
+
+def training_fields(a, out: str) -> dict:
+    """The run flags checked (``out``: what --out holds) and the given training flags as config fields."""
+    if a.strict_resume and not a.resume:
+        raise UserError("--strict-resume applies to --resume")
+    if a.out is None:
+        raise UserError(f"--out is required: the folder of {out}")
+    if a.steps is None and a.time_budget is None:
+        raise UserError("give --steps N or --time-budget SECONDS")
+    return {f.field: (f.convert(v) if f.convert else v) for f in TRAINING_FLAGS
+            if hasattr(a, f.dest) and (v := getattr(a, f.dest)) is not None}
 
 
 def _same_base(run_cfg, asked) -> None:
