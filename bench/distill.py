@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "RESULTS_distill.json"
 WORK = ROOT / "runs" / "distill_bench"
 TEACHERS = {"text": ROOT / "runs" / "demo", "uncond": ROOT / "runs" / "uncond"}
-TEACHER_SAMPLERS = ("ddim", "dpmpp_2m", "unipc", "euler_ancestral")
+TEACHER_SAMPLERS = ("ddim", "dpmpp_2m", "euler_ancestral")
 GUIDANCE = 3.0
 N = 500
 
@@ -185,6 +185,8 @@ def picture(a) -> None:
             ("consistency, 2 steps", WORK / "text-consistency", "consistency", 2, GUIDANCE),
             ("consistency, 4 steps", WORK / "text-consistency", "consistency", 4, GUIDANCE),
             ("progressive, 4 steps", WORK / "text-progressive", "ddim", 4, GUIDANCE)]:
+        if not (Path(run) / "checkpoints").is_dir():
+            continue
         den = dl.load_denoiser(run)
         guided, cond = conditioned(den, prompt=prompts, guidance=guidance)
         c = cond.positive if cond.guidance is None else cond.positive.with_guidance(cond.guidance)
