@@ -117,3 +117,14 @@ class ODEConsistency:
             return x
         grid = dl.get_sigmas("karras", self.steps, self.sigma_min, s0)
         return dl.sample(self.denoiser, tuple(x.shape), "heun", sigmas=grid, init=x)
+
+
+class WithInfo:
+    """A function f(x, sigma, cond) declaring a model's ``info``: e.g. the exact consistency function
+    of a test's data behind that model's DenoiserInfo (for a consistency model's sampler)."""
+
+    def __init__(self, info, f):
+        self.info, self.f = info, f
+
+    def __call__(self, x, sigma, cond=None):
+        return self.f(x, sigma, cond)

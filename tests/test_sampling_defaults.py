@@ -14,6 +14,7 @@ from diffusionlab.core.protocol import DenoiserInfo
 from diffusionlab.core.sampling import DEFAULT_GRIDS, DEFAULT_SAMPLING, default_grid, model_kind, sampling_defaults
 from diffusionlab.core.schedules import DiscreteSchedule
 from diffusionlab.core.sde import SubVPSDE, VESDE, VPSDE
+from oracles import GaussianConsistency, WithInfo
 
 F64 = torch.float64
 MU, VAR = torch.tensor([0.3, -0.2], dtype=F64), torch.tensor([0.05, 0.2], dtype=F64)
@@ -74,7 +75,8 @@ def test_every_default_grid_samples_the_data(kind):
     for name in sorted(DEFAULT_GRIDS[kind]):
         info = dl.SAMPLERS[name]  # first-order and stochastic samplers converge slowly: more steps
         steps = 200 if info.stochastic else 20 if info.order >= 2 else 40
-        x, meta = dl.sample(den, z.shape, name, steps=steps, noise=z, generator=torch.Generator().manual_seed(1),
+        model = WithInfo(INFOS[kind], GaussianConsistency(MU, VAR)) if info.consistency_model else den
+        x, meta = dl.sample(model, z.shape, name, steps=steps, noise=z, generator=torch.Generator().manual_seed(1),
                             return_info=True)
         grid = meta["sigmas"]
         assert grid[-1] == 0 and bool((grid[1:] <= grid[:-1]).all()), (kind, name)
