@@ -53,7 +53,7 @@ def check_steps_to(steps: int, param: str = "steps_to") -> int:
     return steps
 
 
-def _teacher(teacher: str):
+def load_teacher(teacher: str):
     """The teacher as a denoiser (EMA weights), refused if it cannot teach."""
     from ..models.loading import load_denoiser
 
@@ -79,7 +79,7 @@ def distill_config(teacher: str, method: str = "consistency", steps_to: int | No
     if method not in METHODS:
         raise UserError(f"unknown method {method!r}; choose from {', '.join(METHODS)}", param="method")
     steps_to = check_steps_to(DEFAULT_STEPS_TO[method] if steps_to is None else steps_to)
-    den = _teacher(teacher)
+    den = load_teacher(teacher)
     info = den.info
     cfg = finetune_config(teacher, full=True, **{**DISTILL_DEFAULTS, **fields})
     guided = _guided(den) and guidance_range is not None
@@ -168,7 +168,7 @@ def distill_loss(cfg: TrainConfig, diffusion, device):
     den = diffusion.denoiser_for(diffusion.model)
     teacher = None
     if d.teacher is not None and (d.method == "progressive" or d.guidance_range is not None):
-        teacher = _teacher(d.teacher).to(device)
+        teacher = load_teacher(d.teacher).to(device)
         teacher.requires_grad_(False)
     if d.method == "progressive":
         return ProgressiveLoss(den.precond, teacher, d.sigmas, d.teacher_sigmas, guidance=d.guidance_range)
@@ -176,5 +176,5 @@ def distill_loss(cfg: TrainConfig, diffusion, device):
                            guidance=d.guidance_range, q=d.q, stage_steps=d.stage_steps, c=d.huber_c)
 
 
-__all__ = ["METHODS", "DISTILL_DEFAULTS", "GUIDANCE_RANGE", "PD_START_STEPS", "check_steps_to", "distill_config",
-           "progressive_stages", "stage_config", "consistency_training", "student_network", "distill_loss"]
+__all__ = ["METHODS", "DISTILL_DEFAULTS", "GUIDANCE_RANGE", "PD_START_STEPS", "check_steps_to", "load_teacher",
+           "distill_config", "progressive_stages", "stage_config", "consistency_training", "student_network", "distill_loss"]

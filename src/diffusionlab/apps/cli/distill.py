@@ -83,10 +83,10 @@ def _train(a, cfg, resume: bool) -> dict:
 def _progressive(a, fields: dict, guidance) -> int:
     """The halving stages in turn: stage k's teacher is stage k-1's student (OUT/stages/N), the last
     stage writes OUT; --steps and --time-budget are split evenly over the stages."""
-    from ...training.distill import _teacher, check_steps_to, progressive_stages, stage_config
+    from ...training.distill import load_teacher, check_steps_to, progressive_stages, stage_config
 
     steps_to = check_steps_to(a.steps_to if a.steps_to is not None else DEFAULT_STEPS_TO["progressive"])
-    stages = progressive_stages(_teacher(a.ckpt), steps_to, check_steps_to(a.start_steps, "start_steps"))
+    stages = progressive_stages(load_teacher(a.ckpt), steps_to, check_steps_to(a.start_steps, "start_steps"))
     n = len(stages)
     fields.pop("out_dir", None)  # each stage has its own folder
     if fields.get("max_steps"):
