@@ -142,14 +142,23 @@ def evaluate(a) -> None:
             secs = time.perf_counter() - t0
             m = digit_metrics(x, classifier, requested=labels if kind == "text" else None)
             row = dict(kind=kind, name=name, run=str(Path(run).relative_to(ROOT)), sampler=choice.sampler,
-                       steps=choice.steps, guidance=guidance, nfe=info, seconds=secs, images_per_s=a.n / secs,
+                       steps=choice.steps, guidance=guidance, calls=info, nfe=_nfe(name, guidance, info),
+                       seconds=secs, images_per_s=a.n / secs,
                        **{k: m.get(k) for k in ("requested_accuracy", "confident_fraction", "fd", "fd_floor",
                                                 "fd_ratio", "class_entropy")})
             out.append(row)
             print(json.dumps(row), flush=True)
     res["eval"] = [r for r in res.get("eval", []) if r["kind"] not in a.kinds.split(",")] + out
     res["n"] = a.n
+    res["date"] = time.strftime("%Y-%m-%d %H:%M")
     _save(res)
+
+
+def _nfe(name: str, guidance, calls: int) -> int:
+    """Network evaluations per sample: a teacher under CFG (scale other than 1) runs the
+    conditional and the null pass in one batched call, 2 evaluations a call; a student takes its
+    scale as an input, 1 a call."""
+    return calls * (2 if name.startswith("teacher") and guidance not in (None, 1.0) else 1)
 
 
 def _sample(dl, guided, den, n, choice, cond):
@@ -201,7 +210,11 @@ def report(a) -> None:
     lines = ["# Few-step generation (bench/distill.py)", "",
              f"CPU: {cpu.get('model', '?')}, {cpu.get('kind', cpu.get('isa', '?'))}; {res.get('n', N)} samples per row, "
              "seeds 0..n-1. Text rows: digit i % 10 with held-out phrasings, guidance 3. FD / floor: the digit "
-             "classifier's feature FD against the held-out digits over the same distance for real digits.", "",
+             "classifier's feature FD against the held-out digits over the same distance for real digits. NFE: "
+             "network evaluations per sample (the teacher's CFG step is 2).", "",
+             f"date: {res.get('date', '?')}", "",
+             "Command: `.venv/bin/python bench/distill.py distill --teacher text|uncond --method consistency|progressive "
+             "--seconds 300|240`, `scratch --seconds 240`, `eval`, `picture`, `report` (module docstring).", "",
              "## Runs", "", "| run | method | CPU seconds (training) |", "|---|---|---:|"]
     for name, r in res.get("runs", {}).items():
         lines.append(f"| {name} | {r['method']} | {r['train_s']:.0f} |")
@@ -212,6 +225,9 @@ def report(a) -> None:
         lines += ["", f"## {'Text model (runs/demo)' if kind == 'text' else 'Unconditional MNIST model (runs/uncond)'}", "",
                   "| model | sampler | steps | NFE | accuracy | confident | FD / floor | images / s |",
                   "|---|---|---:|---:|---:|---:|---:|---:|"]
+        for r in rows:  # rows written before "calls" was recorded counted batched CFG calls as NFE
+            if "calls" not in r:
+                r["calls"], r["nfe"] = r["nfe"], _nfe(r["name"], r["guidance"], r["nfe"])
         best = {}
         for r in rows:  # the teacher: its best sampler at each NFE (by FD / floor), all in the JSON
             key = (r["name"], r["nfe"])
