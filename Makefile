@@ -6,7 +6,7 @@ PIP     := $(BIN)/pip install -c constraints.txt
 STAMP   := $(VENV)/.installed
 BUDGET  ?= 600
 
-.PHONY: venv demo test test-slow test-e2e bench bench-venv bench-throughput bench-samplers bench-metrics bench-quality bench-likelihood bench-report clean
+.PHONY: venv demo test test-slow test-ddp test-e2e bench bench-venv bench-throughput bench-samplers bench-metrics bench-quality bench-likelihood bench-report clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -28,6 +28,10 @@ test-e2e: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
+
+# multi-process training in full: 2 gloo processes per case, torchrun and accelerate, lost ranks
+test-ddp: $(STAMP)
+	$(BIN)/python -m pytest -q -m ddp tests/test_distributed.py
 
 # Peer libraries need torchvision, which does not import beside torch 2.13.0+cpu: a separate
 # venv with torch 2.14.1 + torchvision 0.29.1 (both on local disk) runs all three libraries.

@@ -51,6 +51,10 @@ STAGES = [
     ("RESULTS_dpo.md", "Diffusion-DPO on the demo's text model: reward, an independent judge, FD, vs SFT (not part of make bench)",
      ".venv/bin/python bench/dpo.py pairs --n 1000 && .venv/bin/python bench/dpo.py runs --betas 500,2000,5000 "
      "--steps 300 --every 100 && .venv/bin/python bench/dpo.py report"),
+    ("RESULTS_distill.md", "Few-step generation: distillation and consistency training (not part of make bench)",
+     ".venv/bin/python bench/distill.py distill/scratch/eval/picture/report (bench/distill.py docstring)"),
+    ("RESULTS_ddp.md", "Multi-process training: 2 processes vs 1 (not part of make bench)",
+     ".venv/bin/python bench/ddp.py cpu && .venv/bin/python bench/ddp.py report"),
     ("RESULTS_demo_avx2.md", "The make demo run at the AVX2 machine's step count (not part of make bench)",
      "see the section"),
     ("RESULTS_core_refactor.md", "Code shape before and after the core refactor (not part of make bench)",

@@ -13,7 +13,7 @@ LAYERS = {
     # L0 foundations: randomness, atomic files, the condition type, schedules, the process and its
     # closed forms, SDEs, devices
     "core.rng": 0, "core.files": 0, "core.cond": 0, "core.schedules": 0, "core.process": 0, "core.sde": 0,
-    "core.devices": 0, "errors": 0,
+    "core.devices": 0, "core.distributed": 0, "errors": 0,
     # L1 the math core over the sigma-space denoiser
     "core.protocol": 1, "core.denoiser": 1, "core.losses": 1, "core.guidance": 1, "core.samplers": 1,
     "core.sampling": 1, "core.likelihood": 1, "core": 1,

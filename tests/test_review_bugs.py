@@ -144,8 +144,9 @@ def test_sampling_defaults_order():
 
 
 def test_training_draws_are_keyed_by_global_sample_index(tmp_path):
-    """Keyed training draws: one step on a global batch of 8 equals two micro-batches of 4
-    (grad_accum 2), as N processes that each draw their share equal one process: the data order,
+    """Keyed training draws: one step on a global batch of 8 equals the same batch in two
+    micro-batches of 4 (grad_accum 2), as N processes that each draw their share equal one
+    process (tests/test_distributed.py): the data order,
     flips, conditioning dropout, sigma / t and noise of sample i depend on (seed, step, i) only."""
     from diffusionlab.training import Trainer
     from diffusionlab.training.config import tiny_config
@@ -158,7 +159,7 @@ def test_training_draws_are_keyed_by_global_sample_index(tmp_path):
         t.train_step()
         return {k: v.detach().clone() for k, v in t.model.named_parameters()}
 
-    a, b = one_step(batch_size=8, grad_accum=1), one_step(batch_size=4, grad_accum=2)
+    a, b = one_step(batch_size=8, grad_accum=1), one_step(batch_size=8, grad_accum=2)
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-6), k
     c = one_step(batch_size=8, grad_accum=1, seed=1)

@@ -153,7 +153,13 @@ class ImportanceSampler:
         return t.to(device), (1.0 / (self.T * p[t])).to(device=device, dtype=torch.float32)
 
     def update(self, t: torch.Tensor, losses: torch.Tensor) -> None:
-        for ti, li in zip(t.tolist(), losses.detach().double().cpu().tolist()):
+        """Record the losses of a training micro-batch; in a multi-process run every rank records
+        the whole micro-batch in global order (``distributed.gather_cat``), so the history, and
+        the t drawn from it, are those of one process."""
+        from . import distributed
+
+        t, losses = distributed.gather_cat(t.detach().cpu()), distributed.gather_cat(losses.detach().cpu())
+        for ti, li in zip(t.tolist(), losses.double().tolist()):
             if self.counts[ti] >= self.history:
                 self.losses[ti] = torch.roll(self.losses[ti], -1)
                 self.losses[ti, -1] = li

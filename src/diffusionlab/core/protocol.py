@@ -98,6 +98,16 @@ class Network(nn.Module):
 
     cond_spec: CondSpec = CondSpec()
     learned_variance: bool = False
+    grad_checkpoint: bool = False  # set by the trainer (--grad-checkpoint): blocks recomputed in the backward pass
+
+    def run_block(self, fn, *args):
+        """``fn(*args)``, under activation checkpointing while training with ``grad_checkpoint``
+        (non-reentrant, RNG state preserved: dropout draws the same mask when recomputed)."""
+        if self.grad_checkpoint and self.training and torch.is_grad_enabled():
+            from torch.utils.checkpoint import checkpoint
+
+            return checkpoint(fn, *args, use_reentrant=False)
+        return fn(*args)
 
 
 def network_cond(net) -> CondSpec:

@@ -250,20 +250,26 @@ def _first_step_from_inf(counted, x, grid, cond, cb):
 
 
 def sample_many(denoiser, shape_one, n: int, sampler: str, steps: int, seed: int = 0,
-                batch_size: int = 250, progress: bool = True, **kwargs) -> torch.Tensor:
+                batch_size: int = 250, progress: bool = True, indices: range | None = None,
+                **kwargs) -> torch.Tensor:
     """n samples of shape ``shape_one`` in batches, float32 on the CPU; sample i uses
     ``per_sample_generators(seed, [i])``, so it is the same whatever the batch size and equals
-    ``sample(..., seed=seed)``'s sample i. ``kwargs`` go to ``sample`` (sampler knobs, cond
-    sliced per batch when it has a batch size, schedule, ...)."""
+    ``sample(..., seed=seed)``'s sample i. ``indices`` (a range within 0..n-1): only those
+    samples of the n (one rank's share of a multi-process evaluation). ``kwargs`` go to
+    ``sample`` (sampler knobs, cond sliced per batch when it has a batch size, schedule, ...)."""
     from tqdm.auto import tqdm
 
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
+    indices = range(n) if indices is None else indices
+    if indices.step != 1 or (len(indices) and (indices.start < 0 or indices.stop > n)):
+        raise ValueError(f"indices must be a contiguous range within 0..{n - 1}, got {indices}")
     cond = kwargs.pop("cond", None)
     out = []
-    for start in tqdm(range(0, n, batch_size), disable=not progress, desc="sample", unit="batch"):
-        idx = range(start, min(n, start + batch_size))
+    for start in tqdm(range(indices.start, indices.stop, batch_size), disable=not progress, desc="sample",
+                      unit="batch"):
+        idx = range(start, min(indices.stop, start + batch_size))
         c = cond[start:idx.stop] if cond is not None and len(cond) == n else cond
         out.append(sample(denoiser, (len(idx), *shape_one), sampler=sampler, steps=steps, cond=c,
                           generator=per_sample_generators(seed, idx), **kwargs).float().cpu())
-    return torch.cat(out)
+    return torch.cat(out) if out else torch.empty(0, *shape_one)

@@ -166,7 +166,7 @@ class DiT(Network):
         tokens = tokens + sincos_2d(h, w, self.hidden, x.device).to(tokens.dtype)
         c, context = self.embed(t, cond, B, x.device)
         for block in self.blocks:
-            tokens = block(tokens, c, context)
+            tokens = self.run_block(block, tokens, c, context)
         shift, scale = self.final_ada(c).chunk(2, dim=-1)
         out = self.final(_modulate(self.final_norm(tokens), shift, scale))  # [B, h w, p p C_out]
         out = out.reshape(B, h, w, p, p, self.out_channels).permute(0, 5, 1, 3, 2, 4)

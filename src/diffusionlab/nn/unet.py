@@ -210,18 +210,19 @@ class Unet(Network):
         hs = [h]
         for i, ((blocks, att, down), cross) in enumerate(zip(self.down, self.down_cross)):
             for j, blk in enumerate(blocks):
-                h = blk(h, emb)
+                h = self.run_block(blk, h, emb)
                 if j == len(blocks) - 1:
-                    h = xattn(cross, att(h))
+                    h = self.run_block(lambda h_, att=att, cross=cross: xattn(cross, att(h_)), h)  # bound now:
+                    # a checkpointed block runs again in the backward pass, after the loop moved on
                 hs.append(h)
             if i < self.levels - 1:
                 h = down(h)
                 hs.append(h)
-        h = self.mid2(xattn(self.mid_cross, self.mid_attn(self.mid1(h, emb))), emb)
+        h = self.run_block(lambda h_, e: self.mid2(xattn(self.mid_cross, self.mid_attn(self.mid1(h_, e))), e), h, emb)
         for (blocks, att, up), cross in zip(self.up, self.up_cross):
             for blk in blocks:
-                h = blk(torch.cat([h, hs.pop()], dim=1), emb)
-            h = up(xattn(cross, att(h)))
+                h = self.run_block(blk, torch.cat([h, hs.pop()], dim=1), emb)
+            h = self.run_block(lambda h_, up=up, att=att, cross=cross: up(xattn(cross, att(h_))), h)
         assert not hs
         out = self.final_conv(F.silu(self.final_norm(h)))
         return F.pixel_shuffle(out, p) if p > 1 else out

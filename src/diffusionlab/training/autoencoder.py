@@ -60,6 +60,8 @@ def train_autoencoder(cfg: TrainConfig, resume: bool = False, overwrite: bool = 
         raise UserError("give steps or a time budget", param="steps")
     trainer = Trainer(config=cfg, resume=resume, overwrite=overwrite)
     summary = trainer.train()
+    if not trainer.world.main:  # the held-out measurements and files: rank 0's
+        return summary
     cfg = trainer.cfg
     codec = load_codec(summary["checkpoint"])
     _, val = load_image_sets(cfg.data, cfg.image_size, cfg.model.channels, cfg.val_fraction, cfg.seed)

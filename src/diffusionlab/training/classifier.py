@@ -76,9 +76,11 @@ def train_classifier(data: str = "mnist", out: str = "runs/classifier", steps: i
     cfg = classifier_config(data, out, steps, time_budget, sigma_min, sigma_max, image_size, channels, batch_size,
                             lr, dim, seed, **overrides)
     trainer = Trainer(config=cfg, resume=resume, overwrite=overwrite)
-    for f in legacy:  # overwrite: the old format's files go with the rest
+    for f in legacy if trainer.world.main else ():  # overwrite: the old format's files go with the rest
         f.unlink()
     summary = trainer.train()
+    if not trainer.world.main:  # the held-out accuracy and files: rank 0's
+        return summary
     cfg = trainer.cfg  # a resumed run's stored config
     net = load_classifier(summary["checkpoint"])
     _, val = load_image_sets(cfg.data, cfg.image_size, cfg.model.channels, cfg.val_fraction, cfg.seed)

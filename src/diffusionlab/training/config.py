@@ -149,8 +149,8 @@ class TrainConfig:
     #                                  training.finetune); its network, process and conditioning come from the base
     dpo: DPOConfig | None = None     # set (with finetune): Diffusion-DPO on the preference pairs in the folder data
     distill: DistillConfig | None = None  # set: few-step training (training.distill): consistency or progressive
-    batch_size: int = 64
-    grad_accum: int = 1
+    batch_size: int = 64             # the global batch of one optimizer step (all processes, all micro-batches)
+    grad_accum: int = 1              # micro-batches per step: each process takes batch_size / (processes x grad_accum)
     lr: float = 2e-3
     weight_decay: float = 0.0
     adam_betas: tuple = (0.9, 0.99)
@@ -171,6 +171,8 @@ class TrainConfig:
     guide_at: float | None = None    # fraction of training at which the EMA weights are copied into
     #                                  guide.safetensors (autoguidance's weaker model); None: none
     precision: str = "auto"          # auto | fp32 | bf16 | fp16
+    grad_checkpoint: bool = False    # recompute the network's blocks in the backward pass (less memory, ~30% slower)
+    compile: bool = False            # torch.compile the network (nn.Module.compile; the cache: TORCHINDUCTOR_CACHE_DIR)
     device: str = "auto"             # auto | cpu | cuda | mps
     num_threads: int | None = None
     seed: int = 0

@@ -24,6 +24,11 @@ SEED_TRAINER_KWARGS = {"train_batch_size": "batch_size", "train_lr": "lr", "trai
                        "num_samples": "n_grid", "augment_horizontal_flip": "hflip"}
 
 
+# how a run is executed, not what it computes: a resumed run takes them from the new invocation
+# (resume on another machine, with or without compilation or gradient checkpointing)
+RUNTIME_FIELDS = ("compile", "grad_checkpoint", "device", "num_threads")
+
+
 class RunExistsError(CheckpointError):
     """The output folder already holds a run and neither resume nor overwrite was asked for."""
 
@@ -46,7 +51,8 @@ def run_config(diffusion, folder, config: TrainConfig | None, seed_kw: dict, res
         if resume_from is not None:
             stored = TrainConfig.from_dict(read_config(resume_from)["train"])
             config = dataclasses.replace(stored, max_steps=config.max_steps, time_budget=config.time_budget,
-                                         out_dir=config.out_dir, progress=config.progress)
+                                         out_dir=config.out_dir, progress=config.progress,
+                                         **{k: getattr(config, k) for k in RUNTIME_FIELDS})
         return config, resume_from
     if run_has_checkpoints(config.out_dir) and not overwrite:
         raise RunExistsError(

@@ -7,7 +7,13 @@ training.finetune).
 The loop: draw a batch (a fixed-seed permutation per epoch), compute the loss (the diffusion
 model's, or any ``core.losses.TrainingLoss``: a classifier's is ``NoisyClassifierLoss``) under
 autocast, accumulate gradients, clip, AdamW step with warm-up + cosine learning rate, update
-the EMA. Around it: validation loss, sample grids and sample-quality evaluation (diffusion
+the EMA. ``batch_size`` is the global batch of one step; it is split into ``grad_accum``
+micro-batches and, under a launcher (torchrun, accelerate: ``core.distributed``), over the
+processes, each of which trains a DistributedDataParallel copy on its contiguous share. Every
+draw of a sample is keyed by its index in the global batch, so N processes with any accumulation
+make the update of one process (float tolerance). Only rank 0 prints and writes files.
+
+Around the loop: validation loss, sample grids and sample-quality evaluation (diffusion
 models only), metrics.jsonl, atomic checkpoints, exact resume. Ctrl-C (SIGINT) requests a stop:
 the loop finishes the optimizer step it is in, checkpoints, and returns; a second Ctrl-C aborts
 at once. Checkpoints are therefore always at an optimizer-step boundary (the position inside
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import json
 import math
 import os
@@ -29,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+from ..core import distributed
 from ..core.cond import Batch
 from ..core.devices import cpu_info, pick_device, pick_precision, set_threads
 from ..core.rng import per_sample_generators, randn, stream_seed
@@ -49,6 +57,43 @@ from .setup import SEED_TRAINER_KWARGS, RunExistsError, build_diffusion, git_com
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class PeerLost(UserError):
+    """Another process of a multi-process run died or stopped answering (exit 2, not a bug)."""
+
+
+def check_batch(cfg: TrainConfig, world) -> None:
+    """The global batch must split evenly into processes x micro-batches (refused, exit 2)."""
+    if cfg.batch_size < 1 or cfg.grad_accum < 1:
+        raise UserError(f"batch size and gradient accumulation must be at least 1, got {cfg.batch_size} and "
+                        f"{cfg.grad_accum}", param="batch_size")
+    parts = world.size * cfg.grad_accum
+    if cfg.batch_size % parts:
+        raise UserError(f"the global batch {cfg.batch_size} does not split into {world.size} process(es) x "
+                        f"{cfg.grad_accum} micro-batch(es); use a multiple of {parts}", param="batch_size")
+
+
+class _StepModule(torch.nn.Module):
+    """The network with a loss as its forward: what DistributedDataParallel wraps, so that a
+    loss that calls other methods of the network (an autoencoder's encode / decode) still runs
+    inside DDP's forward. The loss is an argument, not a submodule (its frozen teacher or
+    reference is not the trained model's)."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, batch: Batch, generator, autocast, loss_fn):
+        return loss_fn(self.net, batch, generator=generator, autocast=autocast)
+
+
+def _refuse_batchnorm(net: torch.nn.Module) -> None:
+    """BatchNorm mixes the samples of a process's share, so N processes would not equal one."""
+    bad = [name for name, m in net.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if bad:
+        raise UserError(f"the network has BatchNorm layers ({', '.join(bad[:3])}); multi-process training needs "
+                        "GroupNorm / LayerNorm so that N processes make the update of one")
 
 
 def lr_at(step: int, cfg: TrainConfig, planned: int | None) -> float:
@@ -77,6 +122,8 @@ class Trainer:
             train_batch_size=train_batch_size, train_lr=train_lr, train_num_steps=train_num_steps,
             gradient_accumulate_every=gradient_accumulate_every, ema_decay=ema_decay, results_folder=results_folder,
             num_samples=num_samples, augment_horizontal_flip=augment_horizontal_flip).items() if v is not None}
+        if train_batch_size is not None and gradient_accumulate_every:  # the seeds' batch is a micro-batch
+            seed_kw["batch_size"] = train_batch_size * gradient_accumulate_every
         if save_and_sample_every is not None:
             seed_kw.update(sample_every=save_and_sample_every, checkpoint_every=save_and_sample_every)
         if amp is not None:
@@ -110,6 +157,10 @@ class Trainer:
         self.out = Path(cfg.out_dir)
         self.threads = set_threads(cfg.num_threads)
         self.device = pick_device(cfg.device)
+        self.world = distributed.init(self.device.type)  # a world of one without a launcher
+        if self.world.size > 1 and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.world.local_rank)
+        check_batch(cfg, self.world)
         self.amp_dtype = pick_precision(cfg.precision, self.device)
         from ..data.datasets import load_image_sets
 
@@ -287,6 +338,31 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 and self.device.type == "cuda" else None
         self.ema = EMA(self.model, cfg.ema_decay, cfg.ema_power)
         self.loss_fn = loss if loss is not None else self.diffusion.loss_fn  # a losses.TrainingLoss
+        self._setup_execution()
+
+    def _setup_execution(self) -> None:
+        """How the step runs: gradient checkpointing, torch.compile, and DistributedDataParallel
+        (NCCL / gloo from the launcher's environment) over ``_StepModule`` in a world of several."""
+        cfg = self.cfg
+        if cfg.grad_checkpoint:
+            from ..core.protocol import Network
+
+            if not isinstance(self.model, Network):
+                raise UserError(f"--grad-checkpoint needs a library network (nn.NETWORKS), not "
+                                f"{type(self.model).__name__}", param="grad_checkpoint")
+            self.model.grad_checkpoint = True
+        if cfg.compile:  # in place: state_dict keys stay the network's own
+            self.model.compile()
+        self.step_module, self.ddp = _StepModule(self.model), None
+        if self.world.size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            _refuse_batchnorm(self.model)
+            ids = [self.world.local_rank] if self.device.type == "cuda" else None
+            # the buffers are equal on every rank (seeded init, the same checkpoint): no sync per forward
+            known = inspect.signature(DistributedDataParallel).parameters
+            sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in known else {"broadcast_buffers": False}
+            self.ddp = DistributedDataParallel(self.step_module, device_ids=ids, **sync)
 
     # ------------------------------------------------------------------ pieces of the loop
     def autocast(self):
@@ -294,24 +370,36 @@ class Trainer:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
+    def share(self, micro: int) -> tuple[int, range]:
+        """(step, this process's indices in the step's global batch) of micro-batch ``micro``
+        (= step x grad_accum + k): micro-batch k is the k-th contiguous slice of the global batch
+        and each rank takes its contiguous part of that slice."""
+        cfg = self.cfg
+        step, k = divmod(micro, cfg.grad_accum)
+        per_micro = cfg.batch_size // cfg.grad_accum
+        per_rank = per_micro // self.world.size
+        start = k * per_micro + self.world.rank * per_rank
+        return step, range(start, start + per_rank)
+
     def generators(self, micro: int, purpose: str) -> list:
-        """One generator per sample of micro-batch ``micro``, keyed by (seed, "train", step,
-        ``purpose``, index in the global batch) (``rng.per_sample_generators``)."""
-        b = self.cfg.batch_size
-        step, k = divmod(micro, self.cfg.grad_accum)
-        return per_sample_generators(self.cfg.seed, range(k * b, (k + 1) * b), "train", step, purpose)
+        """One generator per sample of micro-batch ``micro`` on this process, keyed by (seed,
+        "train", step, ``purpose``, index in the global batch) (``rng.per_sample_generators``)."""
+        step, idx = self.share(micro)
+        return per_sample_generators(self.cfg.seed, idx, "train", step, purpose)
 
     def batch(self, micro: int) -> Batch:
-        """Micro-batch number ``micro``: a pure function of (seed, micro). The data order is one
-        seeded permutation per epoch (the last partial batch of an epoch is dropped; labels follow
-        their images); every per-sample draw - flips and caption phrasings here ("data"),
-        conditioning dropout, sigma / t and noise in ``train_step`` ("loss") - comes from the
-        stream of its sample's index in the global batch (``generators``), so N processes that
-        each draw their share of a global batch draw exactly what one process draws."""
+        """This process's part of micro-batch ``micro``: a pure function of (seed, micro, rank,
+        world size). The data order is one seeded permutation per epoch of global batches (the
+        last partial batch of an epoch is dropped; labels follow their images); every per-sample
+        draw - flips and caption phrasings here ("data"), conditioning dropout, sigma / t and
+        noise in ``train_step`` ("loss") - comes from the stream of its sample's index in the
+        global batch (``generators``), so N processes with any accumulation draw exactly what
+        one process draws."""
         n, b = len(self.train_data), self.cfg.batch_size
-        epoch, pos = divmod(micro, n // b)
+        step, share = self.share(micro)
+        epoch, pos = divmod(step, n // b)
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(stream_seed(self.cfg.seed, "order", epoch)))
-        idx = perm[pos * b:(pos + 1) * b].to(self.device)
+        idx = perm[pos * b + share.start:pos * b + share.stop].to(self.device)
         gens = self.generators(micro, "data")
         x = self.train_data[idx]
         if self.train_std is not None:  # a latent run: a fresh draw from each image's posterior
@@ -329,14 +417,20 @@ class Trainer:
         if hasattr(self.loss_fn, "at_step"):  # a loss with a schedule over steps (core.distill's stages)
             self.loss_fn.at_step(self.step)
         for k in range(cfg.grad_accum):
-            batch, gens = self.batch(self.step * cfg.grad_accum + k), self.generators(self.step * cfg.grad_accum + k, "loss")
+            micro = self.step * cfg.grad_accum + k
+            batch, gens = self.batch(micro), self.generators(micro, "loss")
             if cfg.p_uncond:  # conditioning dropout: the null condition learns the unconditional model
                 batch = Batch(batch.x, batch.cond.drop(cfg.p_uncond, gens))
-            loss = self.loss_fn(self.model, batch, generator=gens, autocast=self.autocast()).mean() / cfg.grad_accum
-            (self.scaler.scale(loss) if self.scaler else loss).backward()
+            last = k == cfg.grad_accum - 1  # DDP: gradients are all-reduced on the last micro-batch only
+            with nullcontext() if self.ddp is None or last else self.ddp.no_sync():
+                run = self.ddp or self.step_module
+                loss = run(batch, gens, self.autocast(), self.loss_fn).mean() / cfg.grad_accum
+                (self.scaler.scale(loss) if self.scaler else loss).backward()
             total += loss.item()
             for name, v in self.loss_stats().items():  # averaged over the steps of the log window
                 self._window_stats.setdefault(name, []).append(v)
+        if self.world.size > 1:  # the global batch's loss, the same on every rank (so is the verdict below)
+            total = sum(distributed.gather_objects(total)) / self.world.size
         if not math.isfinite(total):
             self.opt.zero_grad(set_to_none=True)
             raise TrainingDiverged(
@@ -359,19 +453,26 @@ class Trainer:
     def validation(self, model) -> dict:
         """The validation loss of ``model`` on the held-out data (the same draws at every
         evaluation), with the means of what the loss reports of each sample (``loss_stats``)."""
-        gen = torch.Generator().manual_seed(12345)  # same t and noise at every evaluation
         was = model.training
         model.eval()
-        losses, stats = [], {}
-        for start in range(0, len(self.val_data), 128):
-            chunk = self.val_data[start:start + 128]
+        losses, stats = [torch.empty(0)], {}
+        mine = distributed.shard(len(self.val_data), self.world)  # each rank its share, gathered below
+        for start in range(mine.start, mine.stop, 128):
+            stop = min(mine.stop, start + 128)
+            chunk = self.val_data[start:stop]
             x = chunk.contiguous(memory_format=torch.channels_last) if self.channels_last else chunk
-            cond = self.conditioning.val(start, start + len(chunk), chunk)
-            losses.append(self.loss_fn(model, Batch(x, cond), generator=gen, autocast=self.autocast(), train=False))
+            cond = self.conditioning.val(start, stop, chunk)
+            gens = per_sample_generators(12345, range(start, stop), "val")  # the same draws at every evaluation
+            losses.append(self.loss_fn(model, Batch(x, cond), generator=gens, autocast=self.autocast(),
+                                       train=False).detach().float().cpu())
             for k, v in self.loss_stats().items():
                 stats.setdefault(k, []).append(v)
         model.train(was)
-        return {"loss": torch.cat(losses).mean().item(), **{k: torch.cat(v).mean().item() for k, v in stats.items()}}
+        names = sorted(set().union(*distributed.gather_objects(sorted(stats))))  # a rank with no share has none
+        out = {"loss": distributed.gather_cat(torch.cat(losses)).mean().item()}
+        for k in names:
+            out[k] = distributed.gather_cat(torch.cat(stats.get(k, [torch.empty(0)]))).mean().item()
+        return out
 
     def loss_stats(self) -> dict:
         """What the loss object reports of each sample of its last call (``stats``: name -> [B]
@@ -405,11 +506,13 @@ class Trainer:
         from ..evaluation.viz import save_grid
 
         cfg, choice = self.cfg, self.sampling_choice()
+        path = self.out / "samples" / f"{name}.png"
+        if not self.world.main:  # a small grid: rank 0 alone (the others wait at the next step's all-reduce)
+            return path
         gens = per_sample_generators(cfg.seed, range(cfg.n_grid))
         x = sample(self.ema_denoiser(), (cfg.n_grid, *self.model_shape),
                    sampler=choice.sampler, steps=choice.steps, generator=gens, device=self.device,
                    cond=self.sampling_cond(cfg.n_grid))
-        path = self.out / "samples" / f"{name}.png"
         save_grid(self.to_pixels(x.float().cpu()), path, nrow=int(math.ceil(math.sqrt(cfg.n_grid))), upscale=2)
         return path
 
@@ -441,8 +544,11 @@ class Trainer:
 
         t0 = time.perf_counter()
         x = sample_many(self.ema_denoiser(), shape, cfg.eval_n, choice.sampler, choice.steps, seed=cfg.seed + 1,
-                        batch_size=250, progress=False, cond=self.sampling_cond(cfg.eval_n))
-        x = self.to_pixels(x)
+                        batch_size=250, progress=False, cond=self.sampling_cond(cfg.eval_n),
+                        indices=distributed.shard(cfg.eval_n, self.world))  # each rank its share
+        x = distributed.gather_cat(self.to_pixels(x))  # sample i wherever it was drawn: the same images
+        if not self.world.main:  # the metrics of the gathered samples: rank 0 (seconds)
+            return None
         ref = reference_features(self._extractor, cfg.data, "heldout", cfg.image_size, self.train_pixels.shape[1],
                                  images=None if cfg.data in ("mnist", "digits") else self.val_pixels[:cfg.n_val].cpu(),
                                  classes=cfg.digits if cfg.data in ("mnist", "digits") else None)
@@ -480,13 +586,17 @@ class Trainer:
         if loss_state:
             state["loss_state"] = loss_state  # e.g. the importance sampler's loss history
         self._saved_step = self.step
-        path = save_checkpoint(self.out, self.step, model=model, ema_model=ema, config=config, optimizer=self.opt,
-                               train_state=state, rng=rng, keep=self.cfg.keep_checkpoints, guide=self.guide_sd)
-        if self.adapters is not None:
-            from ..models.lora import write_adapter
+        distributed.barrier()  # every rank has finished the step (their states are identical)
+        path = None
+        if self.world.main:  # one writer: the manifest and atomic rename of save_checkpoint
+            path = save_checkpoint(self.out, self.step, model=model, ema_model=ema, config=config,
+                                   optimizer=self.opt, train_state=state, rng=rng, keep=self.cfg.keep_checkpoints,
+                                   guide=self.guide_sd)
+            if self.adapters is not None:
+                from ..models.lora import write_adapter
 
-            write_adapter(self.out, self.adapters, self.ema.model, config["lora"])
-        return path
+                write_adapter(self.out, self.adapters, self.ema.model, config["lora"])
+        return Path(distributed.broadcast(str(path) if path else None))  # written when any rank goes on
 
     def diffusion_record(self) -> dict:
         """The config.json body of a diffusion model (``loading.checkpoint_config``), with its
@@ -565,7 +675,7 @@ class Trainer:
 
     def _truncate_metrics(self, step: int) -> None:
         path = self.out / "metrics.jsonl"
-        if not path.exists():
+        if not self.world.main or not path.exists():
             return
         keep = []
         for line in path.read_text().splitlines():
@@ -575,12 +685,17 @@ class Trainer:
         path.write_text("".join(l + "\n" for l in keep))
 
     def log(self, record: dict) -> None:
+        if not self.world.main:
+            return
         with open(self.out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
 
     def write_run_json(self, extra: dict | None = None) -> None:
+        if not self.world.main:
+            return
         info = {"config": self.cfg.to_dict(), "git_commit": git_commit(), "versions": package_versions(),
-                "torch_threads": self.threads, "cpu_count": os.cpu_count(), "cpu": cpu_info(), "device": str(self.device),
+                "torch_threads": self.threads, "cpu_count": os.cpu_count(), "world_size": self.world.size,
+                "cpu": cpu_info(), "device": str(self.device),
                 "precision": str(self.amp_dtype or "fp32"), "argv": sys.argv,
                 "parameters": sum(p.numel() for p in self.model.parameters()),
                 "trainable_parameters": sum(p.numel() for p in self.params),
@@ -633,8 +748,10 @@ class Trainer:
 
         cfg = self.cfg
         self._stop = False  # a new call trains on (a bench may pause a run with stop_after and go on)
-        if self.overwrite:
+        distributed.barrier()  # every rank has checked the folder (run_config) before rank 0 clears it
+        if self.overwrite and self.world.main:
             self._clear_run()
+        self.overwrite = False
         self.out.mkdir(parents=True, exist_ok=True)
         self.write_run_json()
         self.model.train()
@@ -642,20 +759,42 @@ class Trainer:
         with contextlib.suppress(ValueError):  # not in the main thread: no Ctrl-C handling
             old_handler = signal.signal(signal.SIGINT, self._on_sigint)
         total = cfg.max_steps if cfg.max_steps else None
-        bar = tqdm(total=total, initial=self.step, disable=not cfg.progress, dynamic_ncols=True,
+        bar = tqdm(total=total, initial=self.step, disable=not (cfg.progress and self.world.main), dynamic_ncols=True,
                    unit="step", desc="train")
-        wall0, window_t, window_n, status = time.perf_counter(), 0.0, 0, "completed"
+        wall0 = time.perf_counter()
+        with self._collectives():
+            status = self._loop(bar, old_handler, stop_after)
+            ck = self._finish()
+        if self.world.main and cfg.eval_every:
+            from ..evaluation.viz import plot_eval, read_jsonl
+            plot_eval(read_jsonl(self.out / "metrics.jsonl"), self.out / "eval.png")
+        panels = tuple(getattr(self.loss_fn, "plotted", ()))
+        if self.world.main and panels:  # a loss whose statistics are the story (DPO's reward accuracy and margin)
+            from ..evaluation.viz import plot_losses, read_jsonl
+            plot_losses(read_jsonl(self.out / "metrics.jsonl"), self.out / "loss.png", panels=panels)
+        summary = {"status": status, "steps": self.step, "train_seconds": round(self.elapsed, 2),
+                   "wall_seconds": round(time.perf_counter() - wall0, 2), "checkpoint": str(ck)}
+        self.write_run_json({"summary": summary})
+        return summary
+
+    def _loop(self, bar, old_handler, stop_after: int | None) -> str:
+        """The steps until done, stopped or ``stop_after``; returns the status."""
+        cfg = self.cfg
+        window_t, window_n, status = 0.0, 0, "completed"
         try:
             while not self._done():
                 t0 = self.clock()
                 loss, gnorm = self.train_step()
                 dt = self.clock() - t0
+                if self.world.size > 1:  # one clock and one stop for all: the slowest rank's time, any rank's Ctrl-C
+                    dt, stop = self._agree(dt)
+                    self._stop = self._stop or stop
                 self.elapsed += dt
                 window_t, window_n = window_t + dt, window_n + 1
                 self._replan()
                 self._snapshot_guide()
                 if self.step % cfg.log_every == 0 or self.step == 1:
-                    self._log_train(loss, gnorm, window_n * cfg.batch_size * cfg.grad_accum / max(window_t, 1e-9), bar)
+                    self._log_train(loss, gnorm, window_n * cfg.batch_size / max(window_t, 1e-9), bar)
                     window_t, window_n = 0.0, 0
                 bar.update(1)
                 self._periodic()
@@ -668,25 +807,41 @@ class Trainer:
             bar.close()
             if old_handler is not None:
                 signal.signal(signal.SIGINT, old_handler)
+        return status
+
+    def _finish(self) -> Path:
+        """The end of a run: a last validation and evaluation where the period did not just make
+        them, and the final checkpoint (returned)."""
+        cfg = self.cfg
         if not self.is_classifier and not (cfg.val_every and self.step % cfg.val_every == 0):
             self._log_validation()
         if cfg.eval_every and self.step % cfg.eval_every != 0:
             self.evaluate()
-        ck = self.checkpoint() if self._saved_step != self.step else find_checkpoint(self.out)
-        if cfg.eval_every:
-            from ..evaluation.viz import plot_eval, read_jsonl
-            plot_eval(read_jsonl(self.out / "metrics.jsonl"), self.out / "eval.png")
-        panels = tuple(getattr(self.loss_fn, "plotted", ()))
-        if panels:  # a loss whose statistics are the story (DPO's reward accuracy and margin): loss.png
-            from ..evaluation.viz import plot_losses, read_jsonl
-            plot_losses(read_jsonl(self.out / "metrics.jsonl"), self.out / "loss.png", panels=panels)
-        summary = {"status": status, "steps": self.step, "train_seconds": round(self.elapsed, 2),
-                   "wall_seconds": round(time.perf_counter() - wall0, 2), "checkpoint": str(ck)}
-        self.write_run_json({"summary": summary})
-        return summary
+        return self.checkpoint() if self._saved_step != self.step else find_checkpoint(self.out)
+
+    @contextlib.contextmanager
+    def _collectives(self):
+        """A collective that fails because another rank died or timed out becomes ``PeerLost``:
+        one clear line naming the last complete checkpoint (exit 2), never a hang."""
+        try:
+            yield
+        except Exception as e:
+            if self.world.size > 1 and distributed.is_comm_failure(e):
+                raise PeerLost(f"rank {self.world.rank} of {self.world.size}: another process of the run died or "
+                               f"stopped answering at step {self.step} ({str(e).splitlines()[0][:200]}); the last "
+                               f"complete checkpoint is {self._latest_name()}",
+                               hint=f"resume with --resume (with any number of processes); collectives time out "
+                                    f"after {distributed.timeout_s():.0f} s ({distributed.TIMEOUT_ENV})") from e
+            raise
+
+    def _agree(self, dt: float) -> tuple[float, bool]:
+        """(the slowest rank's step time, whether any rank was asked to stop): every rank then
+        re-plans the same steps, sets the same learning rate and stops at the same step."""
+        parts = distributed.gather_objects((dt, self._stop))
+        return max(p[0] for p in parts), any(p[1] for p in parts)
 
     def _log_train(self, loss: float, gnorm: float, ips: float, bar) -> None:
-        stats = {k: torch.cat(v).mean().item() for k, v in self._window_stats.items()}
+        stats = {k: distributed.gather_cat(torch.cat(v)).mean().item() for k, v in sorted(self._window_stats.items())}
         self._window_stats = {}
         self.log({"step": self.step, "loss": loss, "lr": self.opt.param_groups[0]["lr"],
                   "grad_norm": gnorm, "img_per_s": ips, "train_seconds": self.elapsed, **stats})

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 import sys
 import threading
@@ -91,8 +92,16 @@ def main(argv=None) -> int:
 
 
 def run(args) -> int:
-    """``args.run(args)`` with the exit-code table applied."""
+    """``args.run(args)`` with the exit-code table applied. Under a launcher (torchrun, accelerate)
+    only rank 0 prints to stdout (every rank's errors still reach stderr), and the process group
+    is taken down at the end."""
+    from ...core import distributed
+
     errors = _user_errors()
+    quiet = distributed.launched_world().rank > 0
+    stdout = sys.stdout
+    if quiet:
+        sys.stdout = open(os.devnull, "w")
     try:
         with sigterm_raises():
             return args.run(args)
@@ -108,6 +117,12 @@ def run(args) -> int:
     except Exception:  # a bug: the traceback is the report
         traceback.print_exc()
         return EXIT_BUG
+    finally:
+        with contextlib.suppress(Exception):
+            distributed.destroy()
+        if quiet:
+            sys.stdout.close()
+            sys.stdout = stdout
 
 
 def _classifier_free(a, den):

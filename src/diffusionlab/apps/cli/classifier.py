@@ -44,5 +44,5 @@ def run(a) -> int:
     steps = a.steps if a.steps is not None or a.time_budget is not None else DEFAULT_STEPS
     meta = train_classifier(a.data, a.out, steps, a.time_budget, batch_size=a.batch_size, seed=a.seed,
                             overwrite=a.overwrite, resume=a.resume, digits=a.digits, **shape)
-    print(json.dumps({k: meta[k] for k in ("steps", "seconds", "heldout_accuracy_at_sigma")}, indent=2))
+    print(json.dumps({k: meta.get(k) for k in ("steps", "seconds", "heldout_accuracy_at_sigma")}, indent=2))
     return 0

@@ -83,6 +83,7 @@ def _train(a, cfg, resume: bool) -> dict:
 def _progressive(a, fields: dict, guidance) -> int:
     """The halving stages in turn: stage k's teacher is stage k-1's student (OUT/stages/N), the last
     stage writes OUT; --steps and --time-budget are split evenly over the stages."""
+    from ...core import distributed
     from ...training.distill import load_teacher, check_steps_to, progressive_stages, stage_config
 
     steps_to = check_steps_to(a.steps_to if a.steps_to is not None else DEFAULT_STEPS_TO["progressive"])
@@ -107,7 +108,8 @@ def _progressive(a, fields: dict, guidance) -> int:
         if summaries[-1].get("status") == "interrupted":  # not done: --resume continues this stage
             print(json.dumps(summaries[-1], indent=2))
             return EXIT_INTERRUPTED
-        atomic_write(out / STAGE_DONE, json.dumps({"steps": len(grids[0]) - 1, "teacher": teacher}))
+        if distributed.world().main:  # under a launcher: one writer
+            atomic_write(out / STAGE_DONE, json.dumps({"steps": len(grids[0]) - 1, "teacher": teacher}))
         teacher = str(out)
     print(json.dumps(summaries[-1] if summaries else {"resumed": "every stage had finished"}, indent=2))
     return 0

@@ -95,8 +95,10 @@ FLAGS = (
     F("--ncsn-levels", "diffusion.ncsn_levels", int, "ncsn: ladder length (default from the image size)"),
     F("--steps", "max_steps", int, "optimizer steps"),
     F("--time-budget", "time_budget", float, "seconds of training (validation/sampling excluded)"),
-    F("--batch-size", "batch_size", int),
-    F("--grad-accum", "grad_accum", int),
+    F("--batch-size", "batch_size", int, "the global batch of one optimizer step, over all processes and "
+                                         "micro-batches"),
+    F("--grad-accum", "grad_accum", int, "micro-batches per step (memory only: the step is the same); each "
+                                         "process takes batch-size / (processes x grad-accum) at a time"),
     F("--lr", "lr", float),
     F("--warmup-steps", "warmup_steps", int),
     F("--lr-schedule", "lr_schedule", str, None, ("cosine", "constant")),
@@ -121,6 +123,10 @@ FLAGS = (
     F("--guide-at", "guide_at", float, "keep the EMA weights at this fraction of training (e.g. 0.3) as the "
                                        "autoguidance guide (sample --autoguidance W)"),
     F("--precision", "precision", str, None, ("auto", "fp32", "bf16", "fp16")),
+    F("--grad-checkpoint", "grad_checkpoint", SWITCH, "recompute the network's blocks in the backward pass: less "
+                                                      "activation memory for large models, about a third slower"),
+    F("--compile", "compile", SWITCH, "torch.compile the network (the first steps compile: tens of seconds; cache "
+                                      "in TORCHINDUCTOR_CACHE_DIR, default /tmp/torchinductor_$USER)"),
     F("--device", "device"),
     F("--threads", "num_threads", int),
     F("--seed", "seed", int),
