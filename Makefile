@@ -6,7 +6,7 @@ PIP     := $(BIN)/pip install -c constraints.txt
 STAMP   := $(VENV)/.installed
 BUDGET  ?= 600
 
-.PHONY: venv demo test test-slow test-ddp test-e2e bench bench-venv bench-throughput bench-samplers bench-metrics bench-quality bench-likelihood bench-report clean
+.PHONY: venv demo test test-slow test-ddp test-reliability test-e2e bench bench-venv bench-throughput bench-samplers bench-metrics bench-quality bench-likelihood bench-report clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -28,6 +28,11 @@ test-e2e: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
+
+# reliability in full: 20+ kill trials, every checkpoint fault point, every command, fuzzing
+test-reliability: $(STAMP)
+	HYPOTHESIS_PROFILE=reliability $(BIN)/python -m pytest -q -s tests/test_fuzz.py
+	$(BIN)/python -m pytest -q -m "reliability or not reliability" --durations=10 tests/test_reliability.py
 
 # multi-process training in full: 2 gloo processes per case, torchrun and accelerate, lost ranks
 test-ddp: $(STAMP)

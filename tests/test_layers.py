@@ -12,7 +12,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "diffusionlab"
 LAYERS = {
     # L0 foundations: randomness, atomic files, the condition type, schedules, the process and its
     # closed forms, SDEs, devices
-    "core.rng": 0, "core.files": 0, "core.cond": 0, "core.schedules": 0, "core.process": 0, "core.sde": 0,
+    "core.rng": 0, "core.files": 0, "core.faults": 0, "core.cond": 0, "core.schedules": 0, "core.process": 0, "core.sde": 0,
     "core.devices": 0, "core.distributed": 0, "errors": 0,
     # L1 the math core over the sigma-space denoiser
     "core.protocol": 1, "core.denoiser": 1, "core.losses": 1, "core.guidance": 1, "core.samplers": 1,

@@ -14,6 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from . import faults
+
 
 def _fsync(path: str) -> None:
     with contextlib.suppress(OSError):
@@ -29,6 +31,7 @@ def atomic_path(path, suffix: str = "") -> Iterator[str]:
     """A temporary file name next to ``path`` (ending in ``suffix``, for writers that pick the
     format from the name); moved onto ``path`` when the block succeeds."""
     path = Path(path)
+    faults.hit(f"write:{path.name}", path)  # test-only: does nothing unless DIFFUSIONLAB_FAULT names it
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp" + suffix)
     os.close(fd)

@@ -25,7 +25,7 @@ import torch
 from ..core import rng
 from PIL import Image, ImageOps
 
-from .images import to_uint8
+from .images import MAX_PIXELS, to_uint8
 
 __all__ = ["ImageFolderDataset", "random_hflip", "export_pngs", "IMAGE_EXTENSIONS"]
 
@@ -50,7 +50,13 @@ def _scan(root: Path, exts: tuple[str, ...]) -> list[Path]:
     """All files under ``root`` with one of ``exts`` (case-insensitive), sorted by relative
     path; hidden files and folders (name starting with '.') are ignored."""
     found: list[Path] = []
+    seen: set[tuple[int, int]] = set()  # (device, inode) of each folder walked: a symlink loop is walked once
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        st = os.stat(dirpath)
+        if (st.st_dev, st.st_ino) in seen:
+            dirnames[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in filenames:
             if name.startswith("."):
@@ -59,6 +65,17 @@ def _scan(root: Path, exts: tuple[str, ...]) -> list[Path]:
                 found.append(Path(dirpath) / name)
     found.sort(key=lambda p: p.relative_to(root).as_posix())
     return found
+
+
+def _utf8_lines(f, path: Path):
+    """The lines of a text file opened as UTF-8; bytes that are not UTF-8 are a ``ValueError``
+    naming the file and the line (not a bare codec error)."""
+    line = 0
+    try:
+        for line, text in enumerate(f, start=1):  # noqa: B007 (line is read in the except)
+            yield text
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}:{line + 1}: not UTF-8 text ({e.reason}); save it as UTF-8") from None
 
 
 def _to_mode(im: Image.Image, channels: int) -> Image.Image:
@@ -176,6 +193,8 @@ class ImageFolderDataset(torch.utils.data.Dataset):
             w, h = im.size
             if w < 1 or h < 1:
                 raise ValueError(f"empty image ({w}x{h})")
+            if w * h > MAX_PIXELS:
+                raise ValueError(f"{w}x{h} pixels is over the cap of {MAX_PIXELS:,} (a decompression bomb?)")
             if full:
                 # JPEG: decode at 1/8 DCT scale -- still reads every entropy-coded byte.
                 im.draft(im.mode, (max(1, w // 8), max(1, h // 8)))
@@ -277,7 +296,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
 
         rows = []
         with open(path, newline="", encoding="utf-8") as f:
-            for line, rec in enumerate(csv.reader(f), start=1):
+            for line, rec in enumerate(csv.reader(_utf8_lines(f, path)), start=1):
                 if not rec or all(not c.strip() for c in rec):
                     continue
                 if len(rec) != 2:
@@ -311,7 +330,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
             return None
         rows = []
         with open(path, encoding="utf-8") as f:
-            for line, text in enumerate(f, start=1):
+            for line, text in enumerate(_utf8_lines(f, path), start=1):
                 if not text.strip():
                     continue
                 try:

@@ -38,6 +38,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ..core import faults
 from ..core.files import atomic_write, write_json_atomic
 
 FORMAT_VERSION = 3          # config.json layout (loading.py); formats 1 and 2 are migrated on read
@@ -116,26 +117,35 @@ def save_checkpoint(run_dir, step: int, *, model, ema_model, config: dict, optim
     name = f"step-{step:08d}"
     final = root / name
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=name + ".tmp-"))
-    try:
+    try:  # faults.hit: test-only fault points (kill / injected write errors), inert unless set
+        faults.hit("checkpoint.model", tmp / "model.safetensors")
         save_file(_contiguous(model), tmp / "model.safetensors")
+        faults.hit("checkpoint.ema", tmp / "ema.safetensors")
         save_file(_contiguous(ema_model), tmp / "ema.safetensors")
         if guide is not None:
+            faults.hit("checkpoint.guide", tmp / "guide.safetensors")
             save_file(_contiguous(guide), tmp / "guide.safetensors")
         tensors, meta = ({}, None) if optimizer is None else _split_optimizer(optimizer.state_dict())
         for k, v in (rng or {}).items():
             tensors[f"rng.{k}"] = v.contiguous().cpu()
+        faults.hit("checkpoint.train_state", tmp / "train_state.safetensors")
         save_file(tensors, tmp / "train_state.safetensors")
+        faults.hit("checkpoint.train_state_json", tmp / "train_state.json")
         write_json_atomic(tmp / "train_state.json", {"step": step, "optimizer": meta, **(train_state or {})})
+        faults.hit("checkpoint.config", tmp / "config.json")
         write_json_atomic(tmp / "config.json", {"format_version": FORMAT_VERSION, "step": step, **config})
+        faults.hit("checkpoint.manifest", tmp / MANIFEST)
         write_manifest(tmp)
         _fsync_dir(tmp)
         if final.exists():  # the same step again (e.g. after a fallback): move the old one out first
             _discard(root, final)
+        faults.hit("checkpoint.rename", final)
         os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     _fsync_dir(root)
+    faults.hit("checkpoint.latest", root / "latest")
     atomic_write(root / "latest", name + "\n")
     _prune(root, keep, name)
     return final
@@ -160,6 +170,7 @@ def _prune(root: Path, keep: int, current: str) -> None:
     done = step_dirs(root)
     for p in done[:-keep] if keep > 0 else []:
         if p.name != current:
+            faults.hit("checkpoint.prune", p)
             _discard(root, p)
     for p in list(root.glob("step-*.tmp-*")) + list(root.glob(".trash-*")):  # leftovers of a crash
         shutil.rmtree(p, ignore_errors=True)

@@ -123,6 +123,7 @@ class DiT(Network):
             raise ValueError(f"patch_size must be >= 1, got {c.patch_size}")
         self.config = json.loads(json.dumps(asdict(c)))
         self.channels, self.patch_size, self.hidden = c.channels, c.patch_size, c.hidden
+        self.size_multiple = c.patch_size  # the image side must divide by it
         self.out_channels = c.out_channels or c.channels * (2 if c.learned_variance else 1)
         self.cond_spec = cond_spec_from(c)
         self.learned_variance = self.out_channels == 2 * c.channels

@@ -146,6 +146,7 @@ class Unet(Network):
         # patch_size p > 1 folds p x p pixels into channels first (pixel-unshuffle) and unfolds
         # at the end: the U-Net then runs at 1/p resolution, p^2 times fewer activations.
         self.patch_size = patch_size
+        self.size_multiple = 2 ** (self.levels - 1) * patch_size  # the image side must divide by it
         self.cond_channels = c.cond_channels
         self.init_conv = nn.Conv2d((channels + c.cond_channels) * patch_size ** 2, dim, 3, padding=1)
         self.down, self.down_cross, self.up_cross = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()

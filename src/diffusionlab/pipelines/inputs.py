@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..data.images import MAX_PIXELS
 from ..data.paths import MissingPath
 from ..errors import UserError
 
@@ -70,6 +71,8 @@ def image_from_bytes(data: bytes, max_bytes: int = 2 * 1024 * 1024, max_side: in
     if im.format not in IMAGE_FORMATS:
         raise UserError(f"{im.format} images are not accepted; send one of {', '.join(IMAGE_FORMATS)}", param="image")
     w, h = im.size
+    if w * h > MAX_PIXELS:
+        raise UserError(f"an image of {w}x{h} pixels; at most {MAX_PIXELS:,} pixels are accepted", param="image")
     if max(w, h) > max_side:
         raise UserError(f"an image of {w}x{h} pixels; at most {max_side} a side are accepted", param="image")
     try:
@@ -111,22 +114,9 @@ def load_inputs(spec, shape: tuple, size: tuple | None = None, hint: str = "") -
             raise UserError(f"{spec}: images of different sizes {sorted(sizes)}", param="spec")
         x = torch.stack(imgs)
     elif path.suffix.lower() == ".npy":
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except Exception as e:
-            raise UserError(f"{spec}: not a readable .npy ({e})", param="spec") from None
-        if arr.ndim == 3:
-            arr = arr[None]
-        if arr.ndim != 4:
-            raise UserError(f"{spec}: expected [N, C, H, W] images, got shape {arr.shape}", param="spec")
-        x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
-        if not torch.isfinite(x).all():
-            raise UserError(f"{spec}: holds NaN or infinite values", param="spec")
-        if x.abs().max() > 1.0 + 1e-3:
-            raise UserError(f"{spec}: values in [{float(x.min()):.3g}, {float(x.max()):.3g}]; "
-                            "expected [-1, 1] (what `write_npy` / the sample command's .npy output holds)",
-                            param="spec")
-        x = x.clamp(-1, 1)
+        from ..data.images import read_image_array
+
+        x = read_image_array(path, "spec", npz=False)
     else:
         x = _image(path, c)[None]
     if len(x) == 0:

@@ -173,6 +173,8 @@ class TrainConfig:
     precision: str = "auto"          # auto | fp32 | bf16 | fp16
     grad_checkpoint: bool = False    # recompute the network's blocks in the backward pass (less memory, ~30% slower)
     compile: bool = False            # torch.compile the network (nn.Module.compile; the cache: TORCHINDUCTOR_CACHE_DIR)
+    on_nan: str = "skip"             # a non-finite loss / gradient: skip the step (stop past 5 in 100) | stop
+    on_write_error: str = "stop"     # a failed write of the run's files: stop (exit 2) | continue without the file
     device: str = "auto"             # auto | cpu | cuda | mps
     num_threads: int | None = None
     seed: int = 0
@@ -283,3 +285,46 @@ def default_config(**overrides) -> TrainConfig:
 
 PRESETS = {"default": default_config, "demo": demo_config, "demo-text": demo_text_config,
            "demo-text-latent": demo_text_latent_config, "tiny": tiny_config}
+
+
+def _rule(kind: str, lo=None, hi=None, lo_open=False, hi_open=False, optional=False):
+    return (kind, lo, hi, lo_open, hi_open, optional)
+
+
+# the valid range of every number a run reads, checked before anything is built or written
+# (``check_ranges``): (int | float, low, high, low excluded, high excluded, None allowed)
+RANGES = {
+    "image_size": _rule("int", 1), "batch_size": _rule("int", 1), "grad_accum": _rule("int", 1),
+    "max_steps": _rule("int", 1, optional=True), "time_budget": _rule("float", 0, lo_open=True, optional=True),
+    "lr": _rule("float", 0, lo_open=True), "weight_decay": _rule("float", 0), "warmup_steps": _rule("int", 0),
+    "min_lr_ratio": _rule("float", 0, 1), "grad_clip": _rule("float", 0, lo_open=True, optional=True),
+    "ema_decay": _rule("float", 0, 1, hi_open=True), "ema_power": _rule("float", 0, lo_open=True),
+    "p_uncond": _rule("float", 0, 1), "guidance": _rule("float", 0, optional=True),
+    "guide_at": _rule("float", 0, 1, True, True, optional=True), "num_threads": _rule("int", 1, optional=True),
+    "seed": _rule("int", 0), "log_every": _rule("int", 1), "val_every": _rule("int", 0), "n_val": _rule("int", 1),
+    "sample_every": _rule("int", 0), "checkpoint_every": _rule("int", 0), "keep_checkpoints": _rule("int", 1),
+    "n_grid": _rule("int", 1), "eval_every": _rule("int", 0), "eval_n": _rule("int", 2),
+    "eval_steps": _rule("int", 1, optional=True), "sample_steps": _rule("int", 1, optional=True),
+    "val_fraction": _rule("float", 0, 1, True, True),
+}
+
+
+def check_ranges(cfg: "TrainConfig") -> None:
+    """Every number of ``cfg`` in its range (``RANGES``), NaN and infinity refused: a
+    ``UserError`` naming the field (the CLI names its flag) and the valid range."""
+    import math
+
+    from ..errors import UserError
+
+    for name, (kind, lo, hi, lo_open, hi_open, optional) in RANGES.items():
+        v = getattr(cfg, name)
+        if v is None and optional:
+            continue
+        lo_s = "" if lo is None else f"{'>' if lo_open else '>='} {lo}"
+        hi_s = "" if hi is None else f"{'<' if hi_open else '<='} {hi}"
+        want = f"{'an integer' if kind == 'int' else 'a finite number'} {' and '.join(filter(None, (lo_s, hi_s)))}"
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (kind == "float" or float(v).is_integer())
+        ok = ok and math.isfinite(v)
+        ok = ok and (lo is None or (v > lo if lo_open else v >= lo)) and (hi is None or (v < hi if hi_open else v <= hi))
+        if not ok:
+            raise UserError(f"{name} must be {want}, got {v!r}", param=name)

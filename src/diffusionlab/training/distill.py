@@ -146,11 +146,11 @@ def consistency_training(cfg: TrainConfig, q: float = 2.0, stage_steps: int = 10
 def student_network(cfg: TrainConfig, base):
     """The student's network: the teacher's (``base``, EMA weights), with a guidance-scale input
     added where the config asks for one (its last layer zero: the student starts as the teacher)."""
-    from ..nn import build_network
+    from .setup import initial_network
 
     if not getattr(cfg.model, "guidance_input", False) or base.cond_spec.guidance_input:
         return base
-    net = build_network(cfg.arch, dataclasses.asdict(cfg.model))
+    net = initial_network(cfg)  # seeded by the run's seed only: the new embedding is the same in every run
     missing, unexpected = net.load_state_dict(base.state_dict(), strict=False)
     if unexpected or any(not k.startswith("guidance_emb.") for k in missing):
         raise UserError(f"the student's network does not fit its teacher's weights ({missing or unexpected})",

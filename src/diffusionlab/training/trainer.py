@@ -36,13 +36,13 @@ from pathlib import Path
 
 import torch
 
-from ..core import distributed
+from ..core import distributed, faults
 from ..core.cond import Batch
 from ..core.devices import cpu_info, pick_device, pick_precision, set_threads
 from ..core.rng import per_sample_generators, randn, stream_seed
 from ..core.sampling import sampling_defaults
 from ..data.folder import random_hflip
-from ..errors import UserError
+from ..errors import Terminated, UserError
 from ..models.checkpoint import (CheckpointError, find_checkpoint, load_checkpoint, read_config, save_checkpoint,
                                  write_json_atomic)
 from ..models.diffusion import GaussianDiffusion
@@ -50,13 +50,23 @@ from ..models.loading import checkpoint_config
 from .autoencoder_loss import AutoencoderLoss, autoencoder_run, checkpoint_record as autoencoder_record
 from .classifier_loss import NoisyClassifierLoss, checkpoint_record as classifier_record, classifier_run
 from .conditioning import condition_source
-from .config import TrainConfig
+from .config import TrainConfig, check_ranges
 from .ema import EMA
 from .setup import SEED_TRAINER_KWARGS, RunExistsError, build_diffusion, git_commit, initial_network, package_versions, run_config  # noqa: F401 (RunExistsError re-exported)
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+NAN_SKIP_LIMIT = (5, 100)  # on_nan "skip": more than 5 skipped steps within 100 is divergence, not a bad batch
+ON_NAN = ("skip", "stop")
+ON_WRITE_ERROR = ("stop", "continue")
+
+
+class WriteFailed(UserError):
+    """A file of the run could not be written (disk full, read-only, no permission): exit 2,
+    naming the file; the last complete checkpoint is intact."""
 
 
 class PeerLost(UserError):
@@ -130,6 +140,7 @@ class Trainer:
             seed_kw["precision"] = "auto" if amp else "fp32"
         config, self.resume_from = run_config(diffusion, folder, config, {**seed_kw, **overrides}, resume, overwrite,
                                               strict_resume)
+        check_ranges(config)  # every number in its range, before anything is loaded or written
         if config.finetune is not None:  # a fine-tuning run: its base, checked before anything is loaded
             from .finetune import check_base_unchanged, check_finetune
 
@@ -206,8 +217,17 @@ class Trainer:
         self.step, self.elapsed, self.planned, self._saved_step = 0, 0.0, cfg.max_steps, None
         self._extractor, self._floor_needed = None, True
         self._stop, self._window_stats = False, {}
+        self.skipped: list[int] = []  # steps skipped for a non-finite loss or gradient (on_nan "skip")
+        self.write_errors, self._write_warned = 0, set()
+        if cfg.on_nan not in ON_NAN:
+            raise UserError(f"on_nan is one of {', '.join(ON_NAN)}, got {cfg.on_nan!r}", param="on_nan")
+        if cfg.on_write_error not in ON_WRITE_ERROR:
+            raise UserError(f"on_write_error is one of {', '.join(ON_WRITE_ERROR)}, got {cfg.on_write_error!r}",
+                            param="on_write_error")
         if self.resume_from is not None:
             self._restore(load_checkpoint(self.resume_from))
+        else:  # what still draws from torch's global RNG (dropout masks) starts from the run's seed too
+            torch.manual_seed(stream_seed(cfg.seed, "global"))
 
     def _latent_codec(self, cfg: TrainConfig):
         """The autoencoder of a latent run (``TrainConfig.latent``), checked against the run: a
@@ -326,6 +346,11 @@ class Trainer:
             from .distill import distill_loss
 
             loss = distill_loss(cfg, self.diffusion, self.device)
+        side = getattr(net, "size_multiple", 1)
+        if self.model_shape[-1] % side or self.model_shape[-2] % side:
+            raise UserError(f"the network needs an image side divisible by {side}, got {self.model_shape[-1]}"
+                            f"{' (the latent side)' if self.codec is not None else ''}; change the image size, "
+                            "the levels (--dim-mults) or the patch size", param="image_size")
         self.model = net.to(self.device)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -335,7 +360,8 @@ class Trainer:
         self.val_data = self.val_data[: cfg.n_val].to(self.device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]  # a LoRA run: the adapters
         self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
-        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 and self.device.type == "cuda" else None
+        # fp16: the gradient scaler (an overflowing step is skipped and the scale lowered), on any device
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None
         self.ema = EMA(self.model, cfg.ema_decay, cfg.ema_power)
         self.loss_fn = loss if loss is not None else self.diffusion.loss_fn  # a losses.TrainingLoss
         self._setup_execution()
@@ -431,14 +457,14 @@ class Trainer:
                 self._window_stats.setdefault(name, []).append(v)
         if self.world.size > 1:  # the global batch's loss, the same on every rank (so is the verdict below)
             total = sum(distributed.gather_objects(total)) / self.world.size
-        if not math.isfinite(total):
-            self.opt.zero_grad(set_to_none=True)
-            raise TrainingDiverged(
-                f"loss became {total} at step {self.step}; stopping. The last good checkpoint is "
-                f"{self._latest_name()}. Try a lower learning rate, fp32 precision, or gradient clipping.")
         if self.scaler:
             self.scaler.unscale_(self.opt)
         gnorm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip or float("inf")).item()
+        bad = None if math.isfinite(total) else f"loss {total}"
+        if bad is None and self.scaler is None and not math.isfinite(gnorm):  # fp16: the grad scaler's to skip
+            bad = f"gradient norm {gnorm}"
+        if bad is not None:
+            return self._skip_step(bad, total, gnorm)
         if self.scaler:
             self.scaler.step(self.opt)
             self.scaler.update()
@@ -448,6 +474,53 @@ class Trainer:
         self.ema.update(self.model)
         self.step += 1
         return total, gnorm
+
+    def _skip_step(self, bad: str, total: float, gnorm: float) -> tuple[float, float]:
+        """A non-finite loss or gradient norm, found on the step it happens: with on_nan "stop",
+        or past ``NAN_SKIP_LIMIT``, stop (TrainingDiverged, the last good checkpoint kept); with
+        "skip", drop this step's gradients (no optimizer or EMA update: the weights stay as they
+        were), count it in metrics.jsonl and go on with the next batch (the step counter moves, so
+        the data order and a resume stay those of an uninterrupted run)."""
+        self.opt.zero_grad(set_to_none=True)
+        if self.scaler:
+            self.scaler.update()  # an overflow lowers the scale, as after a step the scaler skipped
+        limit, window = NAN_SKIP_LIMIT
+        recent = [s for s in self.skipped if s > self.step - window]
+        if self.cfg.on_nan == "stop" or len(recent) >= limit:
+            why = "" if self.cfg.on_nan == "stop" else f" ({len(recent) + 1} non-finite steps within {window})"
+            raise TrainingDiverged(
+                f"{bad} at step {self.step}{why}; stopping. The last good checkpoint is "
+                f"{self._latest_name()}. Try a lower learning rate, fp32 precision, or gradient clipping.")
+        self.skipped.append(self.step)
+        print(f"warning: {bad} at step {self.step}: step skipped ({len(self.skipped)} so far; --on-nan stop "
+              "stops instead)", file=sys.stderr)
+        self.step += 1
+        self.log({"step": self.step, "skipped_step": self.step - 1, "reason": bad, "skipped_steps": len(self.skipped)})
+        return float("nan"), gnorm
+
+    def _write(self, what: str, fn, *args, **kw):
+        """``fn(*args, **kw)``, a write of the run's files (``what``: which): a failed write (disk
+        full, read-only, no permission) stops the run with one line naming the file
+        (``WriteFailed``, exit 2) or, with on_write_error "continue", warns once per kind of file
+        and goes on without it. Returns fn's result, or None when the write failed."""
+        from safetensors import SafetensorError
+
+        try:
+            return fn(*args, **kw)
+        except (OSError, SafetensorError) as e:
+            where = getattr(e, "filename", None) or what
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            if self.cfg.on_write_error == "continue":
+                self.write_errors += 1
+                if what not in self._write_warned:
+                    self._write_warned.add(what)
+                    print(f"warning: could not write {where} ({reason}); training goes on without it "
+                          "(--on-write-error continue)", file=sys.stderr)
+                return None
+            raise WriteFailed(f"could not write {where}: {reason}. The last complete checkpoint is "
+                              f"{self._latest_name()}, intact",
+                              hint="free disk space or fix the folder's permissions, then --resume; or "
+                                   "--on-write-error continue to train on without the file") from e
 
     @torch.no_grad()
     def validation(self, model) -> dict:
@@ -513,7 +586,8 @@ class Trainer:
         x = sample(self.ema_denoiser(), (cfg.n_grid, *self.model_shape),
                    sampler=choice.sampler, steps=choice.steps, generator=gens, device=self.device,
                    cond=self.sampling_cond(cfg.n_grid))
-        save_grid(self.to_pixels(x.float().cpu()), path, nrow=int(math.ceil(math.sqrt(cfg.n_grid))), upscale=2)
+        self._write("sample grid", save_grid, self.to_pixels(x.float().cpu()), path,
+                    nrow=int(math.ceil(math.sqrt(cfg.n_grid))), upscale=2)
         return path
 
     def sampling_cond(self, n: int):
@@ -578,7 +652,8 @@ class Trainer:
             config = classifier_record(self.cfg, self.model_config()) if self.is_classifier else \
                 autoencoder_record(self.cfg, self.model_config(), self.ema.model, self.train_data) \
                 if self.task == "autoencoder" else self.diffusion_record()
-        state = {"planned_steps": self.planned, "elapsed_train_seconds": self.elapsed, "ema_step": self.ema.step}
+        state = {"planned_steps": self.planned, "elapsed_train_seconds": self.elapsed, "ema_step": self.ema.step,
+                 "skipped_steps": self.skipped}
         if self.guide_step is not None:  # in config.json: loaders read it there, and so does resume
             config["guide_step"] = self.guide_step
         get_state = getattr(self.loss_fn, "state_dict", None)  # a plain function loss is stateless
@@ -589,14 +664,15 @@ class Trainer:
         distributed.barrier()  # every rank has finished the step (their states are identical)
         path = None
         if self.world.main:  # one writer: the manifest and atomic rename of save_checkpoint
-            path = save_checkpoint(self.out, self.step, model=model, ema_model=ema, config=config,
-                                   optimizer=self.opt, train_state=state, rng=rng, keep=self.cfg.keep_checkpoints,
-                                   guide=self.guide_sd)
-            if self.adapters is not None:
+            path = self._write("checkpoint", save_checkpoint, self.out, self.step, model=model, ema_model=ema,
+                               config=config, optimizer=self.opt, train_state=state, rng=rng,
+                               keep=self.cfg.keep_checkpoints, guide=self.guide_sd)
+            if self.adapters is not None and path is not None:
                 from ..models.lora import write_adapter
 
-                write_adapter(self.out, self.adapters, self.ema.model, config["lora"])
-        return Path(distributed.broadcast(str(path) if path else None))  # written when any rank goes on
+                self._write("adapter", write_adapter, self.out, self.adapters, self.ema.model, config["lora"])
+        path = distributed.broadcast(str(path) if path else None)  # written when any rank goes on
+        return Path(path) if path else None
 
     def diffusion_record(self) -> dict:
         """The config.json body of a diffusion model (``loading.checkpoint_config``), with its
@@ -664,6 +740,7 @@ class Trainer:
         self.planned = st.get("planned_steps") if self.cfg.max_steps is None else self.cfg.max_steps
         self.elapsed = st.get("elapsed_train_seconds", 0.0)
         self.ema.step = st.get("ema_step", self.step)
+        self.skipped = list(st.get("skipped_steps", []))
         self.guide_sd, self.guide_step = ck["guide"], ck["config"].get("guide_step")
         if "loss_state" in st:
             self.loss_fn.load_state_dict(st["loss_state"])
@@ -685,14 +762,24 @@ class Trainer:
         path.write_text("".join(l + "\n" for l in keep))
 
     def log(self, record: dict) -> None:
+        """One line of metrics.jsonl (rank 0; non-finite numbers written as null)."""
         if not self.world.main:
             return
-        with open(self.out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        record = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
+        self._write("metrics.jsonl", self._append_metrics, json.dumps(record) + "\n")
+
+    def _append_metrics(self, line: str) -> None:
+        path = self.out / "metrics.jsonl"
+        faults.hit("write:metrics.jsonl", path)
+        with open(path, "a") as f:
+            f.write(line)
 
     def write_run_json(self, extra: dict | None = None) -> None:
         if not self.world.main:
             return
+        self._write("run.json", self._run_json, extra)
+
+    def _run_json(self, extra: dict | None) -> None:
         info = {"config": self.cfg.to_dict(), "git_commit": git_commit(), "versions": package_versions(),
                 "torch_threads": self.threads, "cpu_count": os.cpu_count(), "world_size": self.world.size,
                 "cpu": cpu_info(), "device": str(self.device),
@@ -735,11 +822,30 @@ class Trainer:
             self.guide_step = self.step
             self.log({"step": self.step, "guide_snapshot": self.step})
 
-    def _on_sigint(self, signum, frame):
+    def _on_signal(self, signum, frame):
+        """Ctrl-C (SIGINT) or a scheduler's SIGTERM: finish the step, write a checkpoint, stop
+        (status "interrupted" / "terminated": exit 130 / 143). The same signal again stops at once
+        (KeyboardInterrupt / Terminated), which no checkpoint write survives half-done: a partly
+        written one is a temporary folder that is removed, the previous ones stay intact."""
         if self._stop:
-            raise KeyboardInterrupt
-        self._stop = True
-        print("\nstopping after this step and saving a checkpoint (Ctrl-C again to abort now)", file=sys.stderr)
+            raise KeyboardInterrupt if signum == signal.SIGINT else Terminated()
+        self._stop = "interrupted" if signum == signal.SIGINT else "terminated"
+        name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+        print(f"\n{name}: stopping after this step and saving a checkpoint ({name} again stops at once)",
+              file=sys.stderr)
+
+    @contextlib.contextmanager
+    def _signals(self):
+        """The trainer's own SIGINT / SIGTERM handling while it trains (main thread only)."""
+        old = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # not in the main thread: no signal handling
+                old[sig] = signal.signal(sig, self._on_signal)
+        try:
+            yield
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
 
     def train(self, stop_after: int | None = None) -> dict:
         """Run until max_steps / time_budget (or Ctrl-C, or ``stop_after`` steps: a simulated
@@ -755,61 +861,59 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         self.write_run_json()
         self.model.train()
-        old_handler = None
-        with contextlib.suppress(ValueError):  # not in the main thread: no Ctrl-C handling
-            old_handler = signal.signal(signal.SIGINT, self._on_sigint)
         total = cfg.max_steps if cfg.max_steps else None
         bar = tqdm(total=total, initial=self.step, disable=not (cfg.progress and self.world.main), dynamic_ncols=True,
                    unit="step", desc="train")
         wall0 = time.perf_counter()
-        with self._collectives():
-            status = self._loop(bar, old_handler, stop_after)
+        with self._signals(), self._collectives():
+            try:
+                status = self._loop(stop_after, bar)
+            finally:
+                bar.close()
             ck = self._finish()
-        if self.world.main and cfg.eval_every:
-            from ..evaluation.viz import plot_eval, read_jsonl
-            plot_eval(read_jsonl(self.out / "metrics.jsonl"), self.out / "eval.png")
-        panels = tuple(getattr(self.loss_fn, "plotted", ()))
-        if self.world.main and panels:  # a loss whose statistics are the story (DPO's reward accuracy and margin)
-            from ..evaluation.viz import plot_losses, read_jsonl
-            plot_losses(read_jsonl(self.out / "metrics.jsonl"), self.out / "loss.png", panels=panels)
+            if self.world.main and cfg.eval_every:
+                from ..evaluation.viz import plot_eval, read_jsonl
+                self._write("eval.png", plot_eval, read_jsonl(self.out / "metrics.jsonl"), self.out / "eval.png")
+            panels = tuple(getattr(self.loss_fn, "plotted", ()))
+            if self.world.main and panels:  # a loss whose statistics are the story (DPO's reward accuracy, margin)
+                from ..evaluation.viz import plot_losses, read_jsonl
+                self._write("loss.png", plot_losses, read_jsonl(self.out / "metrics.jsonl"), self.out / "loss.png",
+                            panels=panels)
         summary = {"status": status, "steps": self.step, "train_seconds": round(self.elapsed, 2),
-                   "wall_seconds": round(time.perf_counter() - wall0, 2), "checkpoint": str(ck)}
+                   "wall_seconds": round(time.perf_counter() - wall0, 2), "checkpoint": str(ck) if ck else None,
+                   "skipped_steps": len(self.skipped), "write_errors": self.write_errors}
         self.write_run_json({"summary": summary})
         return summary
 
-    def _loop(self, bar, old_handler, stop_after: int | None) -> str:
-        """The steps until done, stopped or ``stop_after``; returns the status."""
+    def _loop(self, stop_after: int | None, bar) -> str:
+        """The steps until done, stopped (a signal) or ``stop_after``; returns the status:
+        completed, interrupted (Ctrl-C, or ``stop_after``) or terminated (SIGTERM)."""
         cfg = self.cfg
         window_t, window_n, status = 0.0, 0, "completed"
-        try:
-            while not self._done():
-                t0 = self.clock()
-                loss, gnorm = self.train_step()
-                dt = self.clock() - t0
-                if self.world.size > 1:  # one clock and one stop for all: the slowest rank's time, any rank's Ctrl-C
-                    dt, stop = self._agree(dt)
-                    self._stop = self._stop or stop
-                self.elapsed += dt
-                window_t, window_n = window_t + dt, window_n + 1
-                self._replan()
-                self._snapshot_guide()
-                if self.step % cfg.log_every == 0 or self.step == 1:
-                    self._log_train(loss, gnorm, window_n * cfg.batch_size / max(window_t, 1e-9), bar)
-                    window_t, window_n = 0.0, 0
-                bar.update(1)
-                self._periodic()
-                if stop_after is not None and self.step >= stop_after:
-                    self._stop = True
-                if self._stop:
-                    status = "interrupted"
-                    break
-        finally:
-            bar.close()
-            if old_handler is not None:
-                signal.signal(signal.SIGINT, old_handler)
+        while not self._done():
+            t0 = self.clock()
+            loss, gnorm = self.train_step()
+            dt = self.clock() - t0
+            if self.world.size > 1:  # one clock and one stop for all: the slowest rank's time, any rank's signal
+                dt, stop = self._agree(dt)
+                self._stop = self._stop or stop
+            self.elapsed += dt
+            window_t, window_n = window_t + dt, window_n + 1
+            self._replan()
+            self._snapshot_guide()
+            if self.step % cfg.log_every == 0 or self.step == 1:
+                self._log_train(loss, gnorm, window_n * cfg.batch_size / max(window_t, 1e-9), bar)
+                window_t, window_n = 0.0, 0
+            bar.update(1)
+            self._periodic()
+            if stop_after is not None and self.step >= stop_after:
+                self._stop = self._stop or "interrupted"
+            if self._stop:
+                status = self._stop
+                break
         return status
 
-    def _finish(self) -> Path:
+    def _finish(self) -> Path | None:
         """The end of a run: a last validation and evaluation where the period did not just make
         them, and the final checkpoint (returned)."""
         cfg = self.cfg
@@ -817,7 +921,11 @@ class Trainer:
             self._log_validation()
         if cfg.eval_every and self.step % cfg.eval_every != 0:
             self.evaluate()
-        return self.checkpoint() if self._saved_step != self.step else find_checkpoint(self.out)
+        ck = self.checkpoint() if self._saved_step != self.step else None
+        if ck is None:  # already written at this step, or the write failed (on_write_error "continue")
+            with contextlib.suppress(CheckpointError):
+                ck = find_checkpoint(self.out)
+        return ck
 
     @contextlib.contextmanager
     def _collectives(self):
@@ -838,7 +946,8 @@ class Trainer:
         """(the slowest rank's step time, whether any rank was asked to stop): every rank then
         re-plans the same steps, sets the same learning rate and stops at the same step."""
         parts = distributed.gather_objects((dt, self._stop))
-        return max(p[0] for p in parts), any(p[1] for p in parts)
+        reasons = [p[1] for p in parts if p[1]]
+        return max(p[0] for p in parts), ("terminated" if "terminated" in reasons else reasons[0]) if reasons else False
 
     def _log_train(self, loss: float, gnorm: float, ips: float, bar) -> None:
         stats = {k: distributed.gather_cat(torch.cat(v)).mean().item() for k, v in sorted(self._window_stats.items())}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
 import signal
 import sys
@@ -24,6 +25,7 @@ from . import (autoencoder, classifier, demo, distill, dpo, finetune, lora, nois
 from . import eval as eval_cmd
 from .common import Loaded, guided, load, write_npy
 
+WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EIO}
 COMMANDS = (train, sample, eval_cmd, noise, samplers, demo, pipelines, classifier, autoencoder, finetune, lora,
             dpo, distill, serve)  # in `--help` order
 
@@ -114,6 +116,15 @@ def run(args) -> int:
     except Terminated:
         print(f"diffusionlab {args.command}: terminated", file=sys.stderr)
         return EXIT_TERMINATED
+    except OSError as e:
+        if e.errno not in WRITE_ERRNOS:
+            traceback.print_exc()
+            return EXIT_BUG
+        # the machine's to fix, not a bug: one line naming the file (a full disk, a read-only mount)
+        print(f"diffusionlab {args.command}: error: {e.filename or 'a file'}: {e.strerror}", file=sys.stderr)
+        print("hint: free disk space or fix the folder's permissions, then run the command again (--resume for "
+              "a training run)", file=sys.stderr)
+        return EXIT_USER
     except Exception:  # a bug: the traceback is the report
         traceback.print_exc()
         return EXIT_BUG

@@ -49,4 +49,4 @@ def run(a) -> int:
     res = train_autoencoder(cfg, resume=a.resume, overwrite=a.overwrite)
     keys = ("status", "steps", "seconds", "psnr", "ssim", "latent_shape", "latent_shift", "latent_scale", "checkpoint")
     print(json.dumps({k: res.get(k) for k in keys}, indent=2))
-    return 0
+    return options.finished("train-autoencoder", res)

@@ -45,4 +45,4 @@ def run(a) -> int:
     meta = train_classifier(a.data, a.out, steps, a.time_budget, batch_size=a.batch_size, seed=a.seed,
                             overwrite=a.overwrite, resume=a.resume, digits=a.digits, **shape)
     print(json.dumps({k: meta.get(k) for k in ("steps", "seconds", "heldout_accuracy_at_sigma")}, indent=2))
-    return 0
+    return options.finished("train-classifier", meta)

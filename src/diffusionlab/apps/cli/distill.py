@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from ...core.files import atomic_write
-from ...errors import EXIT_INTERRUPTED, UserError
+from ...errors import UserError
 from ...training.distill import DEFAULT_STEPS_TO, DISTILL_LR, GUIDANCE_RANGE, METHODS, PD_START_STEPS
 from . import options
 from .finetune import TRAINING_FLAGS, add_run_options, training_fields
@@ -67,8 +67,9 @@ def run(a) -> int:
         return _progressive(a, fields, guidance)
     steps_to = check_steps_to(a.steps_to if a.steps_to is not None else DEFAULT_STEPS_TO["consistency"])
     cfg = distill_config(a.ckpt, "consistency", steps_to, guidance_range=guidance, stage_steps=a.stage_steps, **fields)
-    print(json.dumps(_train(a, cfg, a.resume), indent=2))
-    return 0
+    summary = _train(a, cfg, a.resume)
+    print(json.dumps(summary, indent=2))
+    return options.finished("distill", summary)
 
 
 def _train(a, cfg, resume: bool) -> dict:
@@ -105,9 +106,9 @@ def _progressive(a, fields: dict, guidance) -> int:
         resume = a.resume and (out / "checkpoints").exists()
         cfg = stage_config(teacher, grids, str(out), guidance_range=guidance, **fields)
         summaries.append(_train(a, cfg, resume))
-        if summaries[-1].get("status") == "interrupted":  # not done: --resume continues this stage
+        if summaries[-1].get("status") in ("interrupted", "terminated"):  # --resume continues this stage
             print(json.dumps(summaries[-1], indent=2))
-            return EXIT_INTERRUPTED
+            return options.finished("distill", summaries[-1])
         if distributed.world().main:  # under a launcher: one writer
             atomic_write(out / STAGE_DONE, json.dumps({"steps": len(grids[0]) - 1, "teacher": teacher}))
         teacher = str(out)

@@ -135,20 +135,9 @@ def read_images(spec: str, image_size: int | None):
         return _read_folder(p, image_size or 32)
     if not p.is_file():
         raise UserError(f"no such file or folder: {spec}", param="images")
-    arr = np.load(p)
-    if isinstance(arr, np.lib.npyio.NpzFile):
-        with arr:
-            arr = arr["images"] if "images" in arr.files else arr[arr.files[0]]
-    x = torch.from_numpy(np.asarray(arr)).float()
-    if x.dim() == 3:
-        x = x.unsqueeze(1)
-    if x.dim() != 4 or x.shape[1] not in (1, 3):
-        raise UserError(f"must hold [N, C, H, W] images with C = 1 or 3 in [-1, 1], got {tuple(x.shape)}",
-                        param="images")
-    if x.min() < -1.01 or x.max() > 1.01:
-        raise UserError(f"values must lie in [-1, 1] (got {float(x.min()):.2f}..{float(x.max()):.2f})",
-                        param="images")
-    return x
+    from ...data.images import read_image_array
+
+    return read_image_array(p, "images", stack_3d=True)
 
 
 def _read_folder(p: Path, size: int):

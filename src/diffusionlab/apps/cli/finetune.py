@@ -72,8 +72,9 @@ def start(a, build) -> int:
     cfg = build(training_fields(a, "the adapter (or of the --full model)"))
     trainer = Trainer(config=cfg, resume=a.resume, overwrite=a.overwrite, strict_resume=a.strict_resume)
     _same_base(trainer.cfg, cfg)
-    print(json.dumps(trainer.train(), indent=2))
-    return 0
+    summary = trainer.train()
+    print(json.dumps(summary, indent=2))
+    return options.finished(a.command, summary)
 
 
 def training_fields(a, out: str) -> dict:

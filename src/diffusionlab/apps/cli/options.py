@@ -19,6 +19,22 @@ PRECISIONS = ("auto", "fp32", "bf16")
 GUIDANCE_PARAMS = {"rescale": "--guidance-rescale", "interval": "--guidance-interval", "weight": "--autoguidance"}
 
 
+def positive_int(s: str) -> int:
+    """An argparse type: an integer >= 1 (a bad value is exit 2 naming the flag)."""
+    v = int(s)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {s}")
+    return v
+
+
+def nonneg_int(s: str) -> int:
+    """An argparse type: an integer >= 0."""
+    v = int(s)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {s}")
+    return v
+
+
 def floats(s: str) -> tuple:
     """``"0.1,50"`` -> (0.1, 50.0)."""
     try:
@@ -97,8 +113,8 @@ def add_sampling(p, batch_size: int, seed_help: str = "sample i uses seed stream
     """--sampler, --steps, --seed, --batch-size."""
     p.add_argument("--sampler", default="auto", choices=["auto", *SAMPLERS], metavar="NAME", help=SAMPLER_HELP)
     p.add_argument("--steps", type=int, default=None, help=STEPS_HELP)
-    p.add_argument("--seed", type=int, default=0, help=seed_help)
-    p.add_argument("--batch-size", type=int, default=batch_size)
+    p.add_argument("--seed", type=nonneg_int, default=0, help=seed_help)
+    p.add_argument("--batch-size", type=positive_int, default=batch_size)
 
 
 def add_sampler_knobs(p, variance_help: str = "DDPM variance (auto: learned for a learned-variance model, "
@@ -173,3 +189,19 @@ def _add_classifier(c) -> None:
     c.add_argument("--classifier-sigma-max", type=float, default=None, metavar="SIGMA",
                    help="classifier guidance only at sigma <= SIGMA (default 30: above it a learned classifier's "
                         "gradient times sigma^2 grows with sigma and wrecks the first steps)")
+
+
+def finished(command: str, summary: dict) -> int:
+    """The exit status of a command on the trainer from its summary: 0 when it completed; a run
+    stopped by Ctrl-C or SIGTERM has written its checkpoint and says so in one line, then exits
+    130 / 143 (the exit-code table)."""
+    import sys
+
+    from ...errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED
+
+    status = summary.get("status")
+    if status not in ("interrupted", "terminated"):
+        return EXIT_OK
+    print(f"diffusionlab {command}: {status} at step {summary.get('steps')}; checkpoint {summary.get('checkpoint')} "
+          "written; continue with --resume", file=sys.stderr)
+    return EXIT_INTERRUPTED if status == "interrupted" else EXIT_TERMINATED

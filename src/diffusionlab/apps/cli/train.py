@@ -15,7 +15,7 @@ from ...nn import NETWORKS
 from ...text.encoders import ENCODERS
 from ...training.conditioning import COND_KINDS, IMAGE_TASKS
 from ...training.config import PRESETS
-from .options import ints
+from .options import finished, ints
 
 SWITCH = "switch"  # a flag without a value: store_true, None when absent
 
@@ -125,6 +125,11 @@ FLAGS = (
     F("--precision", "precision", str, None, ("auto", "fp32", "bf16", "fp16")),
     F("--grad-checkpoint", "grad_checkpoint", SWITCH, "recompute the network's blocks in the backward pass: less "
                                                       "activation memory for large models, about a third slower"),
+    F("--on-nan", "on_nan", str, "a non-finite loss or gradient: skip the step (counted in metrics.jsonl; more "
+                                 "than 5 within 100 steps stops the run) or stop at once", ("skip", "stop")),
+    F("--on-write-error", "on_write_error", str, "a run file that cannot be written (disk full, read-only, "
+                                                 "no permission): stop (exit 2, the last checkpoint intact) or "
+                                                 "continue without it", ("stop", "continue")),
     F("--compile", "compile", SWITCH, "torch.compile the network (the first steps compile: tens of seconds; cache "
                                       "in TORCHINDUCTOR_CACHE_DIR, default /tmp/torchinductor_$USER)"),
     F("--device", "device"),
@@ -178,7 +183,7 @@ def run(a) -> int:
     cfg = train_config(a)
     summary = Trainer(config=cfg, resume=a.resume, overwrite=a.overwrite, strict_resume=a.strict_resume).train()
     print(json.dumps(summary, indent=2))
-    return 0
+    return finished("train", summary)
 
 
 def given(a) -> dict:
