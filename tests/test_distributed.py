@@ -317,3 +317,30 @@ def test_gradient_checkpointing_gives_the_same_gradients(arch):
     assert grads[0].keys() == grads[1].keys()
     for k in grads[0]:
         torch.testing.assert_close(grads[0][k], grads[1][k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+@pytest.mark.ddp
+@pytest.mark.parametrize("command", ["finetune", "dpo", "distill", "train-autoencoder", "train-classifier"])
+def test_every_command_on_the_trainer_runs_under_torchrun(tmp_path, command):
+    """The other commands on the one trainer under torchrun: exit 0, one summary (rank 0 prints),
+    a checkpoint that verifies."""
+    from test_reliability import COMMANDS, assert_every_checkpoint_intact
+
+    root = tmp_path / "base"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    tiny = ["--preset", "tiny", "--data", "digits", "--image-size", "8", "--threads", "1", "--no-progress"]
+    r = subprocess.run([sys.executable, "-m", "diffusionlab", "train", *tiny, "--cond", "class", "--steps", "2",
+                        "--out", str(root / "base")], env=env, cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    if command == "dpo":
+        from test_reliability import write_pairs_folder
+
+        write_pairs_folder(root / "pairs")
+    key = {"distill": "distill-consistency"}.get(command, command)
+    args = COMMANDS[key](root)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "diffusionlab",
+                        *map(str, args), "--out", str(tmp_path / "run")], env=env, cwd=ROOT, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count('"steps"') == 1
+    assert_every_checkpoint_intact(tmp_path / "run")

@@ -320,20 +320,25 @@ def test_fp16_overflow_is_the_grad_scalers_to_skip(tmp_path):
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Path:
     """A tiny class-conditional base (8x8 digits) for finetune, dpo and distill, and a pairs folder."""
+    root = tmp_path_factory.mktemp("base")
+    r = cli("train", *TRAIN, "--cond", "class", "--steps", "4", "--out", root / "base")
+    assert r.returncode == 0, r.stderr
+    write_pairs_folder(root / "pairs")
+    return root
+
+
+def write_pairs_folder(pairs: Path) -> Path:
+    """16 preference pairs: a digit-3 image chosen over a digit-5 image, under class 3."""
     from diffusionlab.data.datasets import load_image_sets
     from diffusionlab.data.folder import export_pngs
     from diffusionlab.data.pairs import write_pairs
 
-    root = tmp_path_factory.mktemp("base")
-    r = cli("train", *TRAIN, "--cond", "class", "--steps", "4", "--out", root / "base")
-    assert r.returncode == 0, r.stderr
     tr, _ = load_image_sets("digits", 8, 1)
     threes, fives = tr.images[tr.labels == 3][:16], tr.images[tr.labels == 5][:16]
-    pairs = root / "pairs"
     chosen, rejected = export_pngs(threes, pairs / "images", 0), export_pngs(fives, pairs / "images", 1000)
     write_pairs(pairs, [{"chosen": c.relative_to(pairs).as_posix(), "rejected": q.relative_to(pairs).as_posix(),
                          "class": 3} for c, q in zip(chosen, rejected)])
-    return root
+    return pairs
 
 
 RUN = ["--steps", "6", "--checkpoint-every", "2", "--val-every", "0", "--threads", "1", "--no-progress",

@@ -94,18 +94,11 @@ def main(argv=None) -> int:
 
 
 def run(args) -> int:
-    """``args.run(args)`` with the exit-code table applied. Under a launcher (torchrun, accelerate)
-    only rank 0 prints to stdout (every rank's errors still reach stderr), and the process group
-    is taken down at the end."""
-    from ...core import distributed
-
+    """``args.run(args)`` with the exit-code table applied (``launched``: one process of a
+    multi-process run)."""
     errors = _user_errors()
-    quiet = distributed.launched_world().rank > 0
-    stdout = sys.stdout
-    if quiet:
-        sys.stdout = open(os.devnull, "w")
     try:
-        with sigterm_raises():
+        with launched(), sigterm_raises():
             return args.run(args)
     except tuple(t for t, _ in errors) as e:
         report(args.command, e, args.param_flags, next(h for t, h in errors if isinstance(e, t)))
@@ -128,6 +121,20 @@ def run(args) -> int:
     except Exception:  # a bug: the traceback is the report
         traceback.print_exc()
         return EXIT_BUG
+
+
+@contextlib.contextmanager
+def launched():
+    """Under a launcher (torchrun, accelerate) only rank 0 prints to stdout (every rank's errors
+    still reach stderr), and the process group is taken down at the end."""
+    from ...core import distributed
+
+    quiet = distributed.launched_world().rank > 0
+    stdout = sys.stdout
+    if quiet:
+        sys.stdout = open(os.devnull, "w")
+    try:
+        yield
     finally:
         with contextlib.suppress(Exception):
             distributed.destroy()
