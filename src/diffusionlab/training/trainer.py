@@ -217,6 +217,7 @@ class Trainer:
         self.step, self.elapsed, self.planned, self._saved_step = 0, 0.0, cfg.max_steps, None
         self._extractor, self._floor_needed = None, True
         self._stop, self._window_stats = False, {}
+        self._rng_state = None  # torch's CPU RNG state of the run: set while it trains, the caller's kept
         self.skipped: list[int] = []  # steps skipped for a non-finite loss or gradient (on_nan "skip")
         self.write_errors, self._write_warned = 0, set()
         if cfg.on_nan not in ON_NAN:
@@ -227,7 +228,7 @@ class Trainer:
         if self.resume_from is not None:
             self._restore(load_checkpoint(self.resume_from))
         else:  # what still draws from torch's global RNG (dropout masks) starts from the run's seed too
-            torch.manual_seed(stream_seed(cfg.seed, "global"))
+            self._rng_state = torch.Generator().manual_seed(stream_seed(cfg.seed, "global")).get_state()
 
     def _latent_codec(self, cfg: TrainConfig):
         """The autoencoder of a latent run (``TrainConfig.latent``), checked against the run: a
@@ -745,7 +746,7 @@ class Trainer:
         if "loss_state" in st:
             self.loss_fn.load_state_dict(st["loss_state"])
         if "torch" in ck["rng"]:
-            torch.set_rng_state(ck["rng"]["torch"])
+            self._rng_state = ck["rng"]["torch"]
         if "cuda" in ck["rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state(ck["rng"]["cuda"], self.device)
         self._truncate_metrics(self.step)
@@ -835,6 +836,18 @@ class Trainer:
               file=sys.stderr)
 
     @contextlib.contextmanager
+    def _run_rng(self):
+        """Training runs on the run's own CPU RNG state (seeded by --seed, restored on resume, saved
+        in checkpoints: dropout masks are reproducible); the caller's global RNG is left as it was."""
+        with torch.random.fork_rng(devices=[]):
+            if self._rng_state is not None:
+                torch.set_rng_state(self._rng_state)
+            try:
+                yield
+            finally:
+                self._rng_state = torch.get_rng_state()
+
+    @contextlib.contextmanager
     def _signals(self):
         """The trainer's own SIGINT / SIGTERM handling while it trains (main thread only)."""
         old = {}
@@ -865,7 +878,7 @@ class Trainer:
         bar = tqdm(total=total, initial=self.step, disable=not (cfg.progress and self.world.main), dynamic_ncols=True,
                    unit="step", desc="train")
         wall0 = time.perf_counter()
-        with self._signals(), self._collectives():
+        with self._signals(), self._collectives(), self._run_rng():
             try:
                 status = self._loop(stop_after, bar)
             finally:
