@@ -167,7 +167,9 @@ def test_sigterm_and_ctrl_c_write_a_final_checkpoint(tmp_path, sig, code, status
 
 def test_a_second_signal_stops_at_once_and_corrupts_nothing(tmp_path):
     rc, out, err, run = _signal_run(tmp_path, [signal.SIGTERM, signal.SIGTERM])
-    assert rc == 143, err[-2000:]
+    # 143 from the handler, or death by the signal itself (-15 here, 143 in a shell) when the second
+    # one lands after the command had finished its work and was exiting
+    assert rc in (143, -signal.SIGTERM), err[-2000:]
     assert "Traceback" not in err
     assert_every_checkpoint_intact(run)
 
