@@ -48,8 +48,8 @@ def _train(launcher: list, threads: int, steps: int, out: Path, *extra) -> dict:
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - t0
-    summary = json.loads((out / "run.json").read_text())["summary"]
-    batch = json.loads((out / "run.json").read_text())["config"]["batch_size"]
+    run = json.loads((out / "run.json").read_text())
+    summary, batch = run["summary"], run["config"]["batch_size"]
     return {"steps": summary["steps"], "train_seconds": summary["train_seconds"], "wall_seconds": wall,
             "images_per_s": summary["steps"] * batch / summary["train_seconds"]}
 

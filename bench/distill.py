@@ -201,7 +201,10 @@ def picture(a) -> None:
         c = cond.positive if cond.guidance is None else cond.positive.with_guidance(cond.guidance)
         rows.append(dl.sample(guided, (10, *den.info.image_shape), sampler, steps, cond=c, seed=3).float())
         names.append(label)
-    save_labelled_grid(torch.cat(rows), ROOT / "docs" / "distill.png", nrow=10, row_labels=names)
+    path = save_labelled_grid(torch.cat(rows), ROOT / "docs" / "distill.png", nrow=10, row_labels=names)
+    from PIL import Image  # a README asset: 32 grey levels keep it under 50 KB and look the same
+
+    Image.open(path).convert("L").quantize(32).save(path, optimize=True)
 
 
 def report(a) -> None:
