@@ -11,7 +11,7 @@ BUDGET  ?= 600
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(PIP) -q --upgrade pip
-	$(PIP) -q -e '.[text,test,app,finetune]'
+	$(PIP) -q -e '.[text,test,app,finetune,interop,onnx,tensorboard]'
 	touch $(STAMP)
 
 venv: $(STAMP)
