@@ -210,7 +210,7 @@ class CondSpec:
         if self.kind == "class":
             return ("labels",) + (("pooled",) if self.pooled_dim else ())
         if self.kind == "text":
-            return ("tokens",) if self.reads_token_ids else ("text", "pooled")
+            return ("tokens",) if self.reads_token_ids else ("text",) + (("pooled",) if self.pooled_dim else ())
         if self.kind == "image":
             return ("image",)
         return ("pooled",) if self.kind == "vector" else ()

@@ -75,6 +75,16 @@ def constant_beta_schedule(timesteps: int, beta: float | None = None) -> torch.T
     return torch.full((timesteps,), float(beta), dtype=_F64)
 
 
+def given_beta_schedule(timesteps: int, betas=None) -> torch.Tensor:
+    """Betas given one by one (a diffusers scheduler's ``trained_betas``), ``timesteps`` of them."""
+    if betas is None:
+        raise UserError("the 'given' beta schedule needs its betas (schedule_kwargs betas=[...])")
+    b = torch.as_tensor(betas, dtype=_F64).flatten()
+    if len(b) != timesteps:
+        raise UserError(f"got {len(b)} betas for timesteps={timesteps}")
+    return b
+
+
 BETA_SCHEDULES: dict[str, Callable[..., torch.Tensor]] = {
     "linear": linear_beta_schedule,
     "cosine": cosine_beta_schedule,
@@ -83,6 +93,7 @@ BETA_SCHEDULES: dict[str, Callable[..., torch.Tensor]] = {
     "exponential": exponential_beta_schedule,
     "geometric": exponential_beta_schedule,
     "constant": constant_beta_schedule,
+    "given": given_beta_schedule,
 }
 
 

@@ -5,7 +5,8 @@ is the same on every machine), checks every file once at construction — so a b
 fails with a clear message before any training starts, and unreadable/truncated files are
 skipped with one warning instead of crashing a run hours in — and yields float tensors
 ``[C, H, W]`` in ``[-1, 1]``: converted to RGB (``channels=3``) or greyscale
-(``channels=1``), shorter side resized to ``image_size`` with Lanczos, center-cropped.
+(``channels=1``), shorter side resized to ``image_size`` with Lanczos, center-cropped
+(``image_tensor``, the one picture -> tensor conversion, which ``data.hf`` shares).
 
 Random horizontal flips are NOT applied in ``__getitem__`` (that would need hidden global
 randomness); ``__getitem__`` is deterministic and the training loop calls
@@ -27,7 +28,7 @@ from PIL import Image, ImageOps
 
 from .images import MAX_PIXELS, to_uint8
 
-__all__ = ["ImageFolderDataset", "random_hflip", "export_pngs", "IMAGE_EXTENSIONS"]
+__all__ = ["ImageFolderDataset", "image_tensor", "class_index", "random_hflip", "export_pngs", "IMAGE_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp", "bmp", "gif", "tif", "tiff")
 
@@ -97,6 +98,50 @@ def _to_mode(im: Image.Image, channels: int) -> Image.Image:
     if im.mode != mode:
         im = im.convert(mode)
     return im
+
+
+def image_tensor(im: Image.Image, image_size: int, channels: int) -> torch.Tensor:
+    """The one conversion of a decoded picture into the library's space: a float32 tensor
+    ``[channels, S, S]`` in [-1, 1]. EXIF orientation applied, then ``_to_mode`` (RGB or L), the
+    shorter side resized to ``S = image_size`` with Lanczos (enlarged when smaller), centre crop.
+    Image folders (``ImageFolderDataset``) and Hugging Face datasets (``data.hf``) both go through
+    it, so the same picture gives the same tensor bit for bit whichever way it is stored."""
+    s = int(image_size)
+    im = ImageOps.exif_transpose(im)
+    im = _to_mode(im, channels)
+    w, h = im.size
+    if min(w, h) != s:
+        if w <= h:
+            nw, nh = s, max(s, int(round(h * s / w)))
+        else:
+            nw, nh = max(s, int(round(w * s / h))), s
+        im = im.resize((nw, nh), Image.Resampling.LANCZOS)
+        w, h = nw, nh
+    if (w, h) != (s, s):
+        left = int(round((w - s) / 2.0))
+        top = int(round((h - s) / 2.0))
+        im = im.crop((left, top, left + s, top + s))
+    a = np.asarray(im, dtype=np.float32)
+    if a.ndim == 2:
+        a = a[None]
+    else:
+        a = a.transpose(2, 0, 1)
+    return torch.from_numpy(np.ascontiguousarray(a / 127.5 - 1.0)).clamp_(-1.0, 1.0)
+
+
+def class_index(values: Sequence[str]) -> tuple[torch.Tensor, list[str]]:
+    """(labels [N] long, class names) of one label string per image: class k is the k-th name in
+    sorted order - integer labels (every value all digits, an optional minus) in numeric order,
+    named by their digits (so "07" and "7" are one class, "7"). The one rule of a folder's
+    ``labels.csv`` and of a Hugging Face dataset's integer or string label column."""
+    uniq = set(values)
+    if uniq and all(v.lstrip("-").isdigit() for v in uniq):
+        names = [str(v) for v in sorted({int(v) for v in uniq})]
+        values = [str(int(v)) for v in values]
+    else:
+        names = sorted(uniq)
+    index = {n: k for k, n in enumerate(names)}
+    return torch.tensor([index[v] for v in values], dtype=torch.long), names
 
 
 class ImageFolderDataset(torch.utils.data.Dataset):
@@ -202,28 +247,8 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         return (w, h)
 
     def _load(self, path: Path) -> torch.Tensor:
-        s = self.image_size
         with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            im = _to_mode(im, self.channels)
-            w, h = im.size
-            if min(w, h) != s:
-                if w <= h:
-                    nw, nh = s, max(s, int(round(h * s / w)))
-                else:
-                    nw, nh = max(s, int(round(w * s / h))), s
-                im = im.resize((nw, nh), Image.Resampling.LANCZOS)
-                w, h = nw, nh
-            if (w, h) != (s, s):
-                left = int(round((w - s) / 2.0))
-                top = int(round((h - s) / 2.0))
-                im = im.crop((left, top, left + s, top + s))
-            a = np.asarray(im, dtype=np.float32)
-        if a.ndim == 2:
-            a = a[None]
-        else:
-            a = a.transpose(2, 0, 1)
-        return torch.from_numpy(np.ascontiguousarray(a / 127.5 - 1.0)).clamp_(-1.0, 1.0)
+            return image_tensor(im, self.image_size, self.channels)
 
     # ------------------------------------------------------------------ Dataset API
     def __len__(self) -> int:
@@ -307,17 +332,10 @@ class ImageFolderDataset(torch.utils.data.Dataset):
                 if not label:
                     raise ValueError(f"{path}:{line}: empty label for {file!r}")
                 rows.append((line, file, label))
-        values = self._table(path, rows, "label")
-        uniq = set(values)
-        if all(v.lstrip("-").isdigit() for v in uniq):
-            names = [str(v) for v in sorted({int(v) for v in uniq})]
-            values = [str(int(v)) for v in values]
-        else:
-            names = sorted(uniq)
+        labels, names = class_index(self._table(path, rows, "label"))
         if len(names) < 2:
             raise ValueError(f"{path}: every image has the label {names[0]!r}; class conditioning needs two classes or more")
-        index = {n: k for k, n in enumerate(names)}
-        return torch.tensor([index[v] for v in values], dtype=torch.long), names
+        return labels, names
 
     def captions(self) -> list[str] | None:
         """One caption per image from a ``captions.jsonl`` beside the images (one JSON object

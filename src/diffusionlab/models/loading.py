@@ -80,6 +80,8 @@ class CheckpointRecord:
     train: dict
     latent: dict | None = None            # a latent model's autoencoder record (path, sha256, shapes)
     sigmas: tuple | None = None           # a distilled model's recorded grid (sampling.sigmas)
+    schedule: str | None = None           # a diffusers folder: its scheduler's grid (the default_schedule)
+    threshold: tuple | None = None        # a diffusers folder: its scheduler's x0 clipping (kind, ratio)
 
     @property
     def spec(self):
@@ -87,7 +89,8 @@ class CheckpointRecord:
 
     def declared(self) -> dict:
         return {"image_shape": self.image_shape, "cond": self.cond, "default_sampler": self.sampler,
-                "default_steps": self.steps, "default_guidance": self.guidance, "default_sigmas": self.sigmas}
+                "default_steps": self.steps, "default_guidance": self.guidance, "default_sigmas": self.sigmas,
+                "default_schedule": self.schedule}
 
 
 def _pick_weights(ck: dict, use_ema: bool, weights: str | None) -> str:
@@ -111,10 +114,17 @@ def _cond_record(net: nn.Module, cfg: dict) -> CondSpec:
                                encoder_fingerprint=rec.get("encoder_fingerprint"))
 
 
-def read_checkpoint(path, use_ema: bool = True, weights: str | None = None, device=None) -> CheckpointRecord:
+def read_checkpoint(path, use_ema: bool = True, weights: str | None = None, device=None,
+                    trust_pickle: bool = False) -> CheckpointRecord:
     """The one reader of a checkpoint (run dir, checkpoints dir or step dir; any readable format):
     verified, migrated, its network built with the chosen weights (EMA by default; "model" the raw
-    ones, "guide" the autoguidance snapshot), nothing else built."""
+    ones, "guide" the autoguidance snapshot), nothing else built. A diffusers folder
+    (``models.diffusers_io``) is read too: its model behind our network protocol, its scheduler
+    as our process (``trust_pickle``: allow its pickled ``.bin`` weights)."""
+    from .diffusers_io import is_diffusers_folder
+
+    if is_diffusers_folder(path):
+        return _read_diffusers(path, weights, device, trust_pickle)
     ck = load_checkpoint(path)
     cfg, where = ck["config"], ck["path"] / "config.json"
     if cfg.get("kind") == "classifier":  # training.classifier writes these: no process to sample
@@ -145,6 +155,18 @@ def read_checkpoint(path, use_ema: bool = True, weights: str | None = None, devi
                             _cond_record(net, cfg), sampling.get("sampler"), sampling.get("steps"),
                             sampling.get("guidance"), prov, dict(cfg.get("train") or {}), cfg.get("latent"),
                             tuple(sampling["sigmas"]) if sampling.get("sigmas") else None)
+
+
+def _read_diffusers(path, weights, device, trust_pickle: bool) -> CheckpointRecord:
+    from .diffusers_io import read_folder
+
+    if weights not in (None, "ema", "model"):
+        raise UserError(f"a diffusers folder holds one set of weights, not {weights!r}", param="weights")
+    f = read_folder(path, device, trust_pickle)
+    m, s = f["mapping"], f["sampling"]
+    return CheckpointRecord(f["network"], "diffusers", f["process"], f["image_shape"], f["cond"], s.get("sampler"),
+                            s.get("steps"), s.get("guidance"), Provenance(f["path"], None, "model", 0), {},
+                            schedule=f["schedule"], threshold=(m.threshold, m.threshold_p))
 
 
 def load_diffusion(path, use_ema: bool = True, device=None, weights: str | None = None) -> DiffusionModel:
@@ -202,15 +224,18 @@ def adapt(rec: CheckpointRecord, lora=(), lora_scale: float = 1.0, force: bool =
 
 
 def load_denoiser(path, use_ema: bool = True, device=None, autocast_dtype=None, weights: str | None = None,
-                  autoencoder=None, lora=(), lora_scale: float = 1.0, force: bool = False):
+                  autoencoder=None, lora=(), lora_scale: float = 1.0, force: bool = False, trust_pickle: bool = False):
     """Any checkpoint (run dir, checkpoints dir or step dir) as a sigma-space denoiser of its
     process (``DiscreteDenoiser``, ``SDEDenoiser``, ``EDMDenoiser`` or ``NCSNDenoiser``) whose
     ``info`` declares everything the checkpoint records (image shape, conditioning, sampling
     defaults). No training loss is built. A text model whose recorded encoder fingerprint differs
     from the installed encoder's warns (``text.check_fingerprint``). A latent model's
     ``info.latent`` is its autoencoder (``latent_codec``; ``autoencoder``: a moved copy).
-    ``lora``: adapters on the network, weighted, times ``lora_scale`` (``adapt``)."""
-    rec = read_checkpoint(path, use_ema, weights, device)
+    ``lora``: adapters on the network, weighted, times ``lora_scale`` (``adapt``). A diffusers folder
+    (``models.diffusers_io``) loads as the denoiser of its scheduler's process, with the
+    scheduler's x0 clipping (``clip_sample`` / ``thresholding``) applied (``trust_pickle``: its
+    ``.bin`` weights may be unpickled)."""
+    rec = read_checkpoint(path, use_ema, weights, device, trust_pickle)
     adapt(rec, lora, lora_scale, force)
     if rec.cond.kind == "text":
         from ..text.encoders import check_fingerprint
@@ -220,4 +245,9 @@ def load_denoiser(path, use_ema: bool = True, device=None, autocast_dtype=None, 
     codec = latent_codec(rec, autoencoder)
     if codec is not None:
         declared["latent"] = codec
-    return rec.spec.make_denoiser(rec.network, rec.process, autocast_dtype, declared).eval()
+    den = rec.spec.make_denoiser(rec.network, rec.process, autocast_dtype, declared).eval()
+    if rec.threshold is not None and rec.threshold[0] != "none":
+        from ..core.guidance import threshold
+
+        return threshold(den, *rec.threshold)
+    return den

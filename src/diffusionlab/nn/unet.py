@@ -38,6 +38,9 @@ from .layers import (GuidanceEmbedding, Attention, ConvNextBlock, add_condition,
                      ResnetBlock, SinusoidalPosEmb, Upsample, group_norm)
 
 
+LAYOUTS = ("native", "diffusers")
+
+
 def _per_level(value, n: int, name: str) -> tuple:
     if isinstance(value, bool) or value is None:
         return (bool(value),) * n
@@ -76,6 +79,7 @@ class UnetConfig:
     text_encoder: str | None = None  # "minilm" (embeddings come in the Cond) or "small" (built in)
     cond_channels: int = 0           # channels of a conditioning image concatenated to the input (SR3)
     guidance_input: bool = False     # a guidance-distilled student: the CFG scale is an input (Cond.guidance)
+    layout: str = "native"           # native | diffusers: a diffusers UNet2DModel (nn.diffusers_net; exports to diffusers)
 
     @classmethod
     def from_dict(cls, d: dict) -> "UnetConfig":
@@ -90,7 +94,13 @@ class Unet(Network):
     arch, Config = "unet", UnetConfig
 
     @classmethod
-    def from_config(cls, config: UnetConfig) -> "Unet":
+    def from_config(cls, config: UnetConfig):
+        """The network of ``config``: this class for the native layout; for ``layout="diffusers"`` a
+        diffusers ``UNet2DModel`` behind the same protocol (``nn.diffusers_net.diffusers_unet``)."""
+        if config.layout == "diffusers":
+            from .diffusers_net import diffusers_unet
+
+            return diffusers_unet(config)
         return cls(**asdict(config))
 
     def __init__(self, **settings):
@@ -98,6 +108,10 @@ class Unet(Network):
         # levels, middle, up levels, head); splitting it would scatter one picture over helpers.
         super().__init__()
         c = UnetConfig(**settings)
+        if c.layout not in LAYOUTS:
+            raise ValueError(f"layout is one of {', '.join(LAYOUTS)}, got {c.layout!r}")
+        if c.layout != "native":
+            raise ValueError("the diffusers layout is built by Unet.from_config / nn.build_network")
         dim, dim_mults, channels, out_channels = c.dim, tuple(c.dim_mults), c.channels, c.out_channels
         num_res_blocks, block, full_attn, linear_attn = c.num_res_blocks, c.block, c.full_attn, c.linear_attn
         mid_attn, attn_heads, attn_dim_head, dropout, groups = c.mid_attn, c.attn_heads, c.attn_dim_head, c.dropout, c.groups
