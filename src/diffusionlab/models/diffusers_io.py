@@ -192,7 +192,8 @@ def _weights_kind(folder: Path, trust_pickle: bool) -> bool:
         return True
     if any(n.endswith(".bin") or n.endswith(".bin.index.json") for n in names):
         if not trust_pickle:
-            raise CheckpointError(f"{folder} holds pickled .bin weights: unpickling can run code from the file",
+            raise CheckpointError(f"{folder} holds pickled .bin weights, refused without --trust-pickle: "
+                                  "unpickling can run code from the file",
                                   hint="convert them to safetensors, or pass --trust-pickle if you trust the source")
         return False
     raise CheckpointError(f"{folder} holds no weights (diffusion_pytorch_model.safetensors)")

@@ -237,7 +237,7 @@ def load_denoiser(path, use_ema: bool = True, device=None, autocast_dtype=None, 
     ``.bin`` weights may be unpickled)."""
     rec = read_checkpoint(path, use_ema, weights, device, trust_pickle)
     adapt(rec, lora, lora_scale, force)
-    if rec.cond.kind == "text":
+    if rec.cond.kind == "text" and rec.arch != "diffusers":  # a diffusers text model takes embeddings
         from ..text.encoders import check_fingerprint
 
         check_fingerprint(rec.cond.encoder_fingerprint, rec.cond.encoder)

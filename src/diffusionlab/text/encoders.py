@@ -210,6 +210,11 @@ _UNCHECKED_WARNED: set = set()
 
 
 def _check_name(name: str) -> None:
+    from ..nn.diffusers_net import EMBEDDINGS_ENCODER
+
+    if name == EMBEDDINGS_ENCODER:  # a diffusers text model: its CLIP encoder is not part of the folder
+        raise UserError("this model takes prompt embeddings, not prompts: pass Cond(text=prompt_embeds) (and a "
+                        "negative Cond for guidance) through the Python API (README 'diffusers in')", param="prompt")
     if name not in ENCODERS:
         raise UserError(f"unknown text encoder {name!r}; choose from {', '.join(ENCODERS)}", param="text_encoder")
 

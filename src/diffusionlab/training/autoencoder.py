@@ -64,7 +64,8 @@ def train_autoencoder(cfg: TrainConfig, resume: bool = False, overwrite: bool = 
         return summary
     cfg = trainer.cfg
     codec = load_codec(summary["checkpoint"])
-    _, val = load_image_sets(cfg.data, cfg.image_size, cfg.model.channels, cfg.val_fraction, cfg.seed)
+    _, val = load_image_sets(cfg.data, cfg.image_size, cfg.model.channels, cfg.val_fraction, cfg.seed,
+                             image_column=cfg.image_column)
     metrics = reconstruction_metrics(codec, val.images)
     save_reconstructions(codec, val.images[:RECONSTRUCTION_GRID], Path(cfg.out_dir) / "reconstructions.png")
     result = {**summary, **metrics, "latent_shape": list(codec.latent_shape), "latent_shift": codec.shift.tolist(),
@@ -83,12 +84,20 @@ def load_codec(path):
 @torch.no_grad()
 def reconstruction_metrics(codec, images: torch.Tensor, batch_size: int = 256) -> dict:
     """Held-out PSNR and SSIM (``evaluation.metrics``) of the posterior mean's reconstruction;
-    SSIM is None for images under 11 px a side (its 11 x 11 Gaussian window does not fit)."""
+    SSIM is None for images under 11 px a side (its 11 x 11 Gaussian window does not fit).
+    Measured batch by batch, so a lazily decoded set (``data.hf.LazyImages``) is never whole in
+    memory."""
     from ..evaluation.metrics import psnr, ssim
 
-    rec = torch.cat([codec.reconstruct(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
     fits = min(images.shape[-2:]) >= 11
-    return {"psnr": float(psnr(rec, images).mean()), "ssim": float(ssim(rec, images).mean()) if fits else None,
+    p, s = [], []
+    for i in range(0, len(images), batch_size):
+        x = images[i:i + batch_size]
+        rec = codec.reconstruct(x)
+        p.append(psnr(rec, x))
+        if fits:
+            s.append(ssim(rec, x))
+    return {"psnr": float(torch.cat(p).mean()), "ssim": float(torch.cat(s).mean()) if fits else None,
             "n": len(images)}
 
 

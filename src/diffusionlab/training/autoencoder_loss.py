@@ -73,7 +73,8 @@ def check_shape(model: AutoencoderConfig, image_size: int) -> None:
 @torch.no_grad()
 def latent_stats(net, images: torch.Tensor, seed: int = 0, batch_size: int = 256) -> dict:
     """Per-channel mean and standard deviation of latents z ~ q(z | x) over ``images`` (the first
-    ``STATS_IMAGES``; image i's draw from stream (seed, "latent-stats", i))."""
+    ``STATS_IMAGES``; image i's draw from stream (seed, "latent-stats", i)). A lazily decoded set
+    (``data.hf.LazyImages``) is decoded here, its first ``STATS_IMAGES`` at once."""
     was = net.training
     net.eval()
     images = images[:STATS_IMAGES]

@@ -83,7 +83,8 @@ def train_classifier(data: str = "mnist", out: str = "runs/classifier", steps: i
         return summary
     cfg = trainer.cfg  # a resumed run's stored config
     net = load_classifier(summary["checkpoint"])
-    _, val = load_image_sets(cfg.data, cfg.image_size, cfg.model.channels, cfg.val_fraction, cfg.seed)
+    _, val = load_image_sets(cfg.data, cfg.image_size, cfg.model.channels, cfg.val_fraction, cfg.seed,
+                             image_column=cfg.image_column, label_column=cfg.label_column)
     acc = heldout_accuracy(net, val.images, val.labels, ACCURACY_SIGMAS)
     trainer.log({"step": trainer.step, "heldout_accuracy_at_sigma": acc})
     losses = [r["loss"] for r in _records(out / "metrics.jsonl") if "loss" in r and r["step"] > trainer.step - 50]

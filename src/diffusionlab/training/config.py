@@ -130,11 +130,15 @@ class DPOConfig:
 
 @dataclass
 class TrainConfig:
-    data: str = "mnist"              # mnist | digits | path/to/images
+    data: str = "mnist"              # mnist | digits | path/to/images | hf:PATH | parquet:PATH | imagefolder:PATH
+    image_column: str | None = None  # hf / parquet / imagefolder data: the images' column (None: the only Image
+    #                                  feature, else image / img; data.hf)
+    label_column: str | None = None  # ... the class labels' column (None: label, when it holds labels)
+    caption_column: str | None = None  # ... the captions' column (None: text, else caption, when it holds strings)
     digits: tuple | None = None      # train on these classes of the data only (e.g. (3,) or (3, 5)); None: all
     image_size: int = 32
     hflip: bool = False
-    val_fraction: float = 0.05       # image folders only; embedded sets have a fixed held-out split
+    val_fraction: float = 0.05       # image folders and datasets only; embedded sets have a fixed held-out split
     arch: str = "unet"               # the network (nn.NETWORKS)
     model: UnetConfig = field(default_factory=default_model)  # the arch's config dataclass
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)

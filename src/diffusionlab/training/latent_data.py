@@ -5,8 +5,13 @@ draws a fresh latent z = mean + std n per sample and step from the sample's own 
 
 Cached in the user cache folder (``$DIFFUSIONLAB_CACHE``, as the text embeddings are) under
 ``latents/<key>.safetensors``; the key is the sha256 of the autoencoder's content hash, the data
-spec, the image size and channels, the held-out fraction and the seed (the split). A damaged
-cache file is encoded again.
+spec, the image size and channels, the held-out fraction and the seed (the split), and for a
+Hugging Face dataset its ``LazyImages.content_key`` (its Arrow files, image column and rows). A
+damaged cache file is encoded again.
+
+The pixels of a lazily decoded set (``data.hf.LazyImages``) are decoded ``ENCODE_BATCH`` at a
+time and never held whole; the latents (posterior mean and std, a fraction of the pixels' size)
+are materialised in memory.
 """
 from __future__ import annotations
 
@@ -49,6 +54,8 @@ def encoded_sets(codec, train: torch.Tensor, val: torch.Tensor, parts: dict) -> 
     from ..core.files import atomic_path
     from ..text.cache import cache_root
 
+    if not isinstance(train, torch.Tensor):  # a lazy dataset: its content, not only its name
+        parts = {**parts, "images": train.content_key}
     path = cache_root() / "latents" / f"{cache_key(codec, parts)}.safetensors"
     got = _cached(path, load_file)
     if got is not None and got["train_mean"].shape[0] == len(train) and got["val_mean"].shape[0] == len(val):

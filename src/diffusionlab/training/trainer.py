@@ -186,7 +186,8 @@ class Trainer:
             train_set, val_set = pair_sets(cfg, pixel_channels)
         else:
             train_set, val_set = load_image_sets(cfg.data, cfg.image_size, pixel_channels, cfg.val_fraction,
-                                                 cfg.seed, cfg.digits)
+                                                 cfg.seed, cfg.digits, image_column=cfg.image_column,
+                                                 label_column=cfg.label_column, caption_column=cfg.caption_column)
         self.train_data, self.val_data = train_set.images, val_set.images
         self.train_pixels, self.val_pixels, self.train_std = self.train_data, self.val_data, None  # pixels (floors)
         if self.codec is not None:

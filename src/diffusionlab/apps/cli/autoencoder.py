@@ -16,7 +16,8 @@ def register(sub) -> None:
                        description="Train a convolutional KL-regularised autoencoder: reconstruction (L1 or L2) + "
                                    "beta KL; the latents' per-channel shift and scale are measured on the training "
                                    "data and stored in the checkpoint.")
-    p.add_argument("--data", default="mnist", help="mnist | digits | path/to/images")
+    p.add_argument("--data", default="mnist", help="mnist | digits | path/to/images | hf:PATH | parquet:PATH | "
+                                                   "imagefolder:PATH (a Hugging Face dataset on disk, read lazily)")
     options.add_digits(p)
     p.add_argument("--out", required=True)
     p.add_argument("--f", type=int, default=2, choices=FACTORS, help="downsampling factor (latent side = image / f)")

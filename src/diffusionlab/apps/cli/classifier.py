@@ -13,7 +13,8 @@ def register(sub) -> None:
     p = sub.add_parser("train-classifier", help="train a noise-aware classifier for classifier guidance",
                        description="Train a classifier of p(class | x, sigma) on noised labelled images, sigma "
                                    "log-uniform over a model's range, for `sample --classifier CLS --class K`.")
-    p.add_argument("--data", default="mnist", help="mnist | digits | a labelled folder")
+    p.add_argument("--data", default="mnist", help="mnist | digits | a labelled folder | hf:PATH | parquet:PATH | "
+                                                   "imagefolder:PATH (a Hugging Face dataset with a label column)")
     options.add_digits(p)
     p.add_argument("--out", required=True)
     p.add_argument("--ckpt", default=None, help="take the sigma range and image shape from this model "

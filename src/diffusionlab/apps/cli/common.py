@@ -35,11 +35,11 @@ def load(a) -> Loaded:
     from ...core.guidance import threshold
     from ...core.sampling import sampling_defaults
     from ...models.loading import load_denoiser
-    from .options import lora_args
+    from .options import checkpoint_args
 
     dtype = pick_precision(a.precision, torch.device("cpu"))
     base = load_denoiser(a.ckpt, use_ema=not getattr(a, "no_ema", False), autocast_dtype=dtype,
-                         autoencoder=getattr(a, "autoencoder", None), **lora_args(a))
+                         autoencoder=getattr(a, "autoencoder", None), **checkpoint_args(a))
     choice = sampling_defaults(base, a.sampler, a.steps, a.guidance)
     den, conditioning = guided(a, base)
     den = _autoguided(a, den, dtype)

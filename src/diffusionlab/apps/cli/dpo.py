@@ -92,7 +92,7 @@ def run_make_pairs(a) -> int:
     requests = [{"prompt": p} for p in a.prompt or ()] or [{"class": c} for c in a.class_ or ()]
     reward = load_reward(a.reward)  # make_pairs checks the requests and the shape against it before sampling
     den = load_denoiser(a.ckpt, use_ema=not a.no_ema, autocast_dtype=pick_precision(a.precision, torch.device("cpu")),
-                        autoencoder=a.autoencoder, **options.lora_args(a))
+                        autoencoder=a.autoencoder, **options.checkpoint_args(a))
     sampler = None if a.sampler == "auto" else a.sampler
     from ...core.sampling import sampling_defaults
 

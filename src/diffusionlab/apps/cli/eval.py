@@ -187,7 +187,7 @@ def _nll(a) -> dict:
     if a.nll == "ode" and a.probes < 1:
         raise UserError("--probes must be >= 1")
     den = load_denoiser(a.ckpt, use_ema=True, autoencoder=a.autoencoder,  # fp32: likelihoods need the precision
-                        **options.lora_args(a))
+                        **options.checkpoint_args(a))
     codec = den.info.latent
     x, data = _heldout(a, read_config(find_checkpoint(a.ckpt)), codec.pixel_shape if codec else den.info.image_shape)
     if codec is not None:  # a latent model's likelihood is that of the held-out images' latents

@@ -80,6 +80,9 @@ def add_checkpoint(p, ema: bool = True, help: str = "run directory or checkpoint
                                                        "trained on (accepted when its content hash matches)")
     if ema:
         p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="a diffusers folder with pickled .bin weights: unpickle them (this can run code from the "
+                        "file; safetensors folders never need it)")
     add_lora(p)
 
 
@@ -96,10 +99,10 @@ def add_lora(p) -> None:
                         "differs from --ckpt's)")
 
 
-def lora_args(a) -> dict:
-    """The ``load_denoiser`` keywords of --lora / --lora-scale / --force."""
+def checkpoint_args(a) -> dict:
+    """The ``load_denoiser`` keywords of --lora / --lora-scale / --force / --trust-pickle."""
     return {"lora": tuple(a.lora or ()), "lora_scale": getattr(a, "lora_scale", 1.0),
-            "force": getattr(a, "force", False)}
+            "force": getattr(a, "force", False), "trust_pickle": getattr(a, "trust_pickle", False)}
 
 
 def add_digits(p) -> None:

@@ -45,7 +45,15 @@ class Flag:
 
 F = Flag
 FLAGS = (
-    F("--data", "data", help="mnist | digits | path/to/image/folder (default mnist)"),
+    F("--data", "data", help="mnist | digits | path/to/image/folder | hf:PATH (a datasets save_to_disk folder) | "
+                             "parquet:PATH (a .parquet file or folder) | imagefolder:PATH (a folder with "
+                             "metadata.csv / .jsonl); datasets are read lazily, offline (default mnist)"),
+    F("--image-column", "image_column", str, "hf: / parquet: / imagefolder: data: the images' column (default: "
+                                             "the only Image feature, else image / img)"),
+    F("--label-column", "label_column", str, "hf: / parquet: / imagefolder: data: the class labels' column, a "
+                                             "ClassLabel, integers or strings (default: label, when present)"),
+    F("--caption-column", "caption_column", str, "hf: / parquet: / imagefolder: data: the captions' column for "
+                                                 "--cond text (default: text, else caption, when present)"),
     F("--digits", "digits", ints, "only these classes of the data, e.g. 3 or 3,5 (the digit itself for mnist / "
                                   "digits; a folder's classes in sorted order)"),
     F("--image-size", "image_size", int),
@@ -105,8 +113,9 @@ FLAGS = (
     F("--grad-clip", "grad_clip", float),
     F("--ema-decay", "ema_decay", float),
     F("--cond", "cond", str, "class: condition on the data's labels (embedded sets; folders with one sub-folder "
-                             "per class or a labels.csv); text: on captions (the embedded digits' are made from "
-                             "their labels; folders need a captions.jsonl), by cross-attention; image: on an image "
+                             "per class or a labels.csv; a dataset's --label-column); text: on captions (the "
+                             "embedded digits' are made from their labels; folders need a captions.jsonl, datasets "
+                             "a --caption-column), by cross-attention; image: on an image "
                              "made from each training image (--task superres), concatenated to the input; all with "
                              "a null condition for CFG", tuple(COND_KINDS)),
     F("--task", "task", str, "image: superres (SR3): condition on the image area-downsampled to --lowres and "
@@ -154,7 +163,7 @@ def register(sub) -> None:
 
     p = sub.add_parser("train", help="train a diffusion model",
                        description="Train a diffusion model (a U-Net or a DiT, nn.NETWORKS) on MNIST-5k, the 8x8 "
-                                   "digits or a folder of images.")
+                                   "digits, a folder of images or a Hugging Face dataset on disk.")
     p.add_argument("--preset", choices=tuple(PRESETS), default=None,
                    help="start from a preset config (default: `default`, training.config.default_config); "
                         "demo-text is `make demo`'s text-to-image run")
