@@ -127,8 +127,12 @@ def test_select_classes_stays_lazy_and_load_dataset_gives_tensors(sources, folde
     assert isinstance(tr, torch.Tensor) and torch.equal(tr, folder_sets[0].images) and torch.equal(va, folder_sets[1].images)
 
 
-def test_the_builders_cache_under_the_library_cache_offline(sources):
+def test_the_builders_cache_under_the_library_cache_offline(sources, monkeypatch):
     before = {k: os.environ.get(k) for k in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")}
+    seen, real = [], datasets.load_from_disk
+    monkeypatch.setattr(datasets, "load_from_disk", lambda *a, **k: seen.append(
+        (os.environ.get("HF_DATASETS_OFFLINE"), datasets.config.HF_HUB_OFFLINE)) or real(*a, **k))
+    assert len(hf.open_split(sources["hf"])) == N and seen == [("1", True)]
     ds = hf.open_split(sources["parquet"])
     cache = hf.cache_dir()
     assert str(cache).startswith(os.environ["DIFFUSIONLAB_CACHE"])

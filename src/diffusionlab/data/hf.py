@@ -98,7 +98,6 @@ def _offline(datasets):
     ``datasets`` and ``huggingface_hub`` read them into at import, restored afterwards; no
     progress bars and no log lines (a failure is reported once, as the ``UserError``)."""
     env = {k: os.environ.get(k) for k in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")}
-    os.environ.update({k: "1" for k in env})
     consts = [(datasets.config, "HF_HUB_OFFLINE"), (datasets.config, "HF_DATASETS_OFFLINE")]
     try:
         import huggingface_hub.constants as hub
@@ -107,12 +106,13 @@ def _offline(datasets):
     except ImportError:  # an old datasets without the hub client: its own constants suffice
         pass
     saved = [(obj, name, getattr(obj, name)) for obj, name in consts if hasattr(obj, name)]
-    for obj, name, _ in saved:
-        setattr(obj, name, True)
     bars, verbosity = not datasets.are_progress_bars_disabled(), datasets.logging.get_verbosity()
-    datasets.disable_progress_bars()
-    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
     try:
+        os.environ.update({k: "1" for k in env})
+        for obj, name, _ in saved:
+            setattr(obj, name, True)
+        datasets.disable_progress_bars()
+        datasets.logging.set_verbosity(datasets.logging.CRITICAL)
         yield
     finally:
         datasets.logging.set_verbosity(verbosity)
