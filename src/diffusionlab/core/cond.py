@@ -47,7 +47,8 @@ class Cond:
 
     def __post_init__(self):
         sizes = {f: v.shape[0] for f, v in self._items()}
-        if len(set(sizes.values())) > 1:
+        first = next(iter(sizes.values()), None)
+        if any(n != first for n in sizes.values()):  # compared, not hashed: symbolic sizes stay symbolic (export)
             raise ValueError(f"Cond fields disagree on the batch size: {sizes}")
         seq = self.text if self.text is not None else self.tokens
         if self.text is not None and self.tokens is not None:
