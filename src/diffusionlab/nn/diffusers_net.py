@@ -98,21 +98,21 @@ class DiffusersNetwork(Network):
     def _labels(self, cond: Cond, batch: int, device) -> torch.Tensor:
         labels = cond.labels
         null = cond.null_mask(batch, device)
-        if labels is None and not bool(null.all()):
+        if labels is None and cond.null is None:
             raise UserError("this class-conditional diffusers model needs class labels (Cond(labels=...))")
-        if bool(null.any()):
-            if self.null_class is None:
+        base = labels if labels is not None else torch.zeros(batch, dtype=torch.long, device=device)
+        if self.null_class is None:
+            if not _tracing() and bool(null.any()):
                 raise UserError("this diffusers model has no null class, so it cannot be guided without a negative "
                                 "class: sample with guidance 1 or give a negative class")
-            base = labels if labels is not None else torch.zeros(batch, dtype=torch.long, device=device)
-            labels = torch.where(null, torch.full_like(base, self.null_class), base)
-        return labels.long()
+            return base.long()
+        return torch.where(null, torch.full_like(base, self.null_class), base).long()  # no data-dependent branch
 
     def _text(self, cond: Cond) -> dict:
         if cond.text is None:
             raise UserError("this diffusers text model takes prompt embeddings, Cond(text=[B, L, D]), not prompts "
                             "(its text encoder is not part of the folder's denoiser)")
-        if cond.null is not None and bool(cond.null.any()):
+        if cond.null is not None and not _tracing() and bool(cond.null.any()):
             raise UserError("this diffusers text model has no learned null condition: guide it with negative prompt "
                             "embeddings (ClassifierFree(negative=Cond(text=negative_prompt_embeds)))")
         kwargs = {"encoder_hidden_states": cond.text}
@@ -126,7 +126,8 @@ def diffusers_unet_kwargs(c) -> dict:
     ``num_res_blocks`` ResNet blocks (``layers_per_block``; the up path one more, as in ours), an
     attention block at the levels with full attention (``AttnDownBlock2D`` / ``AttnUpBlock2D``),
     stride-2 conv downsampling and nearest + conv upsampling, the middle's attention from
-    ``mid_attn``, a class table of ``num_classes + 1`` rows (the last: the null label). What
+    ``mid_attn`` (heads of ``attn_dim_head`` channels, or of the narrowest attended width where that
+is smaller), a class table of ``num_classes + 1`` rows (the last: the null label). What
     diffusers' UNet2DModel has no block for is refused here (README "diffusers out")."""
     refused = {"patch_size > 1 (pixel-unshuffle patches)": c.patch_size != 1,
                "block 'convnext'": c.block != "resnet", "text conditioning (text_dim)": bool(c.text_dim),
@@ -149,11 +150,15 @@ def diffusers_unet_kwargs(c) -> dict:
     dims = tuple(c.dim * m for m in c.dim_mults)
     if any(d % c.groups for d in dims):
         raise UserError(f"every level's width {dims} must divide by groups {c.groups}", param="layout")
+    attended = [d for d, a in zip(dims, full) if a] + ([dims[-1]] if c.mid_attn else [])
+    head = min([c.attn_dim_head, *attended])  # diffusers: one head width for every block, heads = width / it
+    if any(d % head for d in attended):
+        raise UserError(f"the attended widths {attended} must divide by the head width {head}", param="layout")
     out = c.out_channels or c.channels * (2 if c.learned_variance else 1)
     return dict(in_channels=c.channels, out_channels=out, block_out_channels=dims, layers_per_block=c.num_res_blocks,
                 down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in full),
                 up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(tuple(full))),
-                add_attention=bool(c.mid_attn), attention_head_dim=c.attn_dim_head, norm_num_groups=c.groups,
+                add_attention=bool(c.mid_attn), attention_head_dim=head, norm_num_groups=c.groups,
                 dropout=c.dropout, num_class_embeds=c.num_classes + 1 if c.num_classes else None,
                 time_embedding_type="positional", flip_sin_to_cos=True, freq_shift=0, downsample_type="conv",
                 upsample_type="conv", act_fn="silu")

@@ -1,5 +1,5 @@
 """Command line: ``diffusionlab train | sample | eval | noise | samplers | demo | img2img |
-inpaint | upscale | train-classifier | train-autoencoder | finetune | lora | dpo | make-pairs | distill | serve``, one module per command (``register(sub)`` adds its
+inpaint | upscale | train-classifier | train-autoencoder | finetune | lora | dpo | make-pairs | distill | export | serve``, one module per command (``register(sub)`` adds its
 parser and sets ``run``); shared option groups in ``options``.
 
 Exit codes (``diffusionlab.errors``, README "Exit codes"), the same for every command:
@@ -20,14 +20,14 @@ import threading
 import traceback
 
 from ...errors import EXIT_BUG, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USER, Terminated, UserError
-from . import (autoencoder, classifier, demo, distill, dpo, finetune, lora, noise, pipelines, sample, samplers, serve,
-               train)
+from . import (autoencoder, classifier, demo, distill, dpo, export, finetune, lora, noise, pipelines, sample, samplers,
+               serve, train)
 from . import eval as eval_cmd
 from .common import Loaded, guided, load, write_npy
 
 WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EIO}
 COMMANDS = (train, sample, eval_cmd, noise, samplers, demo, pipelines, classifier, autoencoder, finetune, lora,
-            dpo, distill, serve)  # in `--help` order
+            dpo, distill, export, serve)  # in `--help` order
 
 __all__ = ["main", "build_parser", "write_npy", "Loaded", "load", "guided", "EXIT_OK"]
 

@@ -70,6 +70,9 @@ FLAGS = (
     F("--dim-mults", "model.dim_mults", ints, "U-Net width multipliers per level, e.g. 1,2,2"),
     F("--num-res-blocks", "model.num_res_blocks", int, "U-Net blocks per level"),
     F("--block", "model.block", str, "U-Net block type", ("resnet", "convnext")),
+    F("--layout", "model.layout", str, "U-Net: native (ours) | diffusers (a diffusers UNet2DModel, needs the [interop] "
+                                       "extra; `export --format diffusers` writes it as a diffusers folder)",
+      ("native", "diffusers")),
     F("--dropout", "model.dropout", float, "U-Net dropout"),
     F("--learned-variance", "model.learned_variance", SWITCH,
       "ddpm: the network also outputs improved DDPM's variance channel (implies --loss-kind hybrid)"),
