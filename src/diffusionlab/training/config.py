@@ -179,6 +179,7 @@ class TrainConfig:
     compile: bool = False            # torch.compile the network (nn.Module.compile; the cache: TORCHINDUCTOR_CACHE_DIR)
     on_nan: str = "skip"             # a non-finite loss / gradient: skip the step (stop past 5 in 100) | stop
     on_write_error: str = "stop"     # a failed write of the run's files: stop (exit 2) | continue without the file
+    log_to: str = "jsonl"            # jsonl (metrics.jsonl) | tensorboard (metrics.jsonl + run/tensorboard events)
     device: str = "auto"             # auto | cpu | cuda | mps
     num_threads: int | None = None
     seed: int = 0

@@ -26,7 +26,7 @@ SEED_TRAINER_KWARGS = {"train_batch_size": "batch_size", "train_lr": "lr", "trai
 
 # how a run is executed, not what it computes: a resumed run takes them from the new invocation
 # (resume on another machine, with or without compilation or gradient checkpointing)
-RUNTIME_FIELDS = ("compile", "grad_checkpoint", "device", "num_threads", "on_nan", "on_write_error")
+RUNTIME_FIELDS = ("compile", "grad_checkpoint", "device", "num_threads", "on_nan", "on_write_error", "log_to")
 
 
 class RunExistsError(CheckpointError):

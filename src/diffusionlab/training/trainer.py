@@ -52,6 +52,7 @@ from .classifier_loss import NoisyClassifierLoss, checkpoint_record as classifie
 from .conditioning import condition_source
 from .config import TrainConfig, check_ranges
 from .ema import EMA
+from .tensorboard import LOG_TARGETS, TensorBoardLog
 from .setup import SEED_TRAINER_KWARGS, RunExistsError, build_diffusion, git_commit, initial_network, package_versions, run_config  # noqa: F401 (RunExistsError re-exported)
 
 
@@ -221,8 +222,11 @@ class Trainer:
         self._rng_state = None  # torch's CPU RNG state of the run: set while it trains, the caller's kept
         self.skipped: list[int] = []  # steps skipped for a non-finite loss or gradient (on_nan "skip")
         self.write_errors, self._write_warned = 0, set()
+        self._tb = None  # --log tensorboard: training.tensorboard.TensorBoardLog while train() runs
         if cfg.on_nan not in ON_NAN:
             raise UserError(f"on_nan is one of {', '.join(ON_NAN)}, got {cfg.on_nan!r}", param="on_nan")
+        if cfg.log_to not in LOG_TARGETS:
+            raise UserError(f"log_to is one of {', '.join(LOG_TARGETS)}, got {cfg.log_to!r}", param="log_to")
         if cfg.on_write_error not in ON_WRITE_ERROR:
             raise UserError(f"on_write_error is one of {', '.join(ON_WRITE_ERROR)}, got {cfg.on_write_error!r}",
                             param="on_write_error")
@@ -590,6 +594,8 @@ class Trainer:
                    cond=self.sampling_cond(cfg.n_grid))
         self._write("sample grid", save_grid, self.to_pixels(x.float().cpu()), path,
                     nrow=int(math.ceil(math.sqrt(cfg.n_grid))), upscale=2)
+        if self._tb is not None and path.exists():
+            self._write("tensorboard", self._tb.image, "samples", path, self.step)
         return path
 
     def sampling_cond(self, n: int):
@@ -769,6 +775,8 @@ class Trainer:
             return
         record = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
         self._write("metrics.jsonl", self._append_metrics, json.dumps(record) + "\n")
+        if self._tb is not None:  # --log tensorboard: the same numbers as scalars
+            self._write("tensorboard", self._tb.scalars, record)
 
     def _append_metrics(self, line: str) -> None:
         path = self.out / "metrics.jsonl"
@@ -874,12 +882,13 @@ class Trainer:
         self.overwrite = False
         self.out.mkdir(parents=True, exist_ok=True)
         self.write_run_json()
+        self._open_tensorboard()
         self.model.train()
         total = cfg.max_steps if cfg.max_steps else None
         bar = tqdm(total=total, initial=self.step, disable=not (cfg.progress and self.world.main), dynamic_ncols=True,
                    unit="step", desc="train")
         wall0 = time.perf_counter()
-        with self._signals(), self._collectives(), self._run_rng():
+        with self._signals(), self._collectives(), self._run_rng(), self._tensorboard_closed():
             try:
                 status = self._loop(stop_after, bar)
             finally:
@@ -898,6 +907,21 @@ class Trainer:
                    "skipped_steps": len(self.skipped), "write_errors": self.write_errors}
         self.write_run_json({"summary": summary})
         return summary
+
+    def _open_tensorboard(self) -> None:
+        """``log_to`` tensorboard: the event writer of rank 0 (a resumed run's events after its
+        checkpoint's step, written by the run that went on past it, are purged)."""
+        if self._tb is None and self.cfg.log_to == "tensorboard" and self.world.main:
+            self._tb = TensorBoardLog(self.out / "tensorboard", purge_step=self.step + 1 if self.step else None)
+
+    @contextlib.contextmanager
+    def _tensorboard_closed(self):
+        try:
+            yield
+        finally:
+            if self._tb is not None:
+                self._tb.close()
+                self._tb = None
 
     def _loop(self, stop_after: int | None, bar) -> str:
         """The steps until done, stopped (a signal) or ``stop_after``; returns the status:
@@ -982,7 +1006,8 @@ class Trainer:
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
             self.checkpoint()
 
-    RUN_FILES = ("checkpoints", "samples", "metrics.jsonl", "run.json", "eval.png", "loss.png",  # + a LoRA run's adapter:
+    RUN_FILES = ("checkpoints", "samples", "metrics.jsonl", "run.json", "eval.png", "loss.png", "tensorboard",
+                 # + a LoRA run's adapter:
                  "adapter_model.safetensors", "adapter_config.json", "lora.json")
 
     def _clear_run(self) -> None:

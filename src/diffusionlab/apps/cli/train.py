@@ -142,6 +142,8 @@ FLAGS = (
     F("--on-write-error", "on_write_error", str, "a run file that cannot be written (disk full, read-only, "
                                                  "no permission): stop (exit 2, the last checkpoint intact) or "
                                                  "continue without it", ("stop", "continue")),
+    F("--log", "log_to", str, "where the metrics go besides metrics.jsonl: tensorboard writes scalars and sample "
+                              "grids to OUT/tensorboard (the [tensorboard] extra)", ("jsonl", "tensorboard")),
     F("--compile", "compile", SWITCH, "torch.compile the network (the first steps compile: tens of seconds; cache "
                                       "in TORCHINDUCTOR_CACHE_DIR, default /tmp/torchinductor_$USER)"),
     F("--device", "device"),
