@@ -111,6 +111,15 @@ def test_edm_and_flow_schedulers_map():
                                   _class_name="FlowMatchEulerDiscreteScheduler"))
     assert (flow.diffusion.process, flow.diffusion.shift, flow.sampler) == ("flow", 3.0, "euler")
     assert flow.timestep_scale == pytest.approx(1000 / 999)
+    for shift in (1.0, 3.0):  # the loaded model's default 'flow' grid is the scheduler's own
+        sched = diffusers.FlowMatchEulerDiscreteScheduler(shift=shift)
+        m = scheduler_process(dict(sched.config, _class_name="FlowMatchEulerDiscreteScheduler"))
+        den = PROCESSES["flow"].make_denoiser(torch.nn.Identity(), fill(m.diffusion, (1, 8, 8)),
+                                              declared={"sigma_min": m.sigma_min})
+        sched.set_timesteps(8)
+        grid = dl.core.sampling.resolve_sigmas(den, 8, schedule="flow")
+        t = torch.where(torch.isinf(grid), torch.ones_like(grid), grid / (1 + grid))
+        assert torch.allclose(t, sched.sigmas.to(torch.float64), atol=1e-6)
     with pytest.raises(UserError, match="use_dynamic_shifting"):
         scheduler_process(dict(diffusers.FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True).config,
                                _class_name="FlowMatchEulerDiscreteScheduler"))

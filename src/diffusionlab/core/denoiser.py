@@ -328,9 +328,9 @@ class PreconditionedDenoiser(nn.Module):
         if self._info_cache is None or self._info_cache.device != device:
             fields = {"default_schedule": self.default_schedule, "default_sampler": self.default_sampler,
                       "default_steps": self.default_steps, "cond": network_cond(self.net),
+                      "sigma_min": float(self.sigma_min), "sigma_max": float(self.sigma_max),
                       **self._process_info(), **self.declared}
-            self._info_cache = DenoiserInfo(process=self.process, sigma_min=float(self.sigma_min),
-                                            sigma_max=float(self.sigma_max), learned_variance=self.learned_variance,
+            self._info_cache = DenoiserInfo(process=self.process, learned_variance=self.learned_variance,
                                             device=device, **fields)
         return self._info_cache
 

@@ -22,7 +22,8 @@ like a run folder.
   sigma_data; c_noise = ln(sigma) / 4 in both).
 - ``FlowMatchEulerDiscreteScheduler``, ``FlowMatchHeunDiscreteScheduler`` -> ``flow`` with its
   ``shift``; the network's timestep is 1000 t there and 999 t here (``timestep_scale``).
-  Resolution-dependent shifting (``use_dynamic_shifting``, Flux) is refused.
+  Resolution-dependent shifting (``use_dynamic_shifting``, Flux) is refused. The grid ends where
+  diffusers' ends (its endpoint is shifted twice: ``sigma_min`` is declared to match).
 - Anything else (LCM / TCD's own boundary parameterisation, score-SDE VE, ...) is refused with
   the list of supported schedulers.
 """
@@ -66,6 +67,7 @@ class SchedulerMapping:
     timestep_scale: float = 1.0
     threshold: str = "none"
     threshold_p: float = 0.995
+    sigma_min: float | None = None  # declared over the process's own (flow: where diffusers' grid ends)
 
 
 def _supported() -> str:
@@ -83,8 +85,13 @@ def scheduler_process(config: dict) -> SchedulerMapping:
             raise UserError(f"{name} with use_dynamic_shifting (resolution-dependent shift) has no fixed shift to map")
         if get("invert_sigmas") or get("shift_terminal"):
             raise UserError(f"{name}: invert_sigmas / shift_terminal are not supported")
-        d = DiffusionConfig(process="flow", shift=float(get("shift", 1.0)))
-        return SchedulerMapping(d, FLOW_SAMPLERS[name], "flow", FLOW_TIMESTEP_SCALE)
+        shift, a = float(get("shift", 1.0)), 1.0 / int(get("num_train_timesteps", 1000))
+        # diffusers' grid runs linearly in t from 1 to its sigma_min - the *shifted* 1 / T - and then shifts
+        # again; our 'flow' grid runs from 1 to u(sigma_min) = sigma_min / (shift + sigma_min) and shifts once,
+        # so this sigma_min makes the two grids one
+        m = shift * a / (1 + (shift - 1) * a)
+        d = DiffusionConfig(process="flow", shift=shift)
+        return SchedulerMapping(d, FLOW_SAMPLERS[name], "flow", FLOW_TIMESTEP_SCALE, sigma_min=shift * m / (1 - m))
     if name in EDM_SAMPLERS:
         if get("prediction_type", "epsilon") != "epsilon":
             raise UserError(f"{name}: prediction_type {get('prediction_type')!r} is not EDM's F-prediction")

@@ -82,6 +82,7 @@ class CheckpointRecord:
     sigmas: tuple | None = None           # a distilled model's recorded grid (sampling.sigmas)
     schedule: str | None = None           # a diffusers folder: its scheduler's grid (the default_schedule)
     threshold: tuple | None = None        # a diffusers folder: its scheduler's x0 clipping (kind, ratio)
+    sigma_min: float | None = None        # a diffusers folder: where its scheduler's grid ends (flow)
 
     @property
     def spec(self):
@@ -90,7 +91,7 @@ class CheckpointRecord:
     def declared(self) -> dict:
         return {"image_shape": self.image_shape, "cond": self.cond, "default_sampler": self.sampler,
                 "default_steps": self.steps, "default_guidance": self.guidance, "default_sigmas": self.sigmas,
-                "default_schedule": self.schedule}
+                "default_schedule": self.schedule, "sigma_min": self.sigma_min}
 
 
 def _pick_weights(ck: dict, use_ema: bool, weights: str | None) -> str:
@@ -166,7 +167,7 @@ def _read_diffusers(path, weights, device, trust_pickle: bool) -> CheckpointReco
     m, s = f["mapping"], f["sampling"]
     return CheckpointRecord(f["network"], "diffusers", f["process"], f["image_shape"], f["cond"], s.get("sampler"),
                             s.get("steps"), s.get("guidance"), Provenance(f["path"], None, "model", 0), {},
-                            schedule=f["schedule"], threshold=(m.threshold, m.threshold_p))
+                            schedule=f["schedule"], threshold=(m.threshold, m.threshold_p), sigma_min=m.sigma_min)
 
 
 def load_diffusion(path, use_ema: bool = True, device=None, weights: str | None = None) -> DiffusionModel:

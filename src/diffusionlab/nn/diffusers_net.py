@@ -121,6 +121,11 @@ class DiffusersNetwork(Network):
         return kwargs
 
 
+def _tracing() -> bool:
+    """Under torch.export / ONNX export: no data-dependent checks (they cannot be traced)."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
 def diffusers_unet_kwargs(c) -> dict:
     """The ``UNet2DModel`` arguments of a ``UnetConfig`` with ``layout="diffusers"``: per level
     ``num_res_blocks`` ResNet blocks (``layers_per_block``; the up path one more, as in ours), an
