@@ -100,3 +100,34 @@ def test_readme_carries_the_onnx_script():
     readme = (ROOT / "README.md").read_text()
     body = (ROOT / "docs" / "onnx_sample.py").read_text()
     assert body.strip() in readme
+
+
+@pytest.mark.interop
+def test_diffusers_runs_the_export_with_its_own_loop_and_pipeline(runs, tmp_path):
+    """diffusers' DDIM loop (class labels) and DDPMPipeline (unconditional) on exported folders
+    equal our DDIM on the runs from the same noise."""
+    diffusers = pytest.importorskip("diffusers")
+    folder = tmp_path / "class"
+    assert main(["export", "--ckpt", str(runs["dlayout"]), "--format", "diffusers", "--out", str(folder)]) == 0
+    unet = diffusers.UNet2DModel.from_pretrained(folder / "unet").eval()
+    sched = diffusers.DDIMScheduler.from_pretrained(folder / "scheduler")
+    noise = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([2, 9])
+    sched.set_timesteps(5)
+    x = noise.clone()
+    with torch.no_grad():
+        for t in sched.timesteps:
+            x = sched.step(unet(x, t, class_labels=labels).sample, t, x).prev_sample
+    ours = dl.sample(load_denoiser(runs["dlayout"]), (2, 1, 8, 8), sampler="ddim", steps=5, schedule="trailing",
+                     noise=noise, cond=Cond(labels=labels))
+    assert float((ours - x).abs().max()) < 1e-4
+    plain = runs["root"] / "plain"
+    assert main([*RUN[:-4], "--steps", "2", "--layout", "diffusers", "--out", str(plain)]) == 0
+    assert main(["export", "--ckpt", str(plain), "--format", "diffusers", "--out", str(tmp_path / "plain")]) == 0
+    pipe = diffusers.DDPMPipeline.from_pretrained(tmp_path / "plain")
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(batch_size=2, num_inference_steps=5, generator=torch.Generator().manual_seed(0), output_type="np").images
+    noise = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    ours = dl.sample(load_denoiser(plain), (2, 1, 8, 8), sampler="ddim", steps=5, schedule="trailing", noise=noise)
+    ours = (ours / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    assert np.abs(images - ours).max() < 1e-4
