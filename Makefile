@@ -6,7 +6,7 @@ PIP     := $(BIN)/pip install -c constraints.txt
 STAMP   := $(VENV)/.installed
 BUDGET  ?= 600
 
-.PHONY: venv demo test test-slow test-ddp test-reliability test-e2e bench bench-venv bench-throughput bench-samplers bench-metrics bench-quality bench-likelihood bench-report clean
+.PHONY: venv demo test test-slow test-ddp test-reliability test-e2e test-install bench bench-venv bench-throughput bench-samplers bench-metrics bench-quality bench-likelihood bench-report clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -37,6 +37,17 @@ test-reliability: $(STAMP)
 # multi-process training in full: 2 gloo processes per case, torchrun and accelerate, lost ranks
 test-ddp: $(STAMP)
 	$(BIN)/python -m pytest -q -m ddp tests/test_distributed.py
+
+# The wheel as a user installs it (about 3 minutes, 6.7 GB of disk while it runs; outside `make test`,
+# .ci/run calls it after it): built from the checkout into dist/, installed into a fresh venv
+# (.venv-install, removed first) that already holds torch 2.14.1 (the CUDA build on local disk),
+# first without extras, then with all of them; install/check.py checks that torch was kept, that
+# the base install brought no extra's package, the package data, `diffusionlab --help` and a tiny
+# train + sample run. Every pip call there passes install/constraints-install.txt (torch==2.14.1).
+# The venv is removed on success (KEEP=1 keeps it). See install/TORCH_AUDIT.md for the torch range.
+INSTALL_VENV := .venv-install
+test-install:
+	PY=$(PY) INSTALL_VENV=$(INSTALL_VENV) bash install/test-install.sh
 
 # Peer libraries need torchvision, which does not import beside torch 2.13.0+cpu: a separate
 # venv with torch 2.14.1 + torchvision 0.29.1 (both on local disk) runs all three libraries.
@@ -92,4 +103,4 @@ bench-report:
 	$(BENCH_VENV)/bin/python bench/report.py
 
 clean:
-	rm -rf $(VENV) $(BENCH_VENV) runs
+	rm -rf $(VENV) $(BENCH_VENV) $(INSTALL_VENV) runs
