@@ -131,3 +131,34 @@ def test_diffusers_runs_the_export_with_its_own_loop_and_pipeline(runs, tmp_path
     ours = dl.sample(load_denoiser(plain), (2, 1, 8, 8), sampler="ddim", steps=5, schedule="trailing", noise=noise)
     ours = (ours / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
     assert np.abs(images - ours).max() < 1e-4
+
+
+def _random_net(**kw):
+    from diffusionlab.nn import Unet
+
+    net = Unet(dim=8, dim_mults=(1, 2), channels=1, mid_attn=True, groups=4, **kw).eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # random weights everywhere (the final conv starts at zero)
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    return net
+
+
+ONNX_NETS = {"class": dict(num_classes=10), "minilm text": dict(text_dim=12, text_encoder="minilm"),
+             "small text": dict(text_dim=16, text_encoder="small"), "image": dict(cond_channels=1),
+             "none": {}}
+
+
+@pytest.mark.parametrize("kind", [pytest.param(k, marks=() if k == "class" else pytest.mark.slow)
+                                  for k in ONNX_NETS])
+def test_onnx_runtime_equals_pytorch_on_random_weights(kind, tmp_path):
+    """Random weights (outputs of order 1, unlike a just-initialised run's ~0.01), another batch size
+    and token length than the export's, null rows included."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from diffusionlab.models.export import check_onnx, write_onnx
+
+    net = _random_net(**ONNX_NETS[kind])
+    write_onnx(net, net.cond_spec, (1, 8, 8), tmp_path / "n.onnx")
+    check = check_onnx(tmp_path / "n.onnx", net, net.cond_spec, (1, 8, 8), batch=3)
+    assert check["ok"] and check["max_abs_output"] > 0.1, check

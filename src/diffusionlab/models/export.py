@@ -219,43 +219,48 @@ def export_onnx(ckpt, out, use_ema: bool = True, overwrite: bool = False, opset:
     # diffusers folder's clipping: the file holds the network, the sidecar its preconditioning)
     den = rec.spec.make_denoiser(rec.network, rec.process, None, rec.declared()).eval()
     spec = den.info.cond
+    names = write_onnx(den.net, spec, rec.image_shape, out, opset)
+    side = onnx_sidecar(den, rec, names, bool(getattr(den.net, "learned_variance", False)))
+    if check:
+        side["check"] = check_onnx(out, den.net, spec, rec.image_shape)
+    with atomic_path(side_path) as tmp:
+        Path(tmp).write_text(json.dumps(side, indent=1))
+    return side
+
+
+def write_onnx(network, spec, image_shape, out, opset: int | None = None) -> tuple:
+    """``network`` (its condition ``spec``, images ``image_shape``) as the ONNX file ``out``
+    (written atomically): inputs x_in, c_noise and the condition's tensors with a dynamic batch
+    axis (and token length). Returns the condition's input names."""
     names = _names(spec)
-    net = _OnnxNetwork(den.net, names).eval()
-    example = onnx_inputs(spec, rec.image_shape)
+    net = _OnnxNetwork(network, names).eval()
+    example = onnx_inputs(spec, image_shape)
     args = tuple(example[n] for n in ("x_in", "c_noise", *names))
-    batch = torch.export.Dim("batch")
-    dyn = []
-    for n in ("x_in", "c_noise", *names):
-        d = {0: batch}
-        if n in ("text", "tokens", "mask"):
-            d[1] = torch.export.Dim("tokens", min=1, max=4096)
-        dyn.append(d)
+    batch, tokens = torch.export.Dim("batch"), torch.export.Dim("tokens", min=1, max=4096)
+    dyn = [{0: batch, 1: tokens} if n in ("text", "tokens", "mask") else {0: batch} for n in ("x_in", "c_noise", *names)]
     import logging
     import warnings
 
     quiet = logging.getLogger("torch.onnx")  # the exporter logs every torchvision op it skips
     level = quiet.level
     quiet.setLevel(logging.ERROR)
-    with atomic_path(out, ".onnx") as tmp, torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        kwargs = {"opset_version": opset} if opset else {}
-        program = torch.onnx.export(net, args, input_names=["x_in", "c_noise", *names], output_names=["out"],
-                                    dynamic_shapes=(dyn[0], dyn[1], tuple(dyn[2:])), dynamo=True, external_data=False, verbose=False,
-                                    **kwargs)
-        program.save(tmp)
-    quiet.setLevel(level)
-    side = onnx_sidecar(den, rec, names, bool(getattr(den.net, "learned_variance", False)))
-    if check:
-        side["check"] = check_onnx(out, net, spec, rec.image_shape)
-    with atomic_path(side_path) as tmp:
-        Path(tmp).write_text(json.dumps(side, indent=1))
-    return side
+    try:
+        with atomic_path(out, ".onnx") as tmp, torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(net, args, input_names=["x_in", "c_noise", *names], output_names=["out"],
+                                        dynamic_shapes=(dyn[0], dyn[1], tuple(dyn[2:])) if names else tuple(dyn),
+                                        dynamo=True, external_data=False, verbose=False,
+                                        **({"opset_version": opset} if opset else {}))
+            program.save(tmp)
+    finally:
+        quiet.setLevel(level)
+    return names
 
 
 ONNX_TOL = 1e-4  # onnxruntime vs PyTorch, largest |difference| relative to max(1, largest |output|)
 
 
-def check_onnx(path, net, spec, image_shape, batch: int = 3, seed: int = 1) -> dict:
+def check_onnx(path, network, spec, image_shape, batch: int = 3, seed: int = 1) -> dict:
     """onnxruntime against PyTorch on random inputs (another batch size than the export's):
     the largest absolute difference, the output's scale and whether it is within ``ONNX_TOL``."""
     try:
@@ -263,6 +268,7 @@ def check_onnx(path, net, spec, image_shape, batch: int = 3, seed: int = 1) -> d
     except ImportError as e:
         raise UserError(f"checking the ONNX file needs onnxruntime ({e})", hint=ONNX_HINT) from e
     names = _names(spec)
+    net = _OnnxNetwork(network, names).eval()
     inputs = onnx_inputs(spec, image_shape, batch, torch.Generator().manual_seed(seed))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     feed = {n: inputs[n].numpy() for n in ("x_in", "c_noise", *names)}

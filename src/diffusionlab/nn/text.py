@@ -118,7 +118,8 @@ class TextContext(nn.Module):
         ctx = torch.where(null[:, None, None], null_ctx, ctx)
         first = torch.zeros_like(mask)
         first[:, 0] = True
-        mask = torch.where(null[:, None], first, mask)
+        mask = (null[:, None] & first) | (~null[:, None] & mask)  # a where on booleans, as logic (ONNX Runtime has
+        #                                                            no boolean Where)
         pooled_emb = torch.where(null[:, None], self.null_pooled.to(pooled_emb.dtype), pooled_emb)
         return ctx, mask, pooled_emb
 
