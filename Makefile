@@ -6,7 +6,7 @@ PIP     := $(BIN)/pip install -c constraints.txt
 STAMP   := $(VENV)/.installed
 BUDGET  ?= 600
 
-.PHONY: venv demo test test-slow test-ddp test-reliability test-e2e test-install bench bench-venv bench-throughput bench-samplers bench-metrics bench-quality bench-likelihood bench-report clean
+.PHONY: venv demo test test-slow test-ddp test-reliability test-e2e test-install test-interop bench bench-venv bench-throughput bench-samplers bench-metrics bench-quality bench-likelihood bench-report clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -45,6 +45,11 @@ test-ddp: $(STAMP)
 # the base install brought no extra's package, the package data, `diffusionlab --help` and a tiny
 # train + sample run. Every pip call there passes install/constraints-install.txt (torch==2.14.1).
 # The venv is removed on success (KEEP=1 keeps it). See install/TORCH_AUDIT.md for the torch range.
+# diffusers equalities: our samplers on loaded diffusers models vs diffusers' own loops, and diffusers'
+# DDIM loop / DDPMPipeline on exported folders (the dev venv has diffusers through the interop extra)
+test-interop: $(STAMP)
+	$(BIN)/python -m pytest -q -m interop tests/test_diffusers_interop.py tests/test_export.py
+
 INSTALL_VENV := .venv-install
 test-install:
 	PY=$(PY) INSTALL_VENV=$(INSTALL_VENV) bash install/test-install.sh

@@ -204,6 +204,9 @@ def export_onnx(ckpt, out, use_ema: bool = True, overwrite: bool = False, opset:
     """The checkpoint's network as an ONNX file ``out`` and its sidecar ``out.json`` (module
     docstring). ``check``: run onnxruntime on random inputs against PyTorch and return the
     largest difference (``max_abs_diff``; the tolerance ``ONNX_TOL``). Returns the sidecar dict."""
+    if tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) < (2, 5):
+        raise UserError(f"ONNX export needs torch >= 2.5 (torch.onnx.export(dynamo=True)); this is {torch.__version__}",
+                        hint=ONNX_HINT)
     try:
         import onnx  # noqa: F401  (the exporter writes through it)
         import onnxscript  # noqa: F401
