@@ -291,3 +291,16 @@ def test_edm_and_flow_euler_equal_diffusers(tmp_path):
         ours = dl.sample(den, (2, 1, 16, 16), sampler="euler", steps=8, noise=noise,
                          schedule="karras" if sub == "edm" else "flow")
         assert _close(ours, x), sub
+
+
+def test_the_page_lists_and_loads_diffusers_folders(folders):
+    pytest.importorskip("fastapi")
+    from diffusionlab.apps.serve.catalog import Catalog
+
+    cat = Catalog(folders["unet"].parent)
+    listed = {e["id"]: e for e in cat.list()}
+    assert set(listed) == {"unet2d", "class", "dit", "clip"}  # the embeddings-only text model is the API's
+    assert listed["dit"]["classes"] == list(range(10)) and listed["dit"]["image_shape"] == [1, 8, 8]
+    assert listed["unet2d"]["process"] == "ddpm" and listed["unet2d"]["sampler"] == "ddim"
+    den = cat.load("dit")
+    assert den.info.cond.num_classes == 10

@@ -231,6 +231,31 @@ def _cond(kind: str, cfg: dict, side: dict):
     return CondSpec(kind="class", num_classes=int(n)), None
 
 
+def folder_config(path) -> dict:
+    """A diffusers folder described like a run's config.json, from its JSON files only (nothing
+    loaded): kind, network (arch "diffusers", the model class, channels, num_classes), diffusion
+    (the mapped process), image_size, sampling, conditioning. What the page lists."""
+    import dataclasses
+
+    root = Path(path)
+    folder = _model_folder(root)
+    cfg = _json(folder / "config.json")
+    mapping = scheduler_process(_json(root / "scheduler" / "scheduler_config.json"))
+    side = _json(root / SIDECAR) if (root / SIDECAR).is_file() else {}
+    kind = cfg.get("_class_name")
+    cond, _ = _cond(kind, cfg, side)
+    size = side.get("image_size") or cfg.get("sample_size")
+    size = list(size) if isinstance(size, (list, tuple)) else [size, size] if size is not None else []
+    record = {"kind": cond.kind, "class_names": list(cond.class_names) if cond.class_names else None,
+              "encoder": cond.encoder} if cond.conditional else None
+    return {"kind": "diffusers", "format": "diffusers", "step": side.get("step"),
+            "network": {"arch": "diffusers", "config": {"class": kind, "channels": int(cfg.get("in_channels", 3)),
+                                                        "num_classes": cond.num_classes}},
+            "diffusion": dataclasses.asdict(mapping.diffusion), "image_size": size,
+            "sampling": side.get("sampling") or {"sampler": mapping.sampler, "steps": None, "guidance": None},
+            "conditioning": record}
+
+
 def read_folder(path, device=None, trust_pickle: bool = False) -> dict:
     """The parts of a diffusers folder (module docstring): ``network`` (a ``DiffusersNetwork``,
     eval mode), ``process`` (``DiffusionConfig``), ``mapping`` (``SchedulerMapping``),

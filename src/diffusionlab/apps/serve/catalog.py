@@ -63,7 +63,7 @@ class Catalog:
 
     def _run_folders(self):
         for here, _ in self._folders():
-            if (here / "checkpoints").is_dir():
+            if _is_model(here):
                 yield here
 
     def list(self) -> list[dict]:
@@ -80,7 +80,7 @@ class Catalog:
 
     def resolve(self, cid) -> Path:
         """The run folder of checkpoint id ``cid`` (a ``NotFound`` unless it lies inside the root)."""
-        return self._resolve(cid, lambda p: (p / "checkpoints").is_dir(), "checkpoint", "checkpoint")
+        return self._resolve(cid, _is_model, "checkpoint", "checkpoint")
 
     def resolve_adapter(self, aid) -> Path:
         """The folder of LoRA adapter id ``aid`` (its path relative to the root, as ``adapters``
@@ -106,18 +106,24 @@ class Catalog:
 
     def config(self, cid) -> dict:
         from ...models.checkpoint import CheckpointError, read_config
+        from ...models.diffusers_io import folder_config, is_diffusers_folder
 
         try:
-            return read_config(self.resolve(cid))
+            path = self.resolve(cid)
+            return folder_config(path) if is_diffusers_folder(path) else read_config(path)
         except CheckpointError as e:
             raise NotFound(f"checkpoint {cid!r} is unreadable: {e}", param="checkpoint") from None
 
     def describe(self, cid) -> dict | None:
         """What the page lists for ``cid``; None for a classifier, autoencoder or LoRA run (nothing
         to sample: a LoRA run is an adapter, listed by ``adapters``)."""
+        from ...nn.diffusers_net import EMBEDDINGS_ENCODER
+
         cfg = self.config(cid)
         if cfg.get("kind") in ("classifier", "autoencoder", "lora"):
             return None
+        if (cfg.get("conditioning") or {}).get("encoder") == EMBEDDINGS_ENCODER:
+            return None  # a diffusers text model takes prompt embeddings: the Python API's, not the page's
         run = self.resolve(cid)
         cond = cfg.get("conditioning") or {}
         net = cfg.get("network", {})
@@ -276,6 +282,13 @@ class Catalog:
             while len(self._loaded) > KEEP_LOADED:
                 self._loaded.popitem(last=False)
         return den
+
+
+def _is_model(path: Path) -> bool:
+    """A run folder (its ``checkpoints/``) or a diffusers folder (``models.diffusers_io``)."""
+    from ...models.diffusers_io import is_diffusers_folder
+
+    return (path / "checkpoints").is_dir() or is_diffusers_folder(path)
 
 
 def _report(run: Path) -> dict | None:
