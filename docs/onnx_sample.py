@@ -23,6 +23,9 @@ def sample(path, n=8, label=None, guidance=None, seed=0, noise=None):
     n = len(noise)
     s0 = sigmas[0]  # the prior at the first sigma: unit noise at Infinity
     x = noise if np.isinf(s0) else noise * (np.sqrt(1 + s0 ** 2) if side["prior"] == "vp" else s0)
+    if set(side["inputs"]) - {"x_in", "c_noise", "labels", "null"}:
+        raise SystemExit("this script samples unconditional and class models; this one also takes "
+                         + ", ".join(n for n in side["inputs"][2:] if n not in ("labels", "null")))
     conditional = "labels" in side["inputs"]
     scale = (side["sampling"]["guidance"] or 1.0) if guidance is None else guidance
 
