@@ -104,7 +104,8 @@ def test_the_cli_default_preset_builds_the_model_it_always_built(tmp_path):
         "num_classes": None, "cond_dim": None, "learned_variance": True, "patch_size": 2,
         "text_dim": None, "text_encoder": None,    # added by text conditioning (issue 16), off by default
         "cond_channels": 0,                        # added by image conditioning (issue 17), off by default
-        "guidance_input": False}                   # added by guidance distillation (issue 28), off by default
+        "guidance_input": False,                   # added by guidance distillation (issue 28), off by default
+        "layout": "native"}                        # added by the diffusers layout (issue 31), native by default
     assert cfg["diffusion"]["loss_kind"] == "hybrid"
     den = dl.load_denoiser(tmp_path)
     assert sum(p.numel() for p in den.net.parameters()) == 222_824 and den.info.learned_variance
