@@ -57,6 +57,8 @@ STAGES = [
      ".venv/bin/python bench/ddp.py cpu && .venv/bin/python bench/ddp.py report"),
     ("RESULTS_reliability.md", "Reliability: kill trials, injected faults, fuzzed input (not part of make bench)",
      "make test-reliability"),
+    ("RESULTS_bridges.md", "Bridges: ONNX Runtime vs PyTorch, the diffusers layout vs ours (not part of make bench)",
+     ".venv/bin/python bench/bridges.py"),
     ("RESULTS_demo_avx2.md", "The make demo run at the AVX2 machine's step count (not part of make bench)",
      "see the section"),
     ("RESULTS_core_refactor.md", "Code shape before and after the core refactor (not part of make bench)",
