@@ -64,6 +64,8 @@ def test_diffusers_layout_exports_and_loads_back(runs, tmp_path):
     assert main(["sample", "--ckpt", str(folder), "--n", "2", "--class", "4", "--guidance", "2",
                  "--out", str(tmp_path / "g.png")]) == 0
     assert main(["export", "--ckpt", str(runs["dlayout"]), "--format", "diffusers", "--out", str(folder)]) == 2
+    # eval on the folder: the likelihood of the held-out split of the data the run recorded (digits)
+    assert main(["eval", "--ckpt", str(folder), "--nll", "vlb", "--n", "4", "--vlb-t", "10"]) == 0
 
 
 def test_what_does_not_map_is_refused(runs, tmp_path, capsys):

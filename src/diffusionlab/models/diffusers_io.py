@@ -253,7 +253,7 @@ def folder_config(path) -> dict:
                                                         "num_classes": cond.num_classes}},
             "diffusion": dataclasses.asdict(mapping.diffusion), "image_size": size,
             "sampling": side.get("sampling") or {"sampler": mapping.sampler, "steps": None, "guidance": None},
-            "conditioning": record}
+            "conditioning": record, "train": {"data": side["data"]} if side.get("data") else {}}
 
 
 def read_folder(path, device=None, trust_pickle: bool = False) -> dict:

@@ -80,6 +80,7 @@ def export_diffusers(ckpt, out, use_ema: bool = True, overwrite: bool = False) -
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
         cond = rec.cond
         side = {"exported_from": rec.provenance.path, "step": rec.provenance.step, "weights": rec.provenance.weights,
+                "data": rec.train.get("data"),
                 "image_size": list(rec.image_shape[1:]),
                 "sampling": {"sampler": rec.sampler, "steps": rec.steps, "guidance": rec.guidance},
                 "num_classes": cond.num_classes, "class_names": list(cond.class_names) if cond.class_names else None,

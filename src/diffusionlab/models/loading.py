@@ -158,6 +158,15 @@ def read_checkpoint(path, use_ema: bool = True, weights: str | None = None, devi
                             tuple(sampling["sigmas"]) if sampling.get("sigmas") else None)
 
 
+def recorded_config(path) -> dict:
+    """The config a model records, without building it: a run's config.json (any format, migrated),
+    or a diffusers folder described the same way (``diffusers_io.folder_config``)."""
+    from .checkpoint import find_checkpoint, read_config
+    from .diffusers_io import folder_config, is_diffusers_folder
+
+    return folder_config(path) if is_diffusers_folder(path) else read_config(find_checkpoint(path))
+
+
 def _read_diffusers(path, weights, device, trust_pickle: bool) -> CheckpointRecord:
     from .diffusers_io import read_folder
 

@@ -98,8 +98,11 @@ class DiffusersNetwork(Network):
     def _labels(self, cond: Cond, batch: int, device) -> torch.Tensor:
         labels = cond.labels
         null = cond.null_mask(batch, device)
-        if labels is None and cond.null is None:
-            raise UserError("this class-conditional diffusers model needs class labels (Cond(labels=...))")
+        if labels is None and cond.null is None:  # no condition means the null one (the library's rule)
+            if self.null_class is None:
+                raise UserError("this class-conditional diffusers model has no null class: give class labels "
+                                "(--class, Cond(labels=...))")
+            null = torch.ones(batch, dtype=torch.bool, device=device)
         base = labels if labels is not None else torch.zeros(batch, dtype=torch.long, device=device)
         if self.null_class is None:
             if not _tracing() and bool(null.any()):

@@ -78,7 +78,7 @@ def run(a) -> int:
 def _samples(a):
     """(images, reference data): ``--images`` read, or n samples drawn from ``--ckpt``."""
     from ...core.sampling import sample_many
-    from ...models.checkpoint import find_checkpoint, read_config
+    from ...models.loading import recorded_config
     from .common import load
 
     n = 1000 if a.n is None else a.n
@@ -91,7 +91,7 @@ def _samples(a):
     x = sample_many(m.den, m.shape, n, m.choice.sampler, m.choice.steps, seed=a.seed,
                     batch_size=a.batch_size, cond=m.conditioning(n), schedule=a.schedule, **m.knobs)
     x = to_pixels(info_of(m.den), x)  # a latent model's samples are measured as pixels
-    reference = a.reference or read_config(find_checkpoint(a.ckpt)).get("train", {}).get("data", "mnist")
+    reference = a.reference or recorded_config(a.ckpt).get("train", {}).get("data", "mnist")
     return x, reference
 
 
@@ -177,8 +177,7 @@ def _heldout(a, ckpt_cfg: dict, shape):
 
 def _nll(a) -> dict:
     """``eval --nll vlb|ode``: bits/dim of held-out data (core.likelihood)."""
-    from ...models.checkpoint import find_checkpoint, read_config
-    from ...models.loading import load_denoiser
+    from ...models.loading import load_denoiser, recorded_config
 
     if a.images:
         raise UserError("--nll measures a model on held-out data: give --ckpt, not --images")
@@ -189,7 +188,7 @@ def _nll(a) -> dict:
     den = load_denoiser(a.ckpt, use_ema=True, autoencoder=a.autoencoder,  # fp32: likelihoods need the precision
                         **options.checkpoint_args(a))
     codec = den.info.latent
-    x, data = _heldout(a, read_config(find_checkpoint(a.ckpt)), codec.pixel_shape if codec else den.info.image_shape)
+    x, data = _heldout(a, recorded_config(a.ckpt), codec.pixel_shape if codec else den.info.image_shape)
     if codec is not None:  # a latent model's likelihood is that of the held-out images' latents
         if a.nll == "vlb":
             raise UserError("the VLB's decoder term models 8-bit pixels; a latent model's likelihood is that of "
