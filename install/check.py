@@ -18,6 +18,7 @@ Prints one line per check and a size table of the installed distributions; exits
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.metadata as md
 import importlib.util
@@ -224,10 +225,8 @@ def dist_sizes() -> None:
     for d in md.distributions():
         total = 0
         for f in d.files or []:
-            try:
+            with contextlib.suppress(OSError):  # a listed file that is gone counts 0 in this size report
                 total += os.path.getsize(d.locate_file(f))
-            except OSError:
-                pass
         sizes[d.metadata["Name"]] = total
     stack = sum(v for k, v in sizes.items() if TORCH_STACK.match(k))
     rest = sum(v for k, v in sizes.items() if not TORCH_STACK.match(k))

@@ -44,6 +44,7 @@ refuse them at construction, after reading every header).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -99,12 +100,10 @@ def _offline(datasets):
     progress bars and no log lines (a failure is reported once, as the ``UserError``)."""
     env = {k: os.environ.get(k) for k in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")}
     consts = [(datasets.config, "HF_HUB_OFFLINE"), (datasets.config, "HF_DATASETS_OFFLINE")]
-    try:
+    with contextlib.suppress(ImportError):  # an old datasets without the hub client: its own constants suffice
         import huggingface_hub.constants as hub
 
         consts.append((hub, "HF_HUB_OFFLINE"))
-    except ImportError:  # an old datasets without the hub client: its own constants suffice
-        pass
     saved = [(obj, name, getattr(obj, name)) for obj, name in consts if hasattr(obj, name)]
     bars, verbosity = not datasets.are_progress_bars_disabled(), datasets.logging.get_verbosity()
     try:

@@ -30,7 +30,6 @@ like a run folder.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -274,17 +273,10 @@ def read_folder(path, device=None, trust_pickle: bool = False) -> dict:
     side = _json(root / SIDECAR) if (root / SIDECAR).is_file() else {}
     cond, null_class = _cond(kind, cfg, side)
     safetensors = _weights_kind(folder, trust_pickle)
-    old = os.environ.get("HF_HUB_OFFLINE")
-    os.environ["HF_HUB_OFFLINE"] = "1"  # a local folder: nothing is fetched
-    try:
+    try:  # a local folder: from_pretrained reads it where it is and fetches nothing
         model = getattr(diffusers, kind).from_pretrained(str(folder), use_safetensors=safetensors)
     except (OSError, ValueError, RuntimeError, KeyError) as e:
         raise CheckpointError(f"{folder}: diffusers could not load the model: {e}") from e
-    finally:
-        if old is None:
-            os.environ.pop("HF_HUB_OFFLINE", None)
-        else:
-            os.environ["HF_HUB_OFFLINE"] = old
     net = DiffusersNetwork(model, cond, null_class, mapping.timestep_scale)
     size = side.get("image_size") or cfg.get("sample_size")
     if size is None:

@@ -189,12 +189,10 @@ def _precond_record(den) -> dict:
     """The preconditioner's parameters, for other grids than the recorded one."""
     p = den.precond
     rec = {"class": type(p).__name__}
-    if hasattr(p, "log_sigmas"):
-        rec.update(objective=p.objective, log_sigmas=p.log_sigmas.tolist(),
+    rec.update({name: getattr(p, name) for name in ("objective", "sigma_data") if hasattr(p, name)})
+    if hasattr(p, "log_sigmas"):  # a discrete model: its table, for c_noise at any sigma
+        rec.update(log_sigmas=p.log_sigmas.tolist(),
                    c_noise="the fractional 0-based timestep: linear interpolation of the index in log sigma")
-    for name in ("sigma_data", "objective"):
-        if hasattr(p, name) and name not in rec:
-            rec[name] = getattr(p, name)
     if den.boundary is not None:
         rec["consistency_boundary"] = den.boundary
     return rec

@@ -161,10 +161,10 @@ def read_checkpoint(path, use_ema: bool = True, weights: str | None = None, devi
 def recorded_config(path) -> dict:
     """The config a model records, without building it: a run's config.json (any format, migrated),
     or a diffusers folder described the same way (``diffusers_io.folder_config``)."""
-    from .checkpoint import find_checkpoint, read_config
+    from .checkpoint import read_config
     from .diffusers_io import folder_config, is_diffusers_folder
 
-    return folder_config(path) if is_diffusers_folder(path) else read_config(find_checkpoint(path))
+    return folder_config(path) if is_diffusers_folder(path) else read_config(path)
 
 
 def _read_diffusers(path, weights, device, trust_pickle: bool) -> CheckpointRecord:

@@ -24,6 +24,9 @@ prompt string.
 """
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
+
 import torch
 from torch import nn
 
@@ -178,12 +181,8 @@ def diffusers_unet(c) -> DiffusersNetwork:
     the config (``nn.layers.cond_spec_from``)."""
     from .layers import cond_spec_from
 
-    kwargs = diffusers_unet_kwargs(c)
-    model = require_diffusers().UNet2DModel(**kwargs)
+    model = require_diffusers().UNet2DModel(**diffusers_unet_kwargs(c))
     net = DiffusersNetwork(model, cond_spec_from(c), c.num_classes if c.num_classes else None)
-    from dataclasses import asdict
-    import json
-
-    net.config = json.loads(json.dumps(asdict(c)))
+    net.config = json.loads(json.dumps(asdict(c)))  # what checkpoints store, as the native U-Net's
     net.arch = "unet"
     return net

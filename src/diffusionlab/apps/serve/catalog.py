@@ -105,12 +105,11 @@ class Catalog:
         return path
 
     def config(self, cid) -> dict:
-        from ...models.checkpoint import CheckpointError, read_config
-        from ...models.diffusers_io import folder_config, is_diffusers_folder
+        from ...models.checkpoint import CheckpointError
+        from ...models.loading import recorded_config
 
         try:
-            path = self.resolve(cid)
-            return folder_config(path) if is_diffusers_folder(path) else read_config(path)
+            return recorded_config(self.resolve(cid))
         except CheckpointError as e:
             raise NotFound(f"checkpoint {cid!r} is unreadable: {e}", param="checkpoint") from None
 
