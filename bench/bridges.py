@@ -9,8 +9,8 @@ venv, nothing else running.
   (a diffusers ``UNet2DModel`` of the same widths, blocks and attention): our network against
   the peer's blocks on the same hardware, same parameters count within a few percent.
 
-Each configuration is timed ``--repeats`` times, alternating, after a warm-up; the median is
-reported. Writes bench/RESULTS_bridges.md and .json.
+Each configuration is timed ``--repeats`` rounds of at least 1 s after a warm-up (the two layouts
+alternated round by round); the median is reported. Writes bench/RESULTS_bridges.md and .json.
 
     .venv/bin/python bench/bridges.py
 """
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,14 +28,6 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "RESULTS_bridges"
-
-
-def cpu_kind() -> str:
-    try:
-        return subprocess.run([str(ROOT.parent / "shared" / "tools" / "cpu-kind")], capture_output=True, text=True,
-                              timeout=30).stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
 
 
 def _time(fn, repeats: int, min_seconds: float = 1.0) -> float:
@@ -109,10 +100,12 @@ def bench_layout(repeats: int) -> list:
         g = torch.Generator().manual_seed(batch)
         x, t = torch.randn(batch, 1, 32, 32, generator=g), torch.rand(batch, generator=g) * 999
         cond = Cond(labels=torch.randint(0, 10, (batch,), generator=g))
-        times = {}
-        for layout, net in nets.items():  # alternated inside _time's rounds would need threads: one after the other
-            with torch.no_grad():
-                times[layout] = _time(lambda: net(x, t, cond), repeats)
+        rounds = {layout: [] for layout in nets}
+        with torch.no_grad():
+            for _ in range(repeats):  # alternated round by round, so drift in the machine's speed hits both
+                for layout, net in nets.items():
+                    rounds[layout].append(_time(lambda: net(x, t, cond), 1))
+        times = {layout: statistics.median(r) for layout, r in rounds.items()}
         rows.append({"bench": "layout", "batch": batch, "native_img_s": batch / times["native"],
                      "diffusers_img_s": batch / times["diffusers"],
                      "ratio_native_over_diffusers": times["diffusers"] / times["native"],
@@ -126,7 +119,10 @@ def write(rows: list, repeats: int) -> None:
     import diffusers
     import onnxruntime
 
-    meta = {"cpu": cpu_kind(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+    from diffusionlab.core.devices import cpu_info
+
+    cpu = cpu_info()
+    meta = {"cpu": f"{cpu['model']}, {cpu['kind']}", "threads": torch.get_num_threads(), "torch": torch.__version__,
             "onnxruntime": onnxruntime.__version__, "diffusers": diffusers.__version__, "repeats": repeats,
             "date": time.strftime("%Y-%m-%d"), "command": "bench/bridges.py " + " ".join(sys.argv[1:])}
     OUT.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
