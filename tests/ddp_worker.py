@@ -13,6 +13,7 @@ import sys
 import torch
 from safetensors.torch import save_file
 
+from diffusionlab.core import distributed
 from diffusionlab.errors import UserError
 from diffusionlab.training import Trainer
 from diffusionlab.training.config import tiny_config
@@ -68,4 +69,6 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    sys.exit(main())
+    code = main()
+    distributed.destroy()
+    distributed.exit_process(code)

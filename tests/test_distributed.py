@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import load_file
 
 from diffusionlab.core import distributed
+from diffusionlab.core.samplers import SAMPLERS
 from diffusionlab.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -159,6 +160,22 @@ def _cli(tmp_path, launcher: list, world: int):
     run = __import__("json").loads((out / "run.json").read_text())
     assert run["world_size"] == world
     return out
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_the_command_exits_with_its_status_and_all_its_output(world):
+    """``python -m diffusionlab`` as one rank of a launched run leaves through ``os._exit`` (torch's
+    gloo teardown at interpreter exit can abort a rank); its block-buffered output still arrives
+    whole and its exit status is the command's."""
+    env = _env(0, world, _port())  # rank 0: the rank that prints
+    env.pop("PYTHONUNBUFFERED", None)  # block-buffered output, as a launcher's pipe gives
+    ok = subprocess.run([sys.executable, "-m", "diffusionlab", "samplers"], env=env, cwd=ROOT, capture_output=True,
+                        text=True, timeout=120)
+    bad = subprocess.run([sys.executable, "-m", "diffusionlab", "sample", "--steps", "x"], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0
+    assert all(name in ok.stdout for name in SAMPLERS) and "NFE/step" in ok.stdout  # the whole table, flushed
+    assert bad.returncode == 2 and "error" in bad.stderr
 
 
 @pytest.mark.ddp

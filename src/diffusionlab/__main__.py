@@ -1,6 +1,4 @@
-"""``python -m diffusionlab``: the ``diffusionlab`` command (``apps.cli.main``)."""
-import sys
+"""``python -m diffusionlab``: the ``diffusionlab`` command (``apps.cli.entry``)."""
+from .apps.cli import entry
 
-from .apps.cli import main
-
-sys.exit(main())
+entry()

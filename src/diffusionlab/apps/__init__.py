@@ -1,2 +1,2 @@
-"""Applications (layer L5): the command line (``apps.cli``, entry point ``diffusionlab.apps.cli:main``)
+"""Applications (layer L5): the command line (``apps.cli``, entry point ``diffusionlab.apps.cli:entry``)
 and ``make demo`` (``apps.demo``); the web app comes here."""

@@ -29,7 +29,7 @@ WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQU
 COMMANDS = (train, sample, eval_cmd, noise, samplers, demo, pipelines, classifier, autoencoder, finetune, lora,
             dpo, distill, export, serve)  # in `--help` order
 
-__all__ = ["main", "build_parser", "write_npy", "Loaded", "load", "guided", "EXIT_OK"]
+__all__ = ["main", "entry", "build_parser", "write_npy", "Loaded", "load", "guided", "EXIT_OK"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -91,6 +91,15 @@ def main(argv=None) -> int:
             raise
         return EXIT_USER
     return run(args)
+
+
+def entry() -> None:
+    """The ``diffusionlab`` console command and ``python -m diffusionlab``: ``main()``, then exit
+    with its status (``core.distributed.exit_process``: a rank of a multi-process run skips the
+    interpreter's teardown). ``main()`` itself always returns, for callers in Python."""
+    from ...core import distributed
+
+    distributed.exit_process(main())
 
 
 def run(args) -> int:
